@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make quickstart` and `make test`.
+# Both create .venv when it is missing and install the project into it.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv quickstart test test-all bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: a bare torch requirement with no torch present pulls GBs of CUDA wheels.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/factory pipeline --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/faceworld_speed.py
+
+clean:
+	rm -rf runs mlflow.db

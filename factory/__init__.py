@@ -1,0 +1,3 @@
+"""facefactory: a Ray-distributed factory for synthetic face-recognition datasets."""
+
+__version__ = "0.1.0"

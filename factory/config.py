@@ -1,0 +1,277 @@
+"""Typed, validated configuration: YAML files plus dotted ``key=value`` overrides.
+
+Every job loads one YAML file into :class:`FactoryConfig`, applies overrides such as
+``faceworld.image_size=32``, and validates the result. Unknown keys and wrong types are refused
+with one line naming the key and what was expected (the CLI turns that into exit code 2). The
+resolved config is saved next to every artefact, so each output says exactly what made it.
+
+Stages read only their own section; ``pipeline`` reads them all. Locations are URIs (local
+paths, ``s3://``, ``gs://``); an empty stage location defaults to a folder under ``workdir``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from factory import storage
+from factory.errors import ConfigError
+
+Uri = Annotated[str, AfterValidator(storage.absolute)]
+"""A location: local paths become absolute when the config is loaded, URIs stay as given."""
+
+PROFILES = ("train", "frontal", "pose", "occlusion", "lighting")
+Profile = Literal["train", "frontal", "pose", "occlusion", "lighting"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(StrictModel):
+    """Where Ray and MLflow run. Environment variables win over the file (``RAY_ADDRESS``,
+    ``MLFLOW_TRACKING_URI``), and ``--address`` wins over both."""
+
+    ray_address: str | None = Field(None, description="Existing cluster; None starts a local one")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local cluster")
+    mlflow_tracking_uri: str | None = Field(None, description="None: sqlite:///<cwd>/mlflow.db")
+    experiment: str = "facefactory"
+
+
+class BenchmarkSpec(StrictModel):
+    """One face-world verification benchmark (.bin), stressing one kind of nuisance."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    first_profile: Profile = "frontal"
+    second_profile: Profile = "frontal"
+    identities: int = Field(300, ge=20)
+    pairs: int = Field(600, ge=20, description="Positive and negative pairs, half each")
+    lookalike_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of hard negatives")
+    lookalike_distance: float = Field(0.5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _folds_balanced(self) -> BenchmarkSpec:
+        if self.pairs % 20:
+            raise ValueError("pairs must be a multiple of 20 (10 folds, half positive)")
+        return self
+
+
+def _default_benchmarks() -> list[BenchmarkSpec]:
+    return [
+        BenchmarkSpec(name="fw_frontal", first_profile="frontal", second_profile="frontal"),
+        BenchmarkSpec(name="fw_pose", first_profile="frontal", second_profile="pose"),
+        BenchmarkSpec(name="fw_occlusion", first_profile="frontal", second_profile="occlusion"),
+        BenchmarkSpec(name="fw_lighting", first_profile="lighting", second_profile="lighting"),
+    ]
+
+
+class FaceWorldConfig(StrictModel):
+    """The built-in face world: a RecordIO training set and .bin benchmarks."""
+
+    out: Uri = Field("", description="Output URI; empty: <workdir>/faceworld")
+    seed: int = 0
+    image_size: int = Field(112, ge=16, le=256)
+    identities: int = Field(1000, ge=2, description="Training identities")
+    images_per_identity: int = Field(20, ge=2)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks, min_length=1)
+    montage_identities: int = Field(8, ge=1)
+    montage_images: int = Field(10, ge=1)
+
+
+class BaselineConfig(StrictModel):
+    """The raw-pixel cosine baseline: how far pixels alone get on each benchmark."""
+
+    image_size: int = Field(32, ge=8, le=256)
+
+
+class BackboneConfig(StrictModel):
+    """An arcface_torch IResNet (``r18`` .. ``r200``) or a small CPU member (``ir-tiny``)."""
+
+    name: str = "r50"
+    input_size: int = Field(112, ge=16, le=256, description="Square input side, multiple of 16")
+    embedding_size: int = Field(512, ge=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class HeadConfig(StrictModel):
+    """The margin classifier: CosFace (s 64, m 0.4) or ArcFace (s 64, m 0.5)."""
+
+    margin: Literal["cosface", "arcface"] = "cosface"
+    scale: float = Field(64.0, gt=0.0)
+    margin_value: float | None = Field(None, ge=0.0, lt=1.5, description="None: 0.4 / 0.5")
+
+
+class AugmentConfig(StrictModel):
+    """The recognizer protocol's augmentations (CemiFace / DCFace)."""
+
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    erase_scale: tuple[float, float] = (0.02, 0.1)
+    erase_probability: float = Field(0.5, ge=0.0, le=1.0)
+    flip: bool = True
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class OptimizerConfig(StrictModel):
+    """SGD with a step or polynomial schedule and linear warm-up, epochs counted from 0."""
+
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(512, ge=2, description="Global batch, split across workers")
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["step", "poly"] = "step"
+    milestones: list[int] = Field(default_factory=lambda: [26, 34])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    poly_power: float = Field(2.0, gt=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+class WorkersConfig(StrictModel):
+    """Ray Train workers: how many, and what each one takes."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker")
+    mixed_precision: bool = Field(True, description="bf16/fp16 autocast; used on GPU only")
+
+
+class DomainMixupConfig(StrictModel):
+    """SynFace domain mixup: x = psi x_syn + (1 - psi) x_real, loss mixed with the same weights."""
+
+    real_data: Uri = Field("", description="URI of the real dataset; empty: off")
+    psi: float | Literal["grid"] = Field("grid", description="Fixed psi, or 'grid': 0, 0.05 .. 1")
+
+    @model_validator(mode="after")
+    def _psi_range(self) -> DomainMixupConfig:
+        if isinstance(self.psi, float) and not 0.0 <= self.psi <= 1.0:
+            raise ValueError("psi must lie in [0, 1] or be 'grid'")
+        return self
+
+
+class RecognizerConfig(StrictModel):
+    """``factory train-recognizer``: data, model, optimisation and workers."""
+
+    data: Uri = Field("", description="Training data URI; empty: the face world's training set")
+    storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/recognizer")
+    run_name: str = Field("recognizer", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    domain_mixup: DomainMixupConfig = Field(default_factory=DomainMixupConfig)
+    eval_every: int = Field(1, ge=0, description="Evaluate every N epochs; 0: only at the end")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the checkpoint")
+
+
+class EvaluateConfig(StrictModel):
+    """``factory evaluate``: a recognizer against .bin benchmarks."""
+
+    checkpoint: Uri = Field("", description="Recognizer checkpoint dir or arcface model.pt")
+    backbone: BackboneConfig | None = Field(None, description="Needed for a plain model.pt")
+    benchmarks: list[Uri] = Field(default_factory=list, description="Empty: the face world's")
+    batch_size: int = Field(256, ge=1)
+    reference_run: str = Field("", description="MLflow run name of the real-data run, for GtR")
+    out: Uri = Field("", description="Results URI; empty: next to the checkpoint")
+
+
+class FactoryConfig(StrictModel):
+    """The whole factory's configuration; each stage reads its own section."""
+
+    name: str = "facefactory"
+    workdir: Uri = Field("runs/default", description="Root URI of this run's outputs")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    faceworld: FaceWorldConfig = Field(default_factory=FaceWorldConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def faceworld_uri(self) -> str:
+        return self.faceworld.out or storage.join(self.workdir, "faceworld")
+
+    def benchmark_uris(self) -> list[str]:
+        """The face world's benchmark files, in config order."""
+        root = storage.join(self.faceworld_uri(), "benchmarks")
+        return [storage.join(root, f"{spec.name}.bin") for spec in self.faceworld.benchmarks]
+
+    def recognizer_data_uri(self) -> str:
+        return self.recognizer.data or storage.join(self.faceworld_uri(), "train")
+
+    def recognizer_storage_uri(self) -> str:
+        return self.recognizer.storage or storage.join(self.workdir, "recognizer")
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    source = path or "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(storage.read_text(path))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        raw = loaded or {}
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        return FactoryConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``3`` is an int)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a config section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``key: expected ...`` for each, joined with ``; ``."""
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "<root>"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+            continue
+        message = error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+        parts.append(f"{key}: {message}, got {error.get('input')!r}")
+    return "; ".join(parts)
+
+
+def save_config(config: StrictModel, uri: str, code_version: str) -> None:
+    """Write the resolved config, and the code version that used it, as YAML at ``uri``."""
+    document = {"code_version": code_version, "config": config.model_dump(mode="json")}
+    storage.write_text(uri, yaml.safe_dump(document, sort_keys=False))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,62 @@
+"""The one place that connects to Ray and MLflow.
+
+Ray: an address from ``--address``, ``RAY_ADDRESS`` or the config joins an existing cluster;
+otherwise a local cluster starts, sized to this machine (or ``runtime.num_cpus``). Callers that
+start actor pools must leave CPU for the tasks that feed them (fractional ``num_cpus`` per
+actor): on a 2-CPU machine a pool that takes both CPUs starves its read tasks and hangs.
+
+MLflow: ``MLFLOW_TRACKING_URI`` or ``runtime.mlflow_tracking_uri``, else a SQLite file in the
+current directory, made absolute so Ray workers (whose working directory differs) share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from factory.config import RuntimeConfig
+
+DEFAULT_MLFLOW_DB = "mlflow.db"
+
+
+def ray_address(runtime: RuntimeConfig, cli_address: str | None = None) -> str | None:
+    """The cluster to join, by precedence ``--address`` > ``RAY_ADDRESS`` > config; or None."""
+    return cli_address or os.environ.get("RAY_ADDRESS") or runtime.ray_address
+
+
+def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
+    """Connect to (or start) Ray once per process; a no-op when already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(runtime, cli_address)
+    common = dict(
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(runtime)}},
+    )
+    if address:
+        ray.init(address=address, **common)
+    else:
+        # The dashboard stays on: Ray Train's state API (its placement-group cleaner) needs it.
+        ray.init(num_cpus=runtime.num_cpus or os.cpu_count() or 1, include_dashboard=True,
+                 dashboard_host="127.0.0.1", **common)
+
+
+def mlflow_tracking_uri(runtime: RuntimeConfig) -> str:
+    """The tracking URI every process of a run must agree on."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or runtime.mlflow_tracking_uri
+    if uri:
+        return uri
+    return f"sqlite:///{os.path.abspath(DEFAULT_MLFLOW_DB)}"
+
+
+def setup_mlflow(runtime: RuntimeConfig) -> str:
+    """Point mlflow at the run's tracking store and experiment; returns the tracking URI."""
+    import mlflow
+
+    uri = mlflow_tracking_uri(runtime)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(runtime.experiment)
+    return uri

@@ -1,0 +1,156 @@
+"""Files by URI: local paths, ``file://``, ``s3://``, ``gs://`` and ``hdfs://``, through pyarrow.fs.
+
+Every stage reads and writes through these helpers, so an output location is just a string in
+the config and nothing assumes a node-local disk. Writes are atomic: bytes go to a temporary name
+beside the target and are renamed into place only when complete, so a crash never leaves a
+half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+from pyarrow import fs as pafs
+
+from factory.errors import UserError
+
+TEMP_MARKER = ".tmp-"
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a scheme other than ``file``."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (remote URIs and the empty string pass through).
+
+    Config locations are resolved once, where the config is loaded, so Ray workers and job
+    drivers running in another working directory read and write the same place.
+    """
+    if not uri or "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Split a URI into a pyarrow filesystem and the path inside it."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
+        raise UserError(f"{uri}: not a usable storage URI ({exc})") from None
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI, keeping its scheme."""
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}"
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path).type == pafs.FileType.Directory
+
+
+def listdir(uri: str) -> list[str]:
+    """Names (not paths) of the entries directly inside a directory, sorted."""
+    filesystem, path = resolve(uri)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=False))
+    return sorted(info.base_name for info in infos)
+
+
+def makedirs(uri: str) -> None:
+    """Create a directory and its parents; a clear :class:`UserError` if that is not allowed."""
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.create_dir(path, recursive=True)
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"{uri}: cannot create output directory ({_reason(exc)})") from None
+
+
+def ensure_writable(uri: str) -> None:
+    """Create ``uri`` as a directory and prove a file can be written there, before any work."""
+    makedirs(uri)
+    probe = join(uri, f"{TEMP_MARKER}probe-{uuid.uuid4().hex}")
+    filesystem, path = resolve(probe)
+    try:
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(path)
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"{uri}: output location is not writable ({_reason(exc)})") from None
+
+
+def open_input(uri: str) -> IO[bytes]:
+    """A random-access binary file for reading; :class:`UserError` if it does not exist."""
+    filesystem, path = resolve(uri)
+    try:
+        return filesystem.open_input_file(path)
+    except FileNotFoundError:
+        raise UserError(f"{uri}: file not found") from None
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"{uri}: cannot open for reading ({_reason(exc)})") from None
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_input(uri) as stream:
+        return stream.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+@contextlib.contextmanager
+def atomic_output(uri: str) -> Iterator[IO[bytes]]:
+    """Write a file under a temporary name and rename it to ``uri`` only if the block succeeds."""
+    filesystem, path = resolve(uri)
+    parent = posixpath.dirname(path) if "://" in uri else os.path.dirname(path)
+    temp_path = posixpath.join(parent, f"{TEMP_MARKER}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
+        filesystem.create_dir(parent, recursive=True)
+        stream = filesystem.open_output_stream(temp_path)
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"{uri}: cannot write ({_reason(exc)})") from None
+    try:
+        with stream:
+            yield stream
+        filesystem.move(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            filesystem.delete_file(temp_path)
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_output(uri) as stream:
+        stream.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def local_path(uri: str) -> str:
+    """The local filesystem path of a local URI; :class:`UserError` for remote ones."""
+    if is_remote(uri):
+        raise UserError(f"{uri}: this step needs a local path, not a remote URI")
+    return resolve(uri)[1]
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]

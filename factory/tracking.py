@@ -1,0 +1,100 @@
+"""MLflow logging for one process: params from the resolved config, metrics, artefacts.
+
+:class:`RunTracker` is a no-op when disabled, so a Ray Train loop creates one on every rank and
+enables it on rank 0 only. Runs record the resolved config and the code version as params and
+tags, and resume by run id after a restart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def metric_key(key: str) -> str:
+    """MLflow admits letters, digits and ``_-./ `` in metric names: ``tar@far=1e-3`` ->
+    ``tar_far_1e-3``."""
+    return _METRIC_KEY.sub("_", key.replace("@far=", "_far_"))
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics dict, with MLflow-safe keys."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            out[metric_key(key)] = float(value)
+    return out
+
+
+class RunTracker:
+    """One MLflow run, or nothing at all when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, tracking_uri: str, experiment: str) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if enabled:
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_experiment(experiment)
+
+    def start(
+        self,
+        run_name: str,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        nested: bool = False,
+    ) -> str | None:
+        """Start (or, with ``run_id``, resume) the run; params are logged on a fresh start."""
+        if not self.enabled:
+            return None
+        import mlflow
+
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested)
+        self.run_id = run.info.run_id
+        if tags:
+            mlflow.set_tags(dict(tags))
+        if params and run_id is None:
+            mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(params).items()})
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics(numeric_metrics(metrics), step=step)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifact(local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifacts(local_dir, artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id is not None:
+            import mlflow
+
+            mlflow.end_run(status=status)

@@ -1,0 +1,78 @@
+"""Bad input gets one line naming the problem, exit code 2, and no traceback."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from factory.cli import main
+from factory.formats.images import encode_jpeg
+from factory.formats.recordio import write_insightface_rec
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unwritable_out(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, err = run_main(capsys, "faceworld", "--out", str(blocker / "world"))
+    assert_one_line_error(code, err, str(blocker / "world"))
+
+
+def test_misspelled_config_key(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("faceworld:\n  identites: 10\n")
+    code, err = run_main(capsys, "faceworld", "--config", str(config))
+    assert_one_line_error(code, err, str(config), "faceworld.identites")
+
+
+def test_wrong_type(capsys):
+    code, err = run_main(capsys, "faceworld", "faceworld.image_size=large")
+    assert_one_line_error(code, err, "faceworld.image_size", "integer")
+
+
+def test_truncated_rec(capsys, tmp_path):
+    data = tmp_path / "data"
+    image = encode_jpeg(np.full((16, 16, 3), 128, np.uint8))
+    write_insightface_rec(str(data), [(0, image), (0, image), (1, image), (1, image)],
+                          num_images=4, num_classes=2, image_size=(16, 16))
+    rec = data / "train.rec"
+    rec.write_bytes(rec.read_bytes()[:-40])
+    code, err = run_main(capsys, "train-recognizer", f"recognizer.data={data}",
+                         f"workdir={tmp_path / 'run'}")
+    assert_one_line_error(code, err, "train.rec")
+
+
+def test_bin_that_is_not_a_pickle(capsys, tmp_path):
+    world = tmp_path / "world"
+    (world / "benchmarks").mkdir(parents=True)
+    (world / "benchmarks" / "only.bin").write_bytes(b"\x89PNG not a pickle at all")
+    code, err = run_main(capsys, "baseline", f"faceworld.out={world}",
+                         "faceworld.benchmarks=[{name: only}]")
+    assert_one_line_error(code, err, "only.bin")
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    """The installed entry point, as a user runs it, in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "faceworld", "faceworld.bogus=1"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "unknown key 'faceworld.bogus'" in result.stderr

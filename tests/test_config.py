@@ -1,0 +1,61 @@
+"""Config loading: YAML plus overrides, strict keys and types, one-line errors."""
+
+import pytest
+import yaml
+
+from factory.config import load_config, save_config
+from factory.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_file_and_overrides_merge(tmp_path):
+    path = write(tmp_path, "faceworld:\n  image_size: 48\n  identities: 10\n")
+    config = load_config(path, ["faceworld.identities=12", "recognizer.backbone.name=ir-tiny"])
+    assert config.faceworld.image_size == 48
+    assert config.faceworld.identities == 12
+    assert config.recognizer.backbone.name == "ir-tiny"
+
+
+def test_misspelled_key_is_named(tmp_path):
+    path = write(tmp_path, "faceworld:\n  imgae_size: 48\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert path in message and "unknown key 'faceworld.imgae_size'" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["faceworld.image_size=abc"])
+    assert "faceworld.image_size" in str(info.value)
+    assert "integer" in str(info.value)
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_config(None, ["faceworld.image_size"])
+
+
+def test_non_mapping_yaml_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_benchmark_pairs_must_fill_ten_balanced_folds():
+    with pytest.raises(ConfigError, match="multiple of 20"):
+        load_config(None, ["faceworld.benchmarks=[{name: b, pairs: 30}]"])
+
+
+def test_saved_config_round_trips_with_code_version(tmp_path):
+    config = load_config(None, ["faceworld.identities=7"])
+    target = str(tmp_path / "out" / "config.yaml")
+    save_config(config, target, "facefactory test")
+    document = yaml.safe_load(open(target))
+    assert document["code_version"] == "facefactory test"
+    assert load_config(None, [f"faceworld.identities={document['config']['faceworld']['identities']}"]).faceworld.identities == 7
