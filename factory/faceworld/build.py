@@ -1,0 +1,196 @@
+"""Write the face world in the formats real users have: RecordIO training set, .bin benchmarks.
+
+Layout under the output URI::
+
+    train/train.rec, train/train.idx, train/property   insightface RecordIO, N ids x K images
+    benchmarks/<name>.bin                              insightface verification pairs
+    montage.png                                        rows identities, columns their images
+    summary.json, config.yaml                          counts, timings, resolved config
+
+Every random draw comes from a seed sequence keyed by (seed, stream, index), so the output is
+byte-identical for a given config, and identities of the training set and of each benchmark are
+drawn from separate streams (disjoint identities). A rerun with the same config finds
+``summary.json`` and returns it instead of rendering again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from factory import storage
+from factory.config import BenchmarkSpec, FaceWorldConfig, FactoryConfig, save_config
+from factory.faceworld.identity import lookalike, sample_identity
+from factory.faceworld.montage import montage
+from factory.faceworld.nuisance import sample_nuisance
+from factory.faceworld.render import render_face
+from factory.formats.images import encode_jpeg, encode_png
+from factory.formats.recordio import write_insightface_rec
+from factory.formats.verification_bin import write_bin
+from factory.provenance import code_version
+
+TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 100
+
+
+@dataclass
+class FaceWorldSummary:
+    """What ``factory faceworld`` wrote, as printed and saved to ``summary.json``."""
+
+    out: str
+    image_size: int
+    identities: int
+    train_images: int
+    benchmarks: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    code_version: str = ""
+    config: dict = field(default_factory=dict)
+
+    @property
+    def train_uri(self) -> str:
+        return storage.join(self.out, "train")
+
+    def benchmark_uri(self, name: str) -> str:
+        return storage.join(self.out, "benchmarks", f"{name}.bin")
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, index])
+
+
+def _train_identity(cfg: FaceWorldConfig, label: int) -> np.ndarray:
+    return sample_identity(_rng(cfg.seed, TRAIN_IDENTITY_STREAM, label))
+
+
+def _train_images(cfg: FaceWorldConfig, label: int) -> Iterator[tuple[np.ndarray, int]]:
+    """The training images of one identity, with the JPEG quality each one is stored at."""
+    identity = _train_identity(cfg, label)
+    rng = _rng(cfg.seed, TRAIN_IMAGE_STREAM, label)
+    for _ in range(cfg.images_per_identity):
+        nuisance = sample_nuisance(rng, "train")
+        yield render_face(identity, nuisance, cfg.image_size), nuisance.jpeg_quality
+
+
+def _write_train_set(cfg: FaceWorldConfig, out: str) -> int:
+    total = cfg.identities * cfg.images_per_identity
+
+    def samples() -> Iterator[tuple[int, bytes]]:
+        with tqdm(total=total, desc="face world: training set", unit="img", leave=False) as bar:
+            for label in range(cfg.identities):
+                for image, quality in _train_images(cfg, label):
+                    bar.update()
+                    yield label, encode_jpeg(image, quality)
+
+    write_insightface_rec(
+        storage.join(out, "train"),
+        samples(),
+        num_images=total,
+        num_classes=cfg.identities,
+        image_size=(cfg.image_size, cfg.image_size),
+    )
+    return total
+
+
+def benchmark_pairs(
+    cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+    """Pairs of one benchmark, fold by fold: each fold holds its positives then its negatives.
+
+    Positives are two images of one identity under the spec's two nuisance profiles (hard
+    positives come from large nuisance gaps); negatives pair two identities, a share of them a
+    look-alike drawn close in parameter space (hard negatives).
+    """
+    rng = _rng(cfg.seed, stream, 0)
+    identities = [sample_identity(_rng(cfg.seed, stream, 1 + i)) for i in range(spec.identities)]
+    per_fold = spec.pairs // 10
+    order = iter(rng.permutation(np.arange(spec.pairs) % spec.identities))
+
+    def image(identity: np.ndarray, profile: str) -> np.ndarray:
+        return render_face(identity, sample_nuisance(rng, profile), cfg.image_size)
+
+    for _ in range(10):
+        for _ in range(per_fold // 2):
+            identity = identities[next(order)]
+            yield image(identity, spec.first_profile), image(identity, spec.second_profile), True
+        for _ in range(per_fold // 2):
+            index = next(order)
+            if rng.random() < spec.lookalike_fraction:
+                second = lookalike(identities[index], rng, spec.lookalike_distance)
+            else:
+                other = (index + rng.integers(1, spec.identities)) % spec.identities
+                second = identities[other]
+            first = identities[index]
+            yield image(first, spec.first_profile), image(second, spec.second_profile), False
+
+
+def _write_benchmark(cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int, uri: str) -> int:
+    images: list[bytes] = []
+    issame: list[bool] = []
+    pairs = benchmark_pairs(cfg, spec, stream)
+    for first, second, same in tqdm(pairs, total=spec.pairs, desc=f"face world: {spec.name}",
+                                    unit="pair", leave=False):
+        images += [encode_jpeg(first, 95), encode_jpeg(second, 95)]
+        issame.append(same)
+    write_bin(uri, images, issame)
+    return len(issame)
+
+
+def _write_montage(cfg: FaceWorldConfig, out: str) -> None:
+    rows = []
+    for label in range(min(cfg.montage_identities, cfg.identities)):
+        row = [image for image, _ in _train_images(cfg, label)]
+        rows.append(row[: cfg.montage_images])
+    storage.write_bytes(storage.join(out, "montage.png"), encode_png(montage(rows)))
+
+
+def load_summary(out: str) -> FaceWorldSummary | None:
+    """The summary of a complete face world at ``out``, or None if there is none yet."""
+    uri = storage.join(out, "summary.json")
+    if not storage.exists(uri):
+        return None
+    return FaceWorldSummary(**json.loads(storage.read_text(uri)))
+
+
+def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
+    """Render the face world configured in ``config.faceworld``; reuse a complete identical one."""
+    cfg, out = config.faceworld, config.faceworld_uri()
+    resolved = cfg.model_dump(mode="json")
+    existing = load_summary(out)
+    if existing is not None and existing.config == resolved:
+        return existing
+    storage.ensure_writable(out)
+    start = time.perf_counter()
+    train_images = _write_train_set(cfg, out)
+    benchmarks = {
+        spec.name: _write_benchmark(cfg, spec, BENCHMARK_STREAM_BASE + i,
+                                    storage.join(out, "benchmarks", f"{spec.name}.bin"))
+        for i, spec in enumerate(cfg.benchmarks)
+    }
+    _write_montage(cfg, out)
+    summary = FaceWorldSummary(
+        out=out,
+        image_size=cfg.image_size,
+        identities=cfg.identities,
+        train_images=train_images,
+        benchmarks=benchmarks,
+        seconds=round(time.perf_counter() - start, 2),
+        code_version=code_version(),
+        config=resolved,
+    )
+    save_config(cfg, storage.join(out, "config.yaml"), summary.code_version)
+    # summary.json is written last: its presence marks the face world complete.
+    storage.write_text(storage.join(out, "summary.json"), json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def print_summary(summary: FaceWorldSummary) -> None:
+    print(f"face world at {summary.out} ({summary.code_version})")
+    print(f"  training set: {summary.identities} identities, {summary.train_images} images, "
+          f"{summary.image_size}x{summary.image_size} px  ->  {summary.train_uri}")
+    for name, pairs in summary.benchmarks.items():
+        print(f"  benchmark {name}: {pairs} pairs  ->  {summary.benchmark_uri(name)}")
+    print(f"  montage: {storage.join(summary.out, 'montage.png')}  ({summary.seconds:.1f} s)")
