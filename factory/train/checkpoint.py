@@ -1,0 +1,80 @@
+"""Recognizer checkpoints: everything needed to resume training, or to rebuild the model alone.
+
+A checkpoint directory holds
+
+* ``recognizer.pt``: backbone and head weights, optimizer, scheduler and AMP scaler state, epoch,
+  global step, the backbone's constructor arguments, the resolved config, the code version and
+  the MLflow run id;
+* ``backbone.pt``: the plain backbone ``state_dict``, the file layout of an arcface_torch
+  ``model.pt``, so insightface tooling reads it as it is;
+* ``config.yaml``: the resolved config and code version, for people.
+
+Loading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain values, and
+never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import torch
+import yaml
+
+from factory import storage
+from factory.config import BackboneConfig
+from factory.errors import FormatError, UserError
+from factory.models.iresnet import IResNet, build_backbone
+
+STATE_FILE = "recognizer.pt"
+BACKBONE_FILE = "backbone.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Module) -> None:
+    """Write a checkpoint into a local directory (Ray Train uploads it to the run's storage)."""
+    os.makedirs(directory, exist_ok=True)
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    torch.save(backbone.state_dict(), os.path.join(directory, BACKBONE_FILE))
+    document = {"code_version": state["code_version"], "config": state["config"]}
+    with open(os.path.join(directory, CONFIG_FILE), "w") as stream:
+        yaml.safe_dump(document, stream, sort_keys=False)
+
+
+def _torch_load(uri: str) -> Any:
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise FormatError(f"{uri}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def load_state(checkpoint_uri: str) -> dict[str, Any]:
+    """The full training state of a checkpoint directory."""
+    return _torch_load(storage.join(checkpoint_uri, STATE_FILE))
+
+
+def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
+    """A backbone in eval mode from a facefactory checkpoint directory or a plain ``model.pt``.
+
+    A facefactory checkpoint carries its own constructor arguments. A plain state_dict (an
+    arcface_torch ``model.pt``) needs ``backbone`` to say which architecture it is.
+    """
+    if storage.is_dir(uri):
+        state = load_state(uri)
+        model = IResNet(**state["backbone_args"])
+        weights = state["backbone"]
+    else:
+        if backbone is None:
+            raise UserError(f"{uri}: a plain state_dict needs evaluate.backbone (name, input_size)")
+        model = build_backbone(**backbone.model_dump())
+        weights = _torch_load(uri)
+        if not isinstance(weights, dict):
+            raise FormatError(f"{uri}: expected a state_dict (a mapping of tensors)")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise FormatError(f"{uri}: weights do not fit the backbone ({str(exc).splitlines()[0]})") from None
+    return model.eval()

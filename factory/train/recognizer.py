@@ -1,0 +1,337 @@
+"""``factory train-recognizer``: margin-loss training of an IResNet under Ray Train.
+
+The driver validates the inputs, then a ``TorchTrainer`` runs :func:`train_loop` on every worker
+(DDP over gloo on CPUs, NCCL on GPUs; workers, CPUs and GPUs from config). Each epoch rank 0
+evaluates on the benchmarks when due, writes a checkpoint and logs to MLflow; the other ranks
+only train. A rerun with the same ``run_name`` and storage resumes from the latest checkpoint,
+as does Ray Train itself after a worker failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from factory import storage
+from factory.config import FactoryConfig, RecognizerConfig
+from factory.eval.benchmarks import (
+    accuracy_metrics,
+    backbone_embedder,
+    evaluate_embedder,
+    load_benchmarks,
+)
+from factory.errors import UserError
+from factory.eval.verification import plot_roc
+from factory.formats.dataset import open_dataset
+from factory.models.heads import MarginClassifier
+from factory.models.iresnet import build_backbone
+from factory.provenance import code_version
+from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.tracking import RunTracker
+from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
+from factory.train.samples import TrainingSamples
+from factory.train.schedule import lr_multiplier
+
+FINAL_DIR = "final"
+PROGRESS_SECONDS = 20.0  # worker output goes through Ray's log stream: one line per refresh
+
+
+class Recognizer(nn.Module):
+    """Backbone plus margin classifier; ``forward`` returns the loss, so DDP wraps one module."""
+
+    def __init__(self, backbone: nn.Module, head: MarginClassifier) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head(self.backbone(images), labels, weights)
+
+
+def build_recognizer(cfg: RecognizerConfig, num_classes: int) -> Recognizer:
+    backbone = build_backbone(**cfg.backbone.model_dump())
+    head = MarginClassifier(
+        cfg.backbone.embedding_size,
+        num_classes,
+        margin=cfg.head.margin,
+        scale=cfg.head.scale,
+        margin_value=cfg.head.margin_value,
+    )
+    return Recognizer(backbone, head)
+
+
+def optimizer_digest(optimizer: torch.optim.Optimizer) -> float:
+    """A fingerprint of the optimizer's momentum buffers, to show a resume restored them."""
+    total = 0.0
+    for state in optimizer.state.values():
+        buffer = state.get("momentum_buffer")
+        if buffer is not None:
+            total += float(buffer.detach().abs().double().sum())
+    return total
+
+
+def _autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler]:
+    """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; off on CPU."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
+    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=use)), scaler
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The per-worker training loop (runs inside a Ray Train worker)."""
+    import ray.train
+    import ray.train.torch
+
+    config = FactoryConfig.model_validate(loop_config["config"])
+    cfg = config.recognizer
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.workers.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    real = open_dataset(cfg.domain_mixup.real_data) if cfg.domain_mixup.real_data else None
+    samples = TrainingSamples(
+        open_dataset(loop_config["data_uri"]), cfg.backbone.input_size, cfg.augment, cfg.seed,
+        real=real, psi=cfg.domain_mixup.psi,
+    )
+    loader = torch.utils.data.DataLoader(
+        samples,
+        batch_size=max(1, cfg.optimizer.batch_size // world),
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.workers.loader_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    loader = ray.train.torch.prepare_data_loader(loader)
+    steps_per_epoch = max(1, len(loader))
+
+    model = build_recognizer(cfg, samples.num_classes)
+    checkpoint = ray.train.get_checkpoint()
+    resumed: dict[str, Any] | None = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resumed = load_state(directory)
+        model.backbone.load_state_dict(resumed["backbone"])
+        model.head.load_state_dict(resumed["head"])
+    model = ray.train.torch.prepare_model(model)
+    core: Recognizer = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
+        weight_decay=cfg.optimizer.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(cfg.optimizer, steps_per_epoch)
+    )
+    autocast, scaler = _autocast(device, cfg.workers.mixed_precision)
+    start_epoch, global_step, run_id, resume_digest = 0, 0, None, 0.0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        start_epoch, global_step = resumed["epoch"] + 1, resumed["global_step"]
+        run_id, resume_digest = resumed.get("mlflow_run_id"), optimizer_digest(optimizer)
+
+    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    run_id = tracker.start(
+        cfg.run_name, run_id=run_id, params={"recognizer": cfg.model_dump(mode="json"),
+                                             "data": loop_config["data_uri"]},
+        tags={"code_version": loop_config["code_version"], "stage": "train-recognizer"},
+    )
+    benchmarks = None
+    for epoch in range(start_epoch, cfg.optimizer.epochs):
+        samples.set_epoch(epoch)
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        progress = tqdm(loader, desc=f"recognizer epoch {epoch}", disable=rank != 0, leave=False,
+                        mininterval=PROGRESS_SECONDS)
+        for images, labels, weights in progress:
+            images, labels, weights = (t.to(device) for t in (images, labels, weights))
+            with autocast():
+                loss = model(images, labels, weights)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            seen += len(images)
+            loss_sum += float(loss.detach()) * len(images)
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": loss_sum / max(1, seen),
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": seen * world / max(elapsed, 1e-9),
+            "global_step": global_step,
+            "start_epoch": start_epoch,
+            "resume_optimizer_digest": resume_digest,
+            "optimizer_digest": optimizer_digest(optimizer),
+        }
+        final = epoch == cfg.optimizer.epochs - 1
+        due = final or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+        results = []
+        if rank == 0 and due and loop_config["benchmarks"]:
+            if benchmarks is None:
+                benchmarks = load_benchmarks(loop_config["benchmarks"], cfg.backbone.input_size)
+            results = evaluate_embedder(backbone_embedder(core.backbone, device), benchmarks)
+            metrics.update(accuracy_metrics(results))
+        _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config)
+        tracker.log_metrics(metrics, step=epoch)
+        if rank == 0:
+            print(_epoch_line(metrics), flush=True)
+        if final and results and tracker.enabled:
+            with tempfile.TemporaryDirectory() as directory:
+                tracker.log_artifact(plot_roc(results, os.path.join(directory, "roc.png")))
+    tracker.end()
+
+
+def _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config) -> None:
+    """Report the epoch's metrics; rank 0 attaches a checkpoint (the call is a barrier)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    state = {
+        "backbone": core.backbone.state_dict(),
+        "head": core.head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": metrics["epoch"],
+        "global_step": metrics["global_step"],
+        "backbone_args": dict(core.backbone.config),
+        "num_classes": core.head.weight.shape[0],
+        "config": loop_config["config"]["recognizer"],
+        "data_uri": loop_config["data_uri"],
+        "code_version": loop_config["code_version"],
+        "mlflow_run_id": run_id,
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, state, core.backbone)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _epoch_line(metrics: dict[str, Any]) -> str:
+    accuracies = {k[:-4]: v for k, v in metrics.items() if k.endswith("/acc")}
+    text = (f"epoch {metrics['epoch']}: loss {metrics['loss']:.3f}, lr {metrics['lr']:.4g}, "
+            f"{metrics['images_per_s']:.0f} img/s")
+    if accuracies:
+        text += ", " + ", ".join(f"{k} {v:.1f}%" for k, v in accuracies.items())
+        text += f", AVG {metrics['avg_acc']:.2f}%"
+    return text
+
+
+@dataclass
+class RecognizerRun:
+    """The outcome of a training run: final metrics and where the final checkpoint lives."""
+
+    run_name: str
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
+    """Explicit ``evaluate.benchmarks`` (each must exist), else the face world's if present."""
+    if config.evaluate.benchmarks:
+        for uri in config.evaluate.benchmarks:
+            if not storage.exists(uri):
+                raise UserError(f"{uri}: benchmark file not found")
+        return list(config.evaluate.benchmarks)
+    return [uri for uri in config.benchmark_uris() if storage.exists(uri)]
+
+
+RUN_IDENTITY_FILE = "run.json"
+
+
+def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
+    """Record what this run trains; refuse to resume a run that trained something else.
+
+    A rerun with the same ``run_name`` resumes from the latest checkpoint, which is only sound
+    for the same model and data. Epochs, schedule and workers may change between reruns.
+    """
+    identity = {"backbone": cfg.backbone.model_dump(mode="json"),
+                "head": cfg.head.model_dump(mode="json"), "data": data_uri,
+                "real_data": cfg.domain_mixup.real_data}
+    uri = storage.join(run_root, RUN_IDENTITY_FILE)
+    if storage.exists(uri):
+        previous = json.loads(storage.read_text(uri))
+        changed = sorted(key for key in identity if previous.get(key) != identity[key])
+        if changed:
+            raise UserError(
+                f"{run_root}: run {cfg.run_name!r} was started with a different "
+                f"{', '.join(changed)}; set a new recognizer.run_name or remove that folder")
+        return
+    storage.write_text(uri, json.dumps(identity, indent=2))
+
+
+def _storage_path(uri: str) -> str:
+    return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
+
+
+def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> RecognizerRun:
+    """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = config.recognizer
+    data_uri = config.recognizer_data_uri()
+    open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
+    if cfg.domain_mixup.real_data:
+        open_dataset(cfg.domain_mixup.real_data)
+    build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
+    run_root = storage.join(config.recognizer_storage_uri(), cfg.run_name)
+    storage.ensure_writable(run_root)
+    _claim_run(run_root, cfg, data_uri)
+    init_ray(config.runtime, cli_address)
+    resources = {"CPU": cfg.workers.cpus_per_worker}
+    if cfg.workers.use_gpu:
+        resources["GPU"] = cfg.workers.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "data_uri": data_uri,
+            "benchmarks": evaluation_benchmarks(config),
+            "tracking_uri": mlflow_tracking_uri(config.runtime),
+            "code_version": code_version(),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers.num_workers, use_gpu=cfg.workers.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=_storage_path(config.recognizer_storage_uri()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    final = storage.join(run_root, FINAL_DIR)
+    _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
+    return RecognizerRun(cfg.run_name, final, dict(result.metrics))
+
+
+def _publish_final(source_path: str, source_fs, final_uri: str, metrics: dict) -> None:
+    """Copy the latest checkpoint to ``<run>/final`` (a stable name) with its metrics."""
+    for name in (STATE_FILE, "backbone.pt", "config.yaml"):
+        with source_fs.open_input_stream(f"{source_path}/{name}") as src:
+            data = src.read()
+        storage.write_bytes(storage.join(final_uri, name), data)
+    storage.write_text(storage.join(final_uri, "metrics.json"), json.dumps(metrics, indent=2))

@@ -1,0 +1,73 @@
+"""Training samples for the recognizer: augmented images with (labels, weights) targets.
+
+Every sample carries K = 2 targets with weights summing to 1, the form the margin classifier
+takes for soft labels. A plain sample is (y, y) with weights (1, 0). With SynFace domain mixup a
+real image is blended in: x = psi x_syn + (1 - psi) x_real, targets (y_syn, C_syn + y_real) with
+weights (psi, 1 - psi), the real classes numbered after the synthetic ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from factory.config import AugmentConfig
+from factory.formats.dataset import FaceDataset
+from factory.train.augment import augment
+
+PSI_GRID = np.round(np.arange(21) * 0.05, 2)
+
+
+class TrainingSamples(Dataset):
+    """A map-style torch dataset over any :class:`FaceDataset`, deterministic per epoch."""
+
+    def __init__(
+        self,
+        primary: FaceDataset,
+        input_size: int,
+        augment_config: AugmentConfig,
+        seed: int,
+        real: FaceDataset | None = None,
+        psi: float | str = "grid",
+    ) -> None:
+        self.primary = primary
+        self.real = real
+        self.input_size = input_size
+        self.augment_config = augment_config
+        self.seed = seed
+        self.psi = psi
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the shared classifier: the primary ones, then the real ones if mixed."""
+        return self.primary.num_classes + (self.real.num_classes if self.real else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for a new epoch (DataLoader workers copy this each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def _view(self, dataset: FaceDataset, index: int, rng: np.random.Generator) -> np.ndarray:
+        return augment(dataset.image(index), self.input_size, self.augment_config, rng)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image = self._view(self.primary, index, rng)
+        label = int(self.primary.labels[index])
+        if self.real is None:
+            labels, weights = (label, label), (1.0, 0.0)
+        else:
+            psi = float(rng.choice(PSI_GRID)) if self.psi == "grid" else float(self.psi)
+            real_index = int(rng.integers(len(self.real)))
+            image = psi * image + (1.0 - psi) * self._view(self.real, real_index, rng)
+            real_label = self.primary.num_classes + int(self.real.labels[real_index])
+            labels, weights = (label, real_label), (psi, 1.0 - psi)
+        return (
+            torch.from_numpy(image),
+            torch.tensor(labels, dtype=torch.long),
+            torch.tensor(weights, dtype=torch.float32),
+        )

@@ -1,0 +1,101 @@
+"""Ray Train recognizer training on a tiny face world: 1 and 2 workers, and resume.
+
+These start a local Ray cluster with 2 CPUs (the machine CI runs on) and train for seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from factory.config import BenchmarkSpec, FactoryConfig, load_config
+from factory.faceworld.build import build_faceworld
+from factory.train.checkpoint import load_backbone, load_state
+from factory.train.recognizer import train_recognizer
+
+pytestmark = pytest.mark.slow
+
+EPOCH_KEYS = {"epoch", "loss", "lr", "images_per_s", "global_step", "optimizer_digest",
+              "tiny/acc", "tiny/tar_far_1e-3", "avg_acc"}
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    config = FactoryConfig(workdir=str(root))
+    config.faceworld.image_size = 32
+    config.faceworld.identities = 8
+    config.faceworld.images_per_identity = 4
+    config.faceworld.benchmarks = [BenchmarkSpec(name="tiny", identities=20, pairs=40)]
+    build_faceworld(config)
+    return root
+
+
+def _config(world, tmp_path, **overrides) -> FactoryConfig:
+    base = [
+        f"workdir={world}",
+        f"evaluate.benchmarks=[{world / 'faceworld' / 'benchmarks' / 'tiny.bin'}]",
+        f"recognizer.storage={tmp_path / 'runs'}",
+        f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "recognizer.backbone.name=ir-tiny",
+        "recognizer.backbone.input_size=32",
+        "recognizer.backbone.embedding_size=16",
+        "recognizer.optimizer.batch_size=8",
+        "recognizer.optimizer.lr=0.05",
+        "recognizer.optimizer.warmup_epochs=0",
+        "recognizer.workers.cpus_per_worker=0.5",
+        "recognizer.max_failures=0",
+    ]
+    return load_config(None, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_report_the_same_metrics(ray_two_cpus, world, tmp_path, workers):
+    config = _config(world, tmp_path, **{"recognizer.workers.num_workers": workers,
+                                         "recognizer.optimizer.epochs": 1})
+    run = train_recognizer(config)
+    assert EPOCH_KEYS <= set(run.metrics)
+    assert 0.0 <= run.metrics["tiny/acc"] <= 100.0
+    saved = json.loads((tmp_path / "runs" / "recognizer" / "final" / "metrics.json").read_text())
+    assert saved["epoch"] == 0
+    backbone = load_backbone(run.checkpoint)
+    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
+
+
+def test_a_rerun_resumes_at_the_next_epoch_with_the_optimizer_state(
+    ray_two_cpus, world, tmp_path
+):
+    first = train_recognizer(_config(world, tmp_path, **{"recognizer.optimizer.epochs": 1}))
+    assert first.metrics["epoch"] == 0 and first.metrics["start_epoch"] == 0
+    second = train_recognizer(_config(world, tmp_path, **{"recognizer.optimizer.epochs": 2}))
+    assert second.metrics["start_epoch"] == 1 and second.metrics["epoch"] == 1
+    assert second.metrics["global_step"] == 2 * first.metrics["global_step"]
+    assert second.metrics["resume_optimizer_digest"] == pytest.approx(
+        first.metrics["optimizer_digest"], rel=1e-9)
+    state = load_state(second.checkpoint)
+    assert state["epoch"] == 1 and state["config"]["optimizer"]["epochs"] == 2
+
+
+def test_a_rerun_with_another_model_is_refused_before_training(world, tmp_path):
+    from factory.errors import UserError
+
+    config = _config(world, tmp_path)
+    run_root = tmp_path / "runs" / "recognizer"
+    run_root.mkdir(parents=True)
+    (run_root / "run.json").write_text(json.dumps({
+        "backbone": config.recognizer.backbone.model_dump(mode="json") | {"name": "ir-small"},
+        "head": config.recognizer.head.model_dump(mode="json"),
+        "data": config.recognizer_data_uri(), "real_data": ""}))
+    with pytest.raises(UserError, match="different backbone; set a new recognizer.run_name"):
+        train_recognizer(config)
