@@ -145,6 +145,24 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def copy_tree(source: str, destination: str,
+              source_filesystem: pafs.FileSystem | None = None) -> None:
+    """Copy a directory tree between any two locations (local paths or URIs).
+
+    ``source_filesystem`` lets a caller pass a path it got with its own filesystem (a Ray Train
+    checkpoint's ``filesystem`` and ``path``).
+    """
+    if source_filesystem is None:
+        source_filesystem, source = resolve(source)
+    destination_filesystem, destination_path = resolve(destination)
+    try:
+        destination_filesystem.create_dir(destination_path, recursive=True)
+        pafs.copy_files(source, destination_path, source_filesystem=source_filesystem,
+                        destination_filesystem=destination_filesystem)
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"{destination}: cannot copy {source} there ({_reason(exc)})") from None
+
+
 def local_path(uri: str) -> str:
     """The local filesystem path of a local URI; :class:`UserError` for remote ones."""
     if is_remote(uri):

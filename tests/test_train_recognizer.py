@@ -10,8 +10,7 @@ import json
 import pytest
 import torch
 
-from factory.config import BenchmarkSpec, FactoryConfig, load_config
-from factory.faceworld.build import build_faceworld
+from factory.config import FactoryConfig, load_config
 from factory.train.checkpoint import load_backbone, load_state
 from factory.train.recognizer import train_recognizer
 
@@ -19,27 +18,6 @@ pytestmark = pytest.mark.slow
 
 EPOCH_KEYS = {"epoch", "loss", "lr", "images_per_s", "global_step", "optimizer_digest",
               "tiny/acc", "tiny/tar_far_1e-3", "avg_acc"}
-
-
-@pytest.fixture(scope="module")
-def ray_two_cpus():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    config = FactoryConfig(workdir=str(root))
-    config.faceworld.image_size = 32
-    config.faceworld.identities = 8
-    config.faceworld.images_per_identity = 4
-    config.faceworld.benchmarks = [BenchmarkSpec(name="tiny", identities=20, pairs=40)]
-    build_faceworld(config)
-    return root
 
 
 def _config(world, tmp_path, **overrides) -> FactoryConfig:

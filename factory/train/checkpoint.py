@@ -42,7 +42,8 @@ def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Mo
         yaml.safe_dump(document, stream, sort_keys=False)
 
 
-def _torch_load(uri: str) -> Any:
+def read_torch_file(uri: str) -> Any:
+    """A torch file of tensors and plain values (``weights_only``: never runs code)."""
     try:
         return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except UserError:
@@ -53,7 +54,7 @@ def _torch_load(uri: str) -> Any:
 
 def load_state(checkpoint_uri: str) -> dict[str, Any]:
     """The full training state of a checkpoint directory."""
-    return _torch_load(storage.join(checkpoint_uri, STATE_FILE))
+    return read_torch_file(storage.join(checkpoint_uri, STATE_FILE))
 
 
 def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
@@ -68,9 +69,10 @@ def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
         weights = state["backbone"]
     else:
         if backbone is None:
-            raise UserError(f"{uri}: a plain state_dict needs evaluate.backbone (name, input_size)")
+            raise UserError(f"{uri}: a plain state_dict needs its architecture (evaluate.backbone or "
+                            "generator.identity_encoder_backbone: name, input_size)")
         model = build_backbone(**backbone.model_dump())
-        weights = _torch_load(uri)
+        weights = read_torch_file(uri)
         if not isinstance(weights, dict):
             raise FormatError(f"{uri}: expected a state_dict (a mapping of tensors)")
     try:

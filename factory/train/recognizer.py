@@ -37,6 +37,7 @@ from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri
 from factory.tracking import RunTracker
 from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
+from factory.train.precision import autocast_and_scaler
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
@@ -78,14 +79,6 @@ def optimizer_digest(optimizer: torch.optim.Optimizer) -> float:
         if buffer is not None:
             total += float(buffer.detach().abs().double().sum())
     return total
-
-
-def _autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler]:
-    """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; off on CPU."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
-    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=use)), scaler
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -134,7 +127,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(cfg.optimizer, steps_per_epoch)
     )
-    autocast, scaler = _autocast(device, cfg.workers.mixed_precision)
+    autocast, scaler = autocast_and_scaler(device, cfg.workers.mixed_precision)
     start_epoch, global_step, run_id, resume_digest = 0, 0, None, 0.0
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
