@@ -57,8 +57,11 @@ class BenchmarkSpec(StrictModel):
     second_profile: Profile = "frontal"
     identities: int = Field(300, ge=20)
     pairs: int = Field(600, ge=20, description="Positive and negative pairs, half each")
-    lookalike_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of hard negatives")
-    lookalike_distance: float = Field(0.5, gt=0.0, le=1.0)
+    lookalike_fraction: float = Field(0.15, ge=0.0, le=1.0, description="Share of hard negatives")
+    lookalike_distance: float = Field(0.8, gt=0.0, le=1.0)
+    same_scene_negatives: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of negatives whose second image reuses the "
+        "first one's scene (background, clothing, light): pixels alone cannot tell them apart")
 
     @model_validator(mode="after")
     def _folds_balanced(self) -> BenchmarkSpec:
@@ -84,6 +87,7 @@ class FaceWorldConfig(StrictModel):
     image_size: int = Field(112, ge=16, le=256)
     identities: int = Field(1000, ge=2, description="Training identities")
     images_per_identity: int = Field(20, ge=2)
+    inquiry_identities: int = Field(64, ge=2, description="Held-out identities, 1 image each")
     benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks, min_length=1)
     montage_identities: int = Field(8, ge=1)
     montage_images: int = Field(10, ge=1)
@@ -178,6 +182,132 @@ class RecognizerConfig(StrictModel):
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the checkpoint")
 
 
+class UNetConfig(StrictModel):
+    """The diffusers ``UNet2DConditionModel``: a level per entry of ``block_out_channels``;
+    levels marked in ``cross_attention`` attend to the identity/similarity context tokens."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2)
+    cross_attention: list[bool] = Field(default_factory=lambda: [False, False, True])
+    layers_per_block: int = Field(2, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    cross_attention_dim: int = Field(128, ge=8, description="Width of a context token")
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> UNetConfig:
+        if len(self.cross_attention) != len(self.block_out_channels):
+            raise ValueError("cross_attention needs one flag per block_out_channels entry")
+        if not any(self.cross_attention):
+            raise ValueError("at least one level must use cross-attention (the conditions)")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("block_out_channels must be multiples of norm_num_groups")
+        return self
+
+
+class ConditionConfig(StrictModel):
+    """CemiFace's conditions: C_sim = F1(m), context = F2([C_id, C_sim]) as tokens."""
+
+    similarity_dim: int = Field(64, ge=1, description="Width of C_sim = F1(m)")
+    tokens: int = Field(4, ge=1, description="Context tokens F2 produces")
+
+
+class DiffusionConfig(StrictModel):
+    """The DDPM training schedule (diffusers ``DDPMScheduler``) and the objective's weighting."""
+
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_start: float = Field(1e-4, gt=0.0)
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    min_snr_gamma: float | None = Field(None, gt=0.0, description="Min-SNR weighting; None: off")
+
+
+class SimilarityMatchingConfig(StrictModel):
+    """L = L_MSE + lambda L_SimMat, with m drawn per sample from a grid over [low, high]."""
+
+    weight: float = Field(0.05, ge=0.0, description="lambda (CemiFace: 0.05; 0.5 was worse)")
+    m_interval: float = Field(0.04, gt=0.0, le=1.0, description="Grid step (CemiFace: 0.04)")
+    m_low: float = Field(-1.0, ge=-1.0, le=1.0)
+    m_high: float = Field(1.0, ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SimilarityMatchingConfig:
+        if self.m_low > self.m_high:
+            raise ValueError("m_low must not exceed m_high")
+        return self
+
+
+class GeneratorOptimizerConfig(StrictModel):
+    """AdamW with linear warm-up then cosine decay, counted in optimizer steps."""
+
+    steps: int = Field(20000, ge=1, description="Total optimizer steps")
+    batch_size: int = Field(32, ge=1, description="Global batch, split across workers")
+    lr: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(200, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Final lr / peak lr")
+    grad_clip: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+
+
+class SamplingConfig(StrictModel):
+    """DDIM sampling (diffusers ``DDIMScheduler``)."""
+
+    steps: int = Field(20, ge=1, le=1000)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
+
+
+class ComplianceConfig(StrictModel):
+    """m-compliance: samples at each m for held-out identities, measured by E_id."""
+
+    data: Uri = Field("", description="Inquiry images (first per identity); empty: the face "
+                                      "world's held-out inquiry set")
+    identities: int = Field(24, ge=2)
+    seeds: int = Field(4, ge=1, description="Samples per (identity, m)")
+    m_values: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.0, -0.5, -1.0],
+                                  min_length=2)
+    grid_identities: int = Field(6, ge=1, description="Rows of the CemiFace figure")
+    grid_columns: int = Field(9, ge=2, description="m values from 1 to -1 in the figure")
+
+
+class GeneratorConfig(StrictModel):
+    """``factory train-generator``: the CemiFace similarity-conditioned diffusion model."""
+
+    data: Uri = Field("", description="Training images URI; empty: the face world's training set")
+    identity_encoder: Uri = Field(
+        "", description="Recognizer checkpoint dir or arcface_torch model.pt (E_id); empty: "
+                        "this config's recognizer run")
+    identity_encoder_backbone: BackboneConfig | None = Field(
+        None, description="Architecture of a plain model.pt given as identity_encoder")
+    storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/generator")
+    init_from: Uri = Field("", description="Generator checkpoint to start a new run from")
+    checkpoint: Uri = Field("", description="Checkpoint to sample and report on; empty: this "
+                                            "run's published final checkpoint")
+    run_name: str = Field("generator", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    image_size: int = Field(32, ge=16, le=256, description="Side of generated images")
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    condition: ConditionConfig = Field(default_factory=ConditionConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    similarity_matching: SimilarityMatchingConfig = Field(
+        default_factory=SimilarityMatchingConfig)
+    optimizer: GeneratorOptimizerConfig = Field(default_factory=GeneratorOptimizerConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints")
+    log_every: int = Field(50, ge=1, description="Steps between logged losses")
+    max_failures: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _size_fits_levels(self) -> GeneratorConfig:
+        factor = 2 ** (len(self.unet.block_out_channels) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size must be a multiple of {factor} for "
+                             f"{len(self.unet.block_out_channels)} UNet levels")
+        return self
+
+
 class EvaluateConfig(StrictModel):
     """``factory evaluate``: a recognizer against .bin benchmarks."""
 
@@ -198,6 +328,7 @@ class FactoryConfig(StrictModel):
     faceworld: FaceWorldConfig = Field(default_factory=FaceWorldConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def faceworld_uri(self) -> str:
@@ -213,6 +344,26 @@ class FactoryConfig(StrictModel):
 
     def recognizer_storage_uri(self) -> str:
         return self.recognizer.storage or storage.join(self.workdir, "recognizer")
+
+    def recognizer_final_uri(self) -> str:
+        """Where ``train-recognizer`` publishes this config's final checkpoint."""
+        return storage.join(self.recognizer_storage_uri(), self.recognizer.run_name, "final")
+
+    def generator_data_uri(self) -> str:
+        return self.generator.data or storage.join(self.faceworld_uri(), "train")
+
+    def inquiry_data_uri(self) -> str:
+        return self.generator.compliance.data or storage.join(self.faceworld_uri(), "inquiry")
+
+    def identity_encoder_uri(self) -> str:
+        return self.generator.identity_encoder or self.recognizer_final_uri()
+
+    def generator_storage_uri(self) -> str:
+        return self.generator.storage or storage.join(self.workdir, "generator")
+
+    def generator_checkpoint_uri(self) -> str:
+        return self.generator.checkpoint or storage.join(
+            self.generator_storage_uri(), self.generator.run_name, "final")
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:

@@ -11,7 +11,7 @@ from factory.config import BenchmarkSpec, FaceWorldConfig, FactoryConfig
 from factory.faceworld.build import build_faceworld
 from factory.faceworld.identity import DIMENSIONS, describe, lookalike, sample_identity
 from factory.faceworld.montage import montage
-from factory.faceworld.nuisance import sample_nuisance
+from factory.faceworld.nuisance import same_scene, sample_nuisance
 from factory.faceworld.render import render_face
 from factory.formats.recordio import InsightFaceRecordDataset
 from factory.formats.verification_bin import read_bin
@@ -65,6 +65,15 @@ def test_profiles_stress_what_they_name():
         sample_nuisance(rng, "sideways")
 
 
+def test_same_scene_keeps_the_person_and_borrows_the_setting():
+    rng = np.random.default_rng(4)
+    scene, own = sample_nuisance(rng, "frontal"), sample_nuisance(rng, "pose")
+    moved = same_scene(own, scene)
+    assert (moved.background, moved.background_angle, moved.background_blobs, moved.clothing) \
+        == (scene.background, scene.background_angle, scene.background_blobs, scene.clothing)
+    assert (moved.yaw, moved.occlusion, moved.smile) == (own.yaw, own.occlusion, own.smile)
+
+
 def test_montage_tiles_rows_and_pads_short_ones():
     tile = np.zeros((8, 8, 3), np.uint8)
     sheet = montage([[tile, tile, tile], [tile]], gap=2)
@@ -78,7 +87,7 @@ def _small_world(tmp_path, name="world") -> FactoryConfig:
         workdir=str(tmp_path),
         faceworld=FaceWorldConfig(
             out=str(tmp_path / name), image_size=32, identities=6, images_per_identity=3,
-            montage_identities=2, montage_images=3,
+            montage_identities=2, montage_images=3, inquiry_identities=4,
             benchmarks=[BenchmarkSpec(name="a", **spec),
                         BenchmarkSpec(name="b", second_profile="pose", **spec)],
         ),
@@ -101,6 +110,12 @@ def test_build_writes_recordio_bins_montage_and_summary(tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["benchmarks"] == {"a": 40, "b": 40} and summary.train_images == 18
     assert "image_size: 32" in (out / "config.yaml").read_text()
+    inquiry = InsightFaceRecordDataset(str(out / "inquiry"))
+    count = config.faceworld.inquiry_identities
+    assert len(inquiry) == count and list(inquiry.labels) == list(range(count))
+    assert saved["inquiry_identities"] == count
+    assert not any(np.array_equal(inquiry.image(i), dataset.image(j))
+                   for i in range(count) for j in range(len(dataset)))
 
 
 def test_build_is_deterministic_and_a_rerun_reuses_the_result(tmp_path):

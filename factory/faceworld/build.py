@@ -3,6 +3,7 @@
 Layout under the output URI::
 
     train/train.rec, train/train.idx, train/property   insightface RecordIO, N ids x K images
+    inquiry/train.rec, ...                             RecordIO, held-out ids x 1 frontal image
     benchmarks/<name>.bin                              insightface verification pairs
     montage.png                                        rows identities, columns their images
     summary.json, config.yaml                          counts, timings, resolved config
@@ -27,14 +28,14 @@ from factory import storage
 from factory.config import BenchmarkSpec, FaceWorldConfig, FactoryConfig, save_config
 from factory.faceworld.identity import lookalike, sample_identity
 from factory.faceworld.montage import montage
-from factory.faceworld.nuisance import sample_nuisance
+from factory.faceworld.nuisance import Nuisance, same_scene, sample_nuisance
 from factory.faceworld.render import render_face
 from factory.formats.images import encode_jpeg, encode_png
 from factory.formats.recordio import write_insightface_rec
 from factory.formats.verification_bin import write_bin
 from factory.provenance import code_version
 
-TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 100
+TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, INQUIRY_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 50, 100
 
 
 @dataclass
@@ -50,9 +51,15 @@ class FaceWorldSummary:
     code_version: str = ""
     config: dict = field(default_factory=dict)
 
+    inquiry_identities: int = 0
+
     @property
     def train_uri(self) -> str:
         return storage.join(self.out, "train")
+
+    @property
+    def inquiry_uri(self) -> str:
+        return storage.join(self.out, "inquiry")
 
     def benchmark_uri(self, name: str) -> str:
         return storage.join(self.out, "benchmarks", f"{name}.bin")
@@ -95,36 +102,63 @@ def _write_train_set(cfg: FaceWorldConfig, out: str) -> int:
     return total
 
 
+def _write_inquiry_set(cfg: FaceWorldConfig, out: str) -> int:
+    """Held-out identities, one frontal image each: inquiries for the generator's checks and
+    for synthesis, disjoint from the training set and from every benchmark."""
+
+    def samples() -> Iterator[tuple[int, bytes]]:
+        for label in range(cfg.inquiry_identities):
+            rng = _rng(cfg.seed, INQUIRY_STREAM, label)
+            identity = sample_identity(rng)
+            image = render_face(identity, sample_nuisance(rng, "frontal"), cfg.image_size)
+            yield label, encode_jpeg(image, 95)
+
+    write_insightface_rec(
+        storage.join(out, "inquiry"),
+        samples(),
+        num_images=cfg.inquiry_identities,
+        num_classes=cfg.inquiry_identities,
+        image_size=(cfg.image_size, cfg.image_size),
+    )
+    return cfg.inquiry_identities
+
+
 def benchmark_pairs(
     cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
     """Pairs of one benchmark, fold by fold: each fold holds its positives then its negatives.
 
-    Positives are two images of one identity under the spec's two nuisance profiles (hard
-    positives come from large nuisance gaps); negatives pair two identities, a share of them a
-    look-alike drawn close in parameter space (hard negatives).
+    Positives are two images of one identity under the spec's two nuisance profiles, drawn
+    independently (hard positives come from large nuisance gaps). Negatives pair two identities,
+    a share of them a look-alike drawn close in parameter space, and a share photographed in the
+    same scene (background, clothing, light): different people who look alike in pixels, so a
+    benchmark rewards identity, not imaging conditions (hard negatives).
     """
     rng = _rng(cfg.seed, stream, 0)
     identities = [sample_identity(_rng(cfg.seed, stream, 1 + i)) for i in range(spec.identities)]
     per_fold = spec.pairs // 10
     order = iter(rng.permutation(np.arange(spec.pairs) % spec.identities))
 
-    def image(identity: np.ndarray, profile: str) -> np.ndarray:
-        return render_face(identity, sample_nuisance(rng, profile), cfg.image_size)
+    def render(identity: np.ndarray, nuisance: Nuisance) -> np.ndarray:
+        return render_face(identity, nuisance, cfg.image_size)
 
     for _ in range(10):
         for _ in range(per_fold // 2):
             identity = identities[next(order)]
-            yield image(identity, spec.first_profile), image(identity, spec.second_profile), True
+            first, second = (sample_nuisance(rng, p) for p in (spec.first_profile,
+                                                                spec.second_profile))
+            yield render(identity, first), render(identity, second), True
         for _ in range(per_fold // 2):
             index = next(order)
             if rng.random() < spec.lookalike_fraction:
-                second = lookalike(identities[index], rng, spec.lookalike_distance)
+                other = lookalike(identities[index], rng, spec.lookalike_distance)
             else:
-                other = (index + rng.integers(1, spec.identities)) % spec.identities
-                second = identities[other]
-            first = identities[index]
-            yield image(first, spec.first_profile), image(second, spec.second_profile), False
+                other = identities[(index + rng.integers(1, spec.identities)) % spec.identities]
+            first, second = (sample_nuisance(rng, p) for p in (spec.first_profile,
+                                                                spec.second_profile))
+            if rng.random() < spec.same_scene_negatives:
+                second = same_scene(second, first)
+            yield render(identities[index], first), render(other, second), False
 
 
 def _write_benchmark(cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int, uri: str) -> int:
@@ -165,6 +199,7 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
     storage.ensure_writable(out)
     start = time.perf_counter()
     train_images = _write_train_set(cfg, out)
+    inquiry_identities = _write_inquiry_set(cfg, out)
     benchmarks = {
         spec.name: _write_benchmark(cfg, spec, BENCHMARK_STREAM_BASE + i,
                                     storage.join(out, "benchmarks", f"{spec.name}.bin"))
@@ -176,6 +211,7 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
         image_size=cfg.image_size,
         identities=cfg.identities,
         train_images=train_images,
+        inquiry_identities=inquiry_identities,
         benchmarks=benchmarks,
         seconds=round(time.perf_counter() - start, 2),
         code_version=code_version(),
@@ -191,6 +227,8 @@ def print_summary(summary: FaceWorldSummary) -> None:
     print(f"face world at {summary.out} ({summary.code_version})")
     print(f"  training set: {summary.identities} identities, {summary.train_images} images, "
           f"{summary.image_size}x{summary.image_size} px  ->  {summary.train_uri}")
+    print(f"  inquiry set: {summary.inquiry_identities} held-out identities x 1 image  ->  "
+          f"{summary.inquiry_uri}")
     for name, pairs in summary.benchmarks.items():
         print(f"  benchmark {name}: {pairs} pairs  ->  {summary.benchmark_uri(name)}")
     print(f"  montage: {storage.join(summary.out, 'montage.png')}  ({summary.seconds:.1f} s)")
