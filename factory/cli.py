@@ -39,6 +39,19 @@ def _train_recognizer(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(f"recognizer {run.run_name}: final checkpoint {run.checkpoint}")
 
 
+def _train_generator(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory.train.generator import train_generator
+
+    run = train_generator(config, cli_address=args.address)
+    print(f"generator {run.run_name}: final checkpoint {run.checkpoint}")
+
+
+def _generator_report(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory.eval.generator_report import generator_report, report_text
+
+    print(report_text(*generator_report(config)))
+
+
 def _evaluate(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.eval.evaluate import evaluate_checkpoint, print_evaluation
 
@@ -55,6 +68,9 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "faceworld": ("render the built-in face world (RecordIO + .bin benchmarks)", _faceworld),
     "baseline": ("raw-pixel cosine baseline on the face-world benchmarks", _baseline),
     "train-recognizer": ("train an IResNet with a margin loss under Ray Train", _train_recognizer),
+    "train-generator": ("train the CemiFace generator under Ray Train", _train_generator),
+    "generator-report": ("m-compliance and the CemiFace grid of a generator checkpoint",
+                         _generator_report),
     "evaluate": ("10-fold verification of a recognizer on .bin benchmarks", _evaluate),
     "pipeline": ("run every stage end to end from one config", _pipeline),
 }

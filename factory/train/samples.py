@@ -8,6 +8,7 @@ weights (psi, 1 - psi), the real classes numbered after the synthetic ones.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -71,3 +72,33 @@ class TrainingSamples(Dataset):
             torch.tensor(labels, dtype=torch.long),
             torch.tensor(weights, dtype=torch.float32),
         )
+
+
+class DiffusionImages(Dataset):
+    """Generator training images: ``[3, S, S]`` float in [-1, 1], randomly mirrored.
+
+    Only the image is used (each image is its own inquiry); labels are not needed. Resizing uses
+    area interpolation, the right filter for shrinking.
+    """
+
+    def __init__(self, dataset: FaceDataset, image_size: int, seed: int) -> None:
+        self.dataset = dataset
+        self.image_size = image_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.dataset.image(index)
+        if image.shape[0] != self.image_size or image.shape[1] != self.image_size:
+            image = cv2.resize(image, (self.image_size, self.image_size),
+                               interpolation=cv2.INTER_AREA)
+        if np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            image = image[:, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        return tensor / 127.5 - 1.0

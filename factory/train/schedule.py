@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from factory.config import OptimizerConfig
@@ -25,5 +26,19 @@ def lr_multiplier(cfg: OptimizerConfig, steps_per_epoch: int) -> Callable[[int],
             return max(0.0, 1.0 - progress) ** cfg.poly_power
         epoch = step // steps_per_epoch
         return cfg.gamma ** sum(epoch >= milestone for milestone in cfg.milestones)
+
+    return multiplier
+
+
+def warmup_cosine_multiplier(warmup_steps: int, total_steps: int,
+                             min_ratio: float) -> Callable[[int], float]:
+    """A ``LambdaLR`` function: linear warm-up, then cosine decay to ``min_ratio`` of the peak
+    (the usual diffusion-training schedule)."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier

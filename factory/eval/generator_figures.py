@@ -1,0 +1,102 @@
+"""PNG figures of the generator: sample grids, loss curves, requested-m against measured similarity.
+
+Drawn on matplotlib's Agg canvas without pyplot (no display, no global figure state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from factory.faceworld.montage import montage
+from factory.models.sampling import to_uint8
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def similarity_grid_png(images: torch.Tensor, columns: int, path: str,
+                        column_labels: Sequence[str] = (),
+                        inquiries: torch.Tensor | None = None) -> str:
+    """Samples ``[rows * columns, 3, S, S]`` (row-major, in [-1, 1]) as a labelled grid PNG.
+
+    With ``inquiries`` (``[rows, 3, S, S]``) each row starts with its inquiry image. This is the
+    CemiFace figure when the columns run over m from 1 to -1 with one noise per row.
+    """
+    tiles = to_uint8(images).numpy()
+    rows = [list(tiles[r * columns:(r + 1) * columns]) for r in range(len(tiles) // columns)]
+    labels = list(column_labels)
+    if inquiries is not None:
+        for row, inquiry in zip(rows, to_uint8(inquiries).numpy()):
+            row.insert(0, inquiry)
+        labels = ["inquiry", *labels]
+    sheet = montage(rows)
+    side = tiles.shape[1] + 2
+    figure = _figure(max(3.0, 0.9 * len(rows[0])), max(2.0, 0.9 * len(rows)) + 0.4)
+    axes = figure.add_axes((0, 0, 1, 0.92 if labels else 1.0))
+    axes.imshow(sheet, interpolation="nearest")
+    axes.set_yticks([])
+    if labels:
+        axes.set_xticks([2 + side * i + side / 2 - 1 for i in range(len(labels))], labels,
+                        fontsize=8)
+        axes.xaxis.tick_top()
+    else:
+        axes.set_xticks([])
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def loss_curve_png(history: Sequence[dict[str, Any]], path: str) -> str:
+    """MSE and SimMat (left), and the mean similarity s of x0_hat to its inquiry (right)."""
+    steps = [h["step"] for h in history]
+    figure = _figure(10, 3.6)
+    losses, similarity = figure.subplots(1, 2)
+    losses.plot(steps, [h["mse"] for h in history], label="L_MSE")
+    losses.plot(steps, [h["simmat"] for h in history], label="L_SimMat")
+    losses.set_yscale("log")
+    losses.set_xlabel("step")
+    losses.set_title("loss terms")
+    losses.legend()
+    losses.grid(True, alpha=0.3)
+    similarity.plot(steps, [h["similarity"] for h in history], color="tab:green")
+    similarity.set_xlabel("step")
+    similarity.set_title("mean cos(E_id(x), E_id(x0_hat))")
+    similarity.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, path: str,
+                   title: str = "") -> str:
+    """Requested m against measured similarity to the inquiry: mean and std per m, every
+    sample as a dot, the identity line, and the between-identity similarity for reference."""
+    figure = _figure(5.5, 5)
+    axes = figure.add_subplot()
+    values = np.unique(requested)
+    means = np.array([measured[requested == v].mean() for v in values])
+    stds = np.array([measured[requested == v].std() for v in values])
+    axes.scatter(requested, measured, s=6, alpha=0.3, color="tab:blue", label="samples")
+    axes.errorbar(values, means, yerr=stds, color="tab:red", marker="o", capsize=3,
+                  label="mean +- std")
+    axes.plot([-1, 1], [-1, 1], color="gray", linestyle="--", linewidth=1, label="measured = m")
+    axes.axhline(between, color="tab:green", linestyle=":", label="different identities")
+    axes.set_xlim(-1.05, 1.05)
+    axes.set_ylim(-1.05, 1.05)
+    axes.set_xlabel("requested m")
+    axes.set_ylabel("cos(E_id(inquiry), E_id(sample))")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="upper left", fontsize=8)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,121 @@
+"""The CemiFace objective in plain torch: noise, the m grid, x0 estimates and the loss terms.
+
+``L = L_MSE + lambda * L_SimMat``. ``L_MSE`` is the usual denoising loss (epsilon or, as an
+option, v prediction; min-SNR weighting optional). ``L_SimMat`` compares the identity of the
+one-step estimate ``x0_hat`` (clipped to [-1, 1]) with the training image, which is its own
+inquiry: with ``s = cos(E_id(x), E_id(x0_hat))`` and ``gamma = t / T``,
+
+    L_SimMat = (1 - gamma) (1 - s)^2 + gamma (m - s)^2
+
+so at small t (x0_hat is nearly x) the sample must keep the identity, and at large t it must
+land at the requested similarity m. m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
+continuous m is known to collapse the model to one image for every m.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+
+from factory.config import DiffusionConfig, SimilarityMatchingConfig
+
+
+def training_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    """The DDPM schedule of the paper: T = 1000, linear betas 1e-4 .. 0.02 (from ``cfg``)."""
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="linear",
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+    )
+
+
+def m_grid(cfg: SimilarityMatchingConfig) -> torch.Tensor:
+    """The similarity targets training draws from: ``m_low, m_low + interval, .., m_high``."""
+    count = int(round((cfg.m_high - cfg.m_low) / cfg.m_interval)) + 1
+    grid = cfg.m_low + cfg.m_interval * torch.arange(count, dtype=torch.float64)
+    return grid.clamp(max=cfg.m_high).float()
+
+
+def draw_m(grid: torch.Tensor, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One grid value per sample, uniformly."""
+    return grid[torch.randint(len(grid), (batch,), generator=generator)]
+
+
+def _per_sample(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(like.device)[timesteps].float().reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def estimate_x0(scheduler: DDPMScheduler, noisy: torch.Tensor, timesteps: torch.Tensor,
+                output: torch.Tensor) -> torch.Tensor:
+    """``x0_hat`` from the model output at ``t``, clipped to [-1, 1]."""
+    alpha_bar = _per_sample(scheduler.alphas_cumprod, timesteps, noisy)
+    if scheduler.config.prediction_type == "v_prediction":
+        x0 = alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
+    else:
+        x0 = (noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    return x0.clamp(-1.0, 1.0)
+
+
+def denoising_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet regresses: the noise, or the velocity for v prediction."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    return noise
+
+
+def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None,
+                like: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE weights: 1, or min-SNR-gamma (Hang et al. 2023) when ``gamma`` is set."""
+    if gamma is None:
+        return torch.ones(len(timesteps), device=like.device)
+    alpha_bar = scheduler.alphas_cumprod.to(like.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
+
+
+def similarity_matching(similarity: torch.Tensor, m: torch.Tensor, timesteps: torch.Tensor,
+                        num_train_timesteps: int) -> torch.Tensor:
+    """Per-sample ``(1 - t/T)(1 - s)^2 + (t/T)(m - s)^2``."""
+    gamma = timesteps.float() / num_train_timesteps
+    return (1 - gamma) * (1 - similarity) ** 2 + gamma * (m - similarity) ** 2
+
+
+@dataclass
+class LossTerms:
+    """The objective and its parts (per-batch means), each logged separately."""
+
+    total: torch.Tensor
+    mse: torch.Tensor
+    simmat: torch.Tensor
+    similarity: torch.Tensor  # mean s = cos(E_id(x), E_id(x0_hat)), a diagnostic
+
+
+def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Tensor,
+                  identity: torch.Tensor, m: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.Tensor, weight: float,
+                  min_snr_gamma: float | None = None) -> LossTerms:
+    """One batch of the CemiFace objective.
+
+    ``clean`` are training images in [-1, 1] (each its own inquiry), ``identity`` their frozen
+    embeddings ``E_id(clean)``, ``m`` the drawn similarity targets.
+    """
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    output = generator(noisy, timesteps, identity, m)
+    target = denoising_target(scheduler, clean, noise, timesteps)
+    per_sample = ((output.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    mse = (snr_weights(scheduler, timesteps, min_snr_gamma, clean) * per_sample).mean()
+    estimate = estimate_x0(scheduler, noisy.float(), timesteps, output.float())
+    similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
+    simmat = similarity_matching(similarity, m, timesteps,
+                                 scheduler.config.num_train_timesteps).mean()
+    return LossTerms(mse + weight * simmat, mse.detach(), simmat.detach(),
+                     similarity.detach().mean())

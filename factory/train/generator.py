@@ -1,0 +1,346 @@
+"""``factory train-generator``: the CemiFace generator under Ray Train.
+
+Every worker runs :func:`train_loop`: DDP over gloo on CPUs or NCCL on GPUs, the frozen identity
+encoder on each worker, AdamW with warm-up and cosine decay, EMA weights, the CemiFace loss
+(``factory.models.diffusion``). Rank 0 logs the loss terms to MLflow every ``log_every`` steps
+and, every ``checkpoint_every`` steps, writes a checkpoint in diffusers layout
+(``factory.train.generator_checkpoint``) with a preview grid of EMA samples (rows identities,
+columns m from 1 to -1) and the loss curve. A rerun with the same ``run_name`` resumes from the
+latest checkpoint; ``init_from`` starts a new run from another checkpoint's weights (the
+quickstart continues the shipped face-world generator this way).
+
+Mixed precision is torch autocast on GPU (bf16 where supported, else fp16 with a grad scaler),
+as in the recognizer loop. accelerate is not used inside the loop: Ray Train already owns the
+process group, device placement and DDP wrapping that accelerate would set up again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from factory import storage
+from factory.config import FactoryConfig, GeneratorConfig
+from factory.errors import UserError
+from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
+from factory.formats.dataset import open_dataset
+from factory.models.diffusion import cemiface_loss, draw_m, m_grid, training_scheduler
+from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
+from factory.models.sampling import ddim_sample
+from factory.provenance import code_version
+from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.tracking import RunTracker
+from factory.train.checkpoint import load_backbone
+from factory.train.generator_checkpoint import (
+    encoder_record,
+    load_encoder,
+    load_generator,
+    load_training_state,
+    read_encoder_record,
+    save_generator,
+)
+from factory.train.precision import autocast_and_scaler
+from factory.train.samples import DiffusionImages
+from factory.train.schedule import warmup_cosine_multiplier
+
+FINAL_DIR = "final"
+PREVIEW_M = (1.0, 0.5, 0.0, -0.5, -1.0)
+PREVIEW_IDENTITIES = 4
+PREVIEW_SEED = 1234
+PROGRESS_SECONDS = 20.0
+
+
+def build_generator(cfg: GeneratorConfig, identity_dim: int) -> CemiFaceGenerator:
+    unet = build_unet(cfg.unet, cfg.image_size)
+    condition = build_condition(cfg.condition, identity_dim, cfg.unet.cross_attention_dim)
+    return CemiFaceGenerator(unet, condition)
+
+
+def _step_generator(cfg: GeneratorConfig, rank: int, step: int) -> torch.Generator:
+    """The random stream of one worker's step: resuming at step k redraws exactly what a
+    run that never stopped would have drawn there."""
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + rank) * 1_000_003 + step)
+
+
+def preview_samples(model: CemiFaceGenerator, scheduler, identity: torch.Tensor,
+                    cfg: GeneratorConfig) -> torch.Tensor:
+    """EMA samples for the preview grid: each identity at every m in PREVIEW_M, one noise per
+    row. Returns ``[identities * len(PREVIEW_M), 3, S, S]``, row-major."""
+    count = len(identity)
+    ids = identity.repeat_interleave(len(PREVIEW_M), dim=0)
+    m = torch.tensor(PREVIEW_M * count, device=identity.device)
+    seeds = [PREVIEW_SEED + row for row in range(count) for _ in PREVIEW_M]
+    return ddim_sample(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
+                       cfg.sampling.eta)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The per-worker training loop (runs inside a Ray Train worker)."""
+    import ray.train
+    import ray.train.torch
+    from diffusers.training_utils import EMAModel
+
+    config = FactoryConfig.model_validate(loop_config["config"])
+    cfg = config.generator
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.workers.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    images = DiffusionImages(open_dataset(loop_config["data_uri"]), cfg.image_size, cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        images, batch_size=max(1, cfg.optimizer.batch_size // world), shuffle=True,
+        drop_last=True, num_workers=cfg.workers.loader_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    loader = ray.train.torch.prepare_data_loader(loader)
+    encoder_state = loop_config["encoder"]
+    encoder = load_encoder(encoder_state).to(device)
+    scheduler = training_scheduler(cfg.diffusion)
+    identity_dim = int(encoder_state["backbone_args"]["embedding_size"])
+    model = build_generator(cfg, identity_dim)
+
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_training_state(directory)
+        model.load_state_dict(state["model"])
+    elif loop_config["init_from"]:
+        started_from = load_generator(loop_config["init_from"])
+        model.load_state_dict(started_from.model.state_dict())
+    ema = EMAModel(model.parameters(), decay=cfg.optimizer.ema_decay)
+    model = ray.train.torch.prepare_model(model)
+    core: CemiFaceGenerator = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(core.parameters(), lr=cfg.optimizer.lr,
+                                  weight_decay=cfg.optimizer.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_multiplier(
+        cfg.optimizer.warmup_steps, cfg.optimizer.steps, cfg.optimizer.min_lr_ratio))
+    autocast, scaler = autocast_and_scaler(device, cfg.workers.mixed_precision)
+    step, history, run_id = 0, [], None
+    if state is not None:
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        scaler.load_state_dict(state["scaler"])
+        step, history, run_id = state["step"], state["history"], state.get("mlflow_run_id")
+    ema.to(device)
+
+    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    run_id = tracker.start(
+        cfg.run_name, run_id=run_id,
+        params={"generator": cfg.model_dump(mode="json"), "data": loop_config["data_uri"],
+                "identity_encoder": encoder_state["source"]},
+        tags={"code_version": loop_config["code_version"], "stage": "train-generator"},
+    )
+    grid = m_grid(cfg.similarity_matching)
+    with torch.no_grad():
+        preview_identity = encoder(torch.stack(
+            [images[i] for i in range(min(PREVIEW_IDENTITIES, len(images)))]).to(device))
+    progress = tqdm(total=cfg.optimizer.steps, initial=step, desc="generator", unit="step",
+                    disable=rank != 0, mininterval=PROGRESS_SECONDS)
+    window: dict[str, float] = {"loss": 0.0, "mse": 0.0, "simmat": 0.0, "similarity": 0.0}
+    window_steps, window_start, epoch = 0, time.perf_counter(), step // max(1, len(loader))
+    while step < cfg.optimizer.steps:
+        images.set_epoch(epoch)
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for clean in loader:
+            if step >= cfg.optimizer.steps:
+                break
+            clean = clean.to(device)
+            draws = _step_generator(cfg, rank, step)
+            m = draw_m(grid, len(clean), draws).to(device)
+            timesteps = torch.randint(cfg.diffusion.num_train_timesteps, (len(clean),),
+                                      generator=draws).to(device)
+            noise = torch.randn(clean.shape, generator=draws).to(device)
+            with torch.no_grad():
+                identity = encoder(clean)
+            model.train()
+            with autocast():
+                terms = cemiface_loss(model, encoder, scheduler, clean, identity, m, noise,
+                                      timesteps, cfg.similarity_matching.weight,
+                                      cfg.diffusion.min_snr_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms.total).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optimizer.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_schedule.step()
+            ema.step(core.parameters())
+            step += 1
+            progress.update()
+            for key, value in (("loss", terms.total), ("mse", terms.mse),
+                               ("simmat", terms.simmat), ("similarity", terms.similarity)):
+                window[key] += float(value.detach())
+            window_steps += 1
+            final = step == cfg.optimizer.steps
+            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or final:
+                elapsed = time.perf_counter() - window_start
+                metrics = {k: v / window_steps for k, v in window.items()}
+                metrics.update(step=step, lr=lr_schedule.get_last_lr()[0],
+                               images_per_s=window_steps * len(clean) * world / max(elapsed, 1e-9))
+                history.append(metrics)
+                tracker.log_metrics(metrics, step=step)
+                if rank == 0:
+                    print(_log_line(metrics), flush=True)
+                window = dict.fromkeys(window, 0.0)
+                window_steps, window_start = 0, time.perf_counter()
+                checkpoint_due = step % cfg.checkpoint_every == 0 or final
+                _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, scaler,
+                        scheduler, history, run_id, preview_identity, loop_config, tracker)
+        epoch += 1
+    progress.close()
+    tracker.end()
+
+
+def _log_line(metrics: dict[str, Any]) -> str:
+    return (f"step {metrics['step']}: loss {metrics['loss']:.4f} (mse {metrics['mse']:.4f}, "
+            f"simmat {metrics['simmat']:.4f}), s {metrics['similarity']:.3f}, "
+            f"lr {metrics['lr']:.3g}, {metrics['images_per_s']:.1f} img/s")
+
+
+def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, scaler, scheduler,
+            history, run_id, preview_identity, loop_config, tracker) -> None:
+    """Report metrics; when due, rank 0 attaches a checkpoint (the call is a barrier)."""
+    import ray.train
+
+    if rank != 0 or not checkpoint_due:
+        ray.train.report(metrics)
+        return
+    config = loop_config["config"]
+    cfg = GeneratorConfig.model_validate(config["generator"])
+    training_state = {
+        "model": core.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(),
+        "step": metrics["step"], "history": history, "mlflow_run_id": run_id,
+    }
+    ema.store(core.parameters())
+    ema.copy_to(core.parameters())
+    try:
+        core.eval()
+        preview = preview_samples(core, scheduler, preview_identity, cfg)
+        with tempfile.TemporaryDirectory() as directory:
+            meta = {
+                "step": metrics["step"], "image_size": cfg.image_size,
+                "code_version": loop_config["code_version"],
+                "identity_encoder": loop_config["encoder"]["source"],
+                "data": loop_config["data_uri"], "sampling": cfg.sampling.model_dump(),
+                "history": history,
+            }
+            save_generator(directory, core, scheduler, loop_config["encoder"], meta, config,
+                           training_state)
+            torch.save({"identity": preview_identity.cpu(), "m": PREVIEW_M,
+                        "seed": PREVIEW_SEED, "images": preview.cpu()},
+                       os.path.join(directory, "preview.pt"))
+            grid_path = similarity_grid_png(preview, len(PREVIEW_M),
+                                            os.path.join(directory, "samples.png"),
+                                            column_labels=[f"m={m:g}" for m in PREVIEW_M])
+            curve_path = loss_curve_png(history, os.path.join(directory, "loss_curve.png"))
+            tracker.log_artifact(grid_path, f"samples/step_{metrics['step']:07d}")
+            tracker.log_artifact(curve_path)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    finally:
+        ema.restore(core.parameters())
+
+
+@dataclass
+class GeneratorRun:
+    """The outcome of a training run: where its published checkpoint lives, final metrics."""
+
+    run_name: str
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+def _encoder_state(config: FactoryConfig) -> dict[str, Any]:
+    """E_id for this run: ``generator.identity_encoder`` if set; else, when starting from
+    another generator, the encoder that generator was conditioned on; else this config's
+    recognizer."""
+    cfg = config.generator
+    if cfg.init_from and not cfg.identity_encoder:
+        return read_encoder_record(cfg.init_from)
+    uri = config.identity_encoder_uri()
+    if not storage.exists(uri):
+        raise UserError(f"{uri}: identity encoder not found (train the recognizer first, or "
+                        "set generator.identity_encoder to a recognizer checkpoint)")
+    backbone = load_backbone(uri, cfg.identity_encoder_backbone)
+    return encoder_record(uri, backbone, int(backbone.config["input_size"]))
+
+
+def _check_init_fits(cfg: GeneratorConfig, encoder: dict[str, Any]) -> None:
+    """``init_from`` must hold weights of exactly the configured architecture."""
+    source = load_generator(cfg.init_from).model
+    model = build_generator(cfg, int(encoder["backbone_args"]["embedding_size"]))
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{cfg.init_from}: its weights do not fit generator.unet / "
+                        f"generator.condition as configured ({str(exc).splitlines()[1].strip()})"
+                        ) from None
+
+
+def _storage_path(uri: str) -> str:
+    return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
+
+
+def train_generator(config: FactoryConfig, cli_address: str | None = None) -> GeneratorRun:
+    """Train (or resume) the configured generator; publishes ``<run>/final`` and returns it."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = config.generator
+    data_uri = config.generator_data_uri()
+    open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
+    encoder = _encoder_state(config)
+    if cfg.init_from:
+        _check_init_fits(cfg, encoder)  # a one-line error now rather than inside a worker
+    run_root = storage.join(config.generator_storage_uri(), cfg.run_name)
+    storage.ensure_writable(run_root)
+    init_ray(config.runtime, cli_address)
+    resources = {"CPU": cfg.workers.cpus_per_worker}
+    if cfg.workers.use_gpu:
+        resources["GPU"] = cfg.workers.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "data_uri": data_uri,
+            "encoder": encoder,
+            "init_from": cfg.init_from,
+            "tracking_uri": mlflow_tracking_uri(config.runtime),
+            "code_version": code_version(),
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.workers.num_workers,
+                                     use_gpu=cfg.workers.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=_storage_path(config.generator_storage_uri()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    final = storage.join(run_root, FINAL_DIR)
+    publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
+    storage.write_text(storage.join(final, "metrics.json"), json.dumps(result.metrics, indent=2))
+    return GeneratorRun(cfg.run_name, final, dict(result.metrics))
+
+
+def publish_checkpoint(source: str, destination: str, source_filesystem=None) -> None:
+    """Copy a checkpoint without its training state: what sampling and shipping need."""
+    with tempfile.TemporaryDirectory() as scratch:
+        storage.copy_tree(source, scratch, source_filesystem)
+        state = os.path.join(scratch, "training_state.pt")
+        if os.path.exists(state):
+            os.remove(state)
+        storage.copy_tree(scratch, destination)

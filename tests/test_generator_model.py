@@ -1,0 +1,130 @@
+"""The generator's pieces in plain torch: conditions, objective, DDIM sampling, checkpoints."""
+
+import pytest
+import torch
+
+from factory.config import GeneratorConfig, UNetConfig, load_config
+from factory.errors import ConfigError
+from factory.models.diffusion import (
+    cemiface_loss,
+    draw_m,
+    estimate_x0,
+    m_grid,
+    similarity_matching,
+    training_scheduler,
+)
+from factory.models.identity import IdentityEncoder
+from factory.models.iresnet import build_backbone
+from factory.models.sampling import ddim_sample
+from factory.train.generator import build_generator
+from factory.train.generator_checkpoint import encoder_record, load_generator, save_generator
+
+TINY_UNET = UNetConfig(block_out_channels=[16, 32], cross_attention=[False, True],
+                       norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8)
+
+
+def tiny_config(**overrides) -> GeneratorConfig:
+    return GeneratorConfig(image_size=32, unet=TINY_UNET, **overrides)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    backbone = build_backbone("ir-tiny", 32, 64)
+    encoder = IdentityEncoder(backbone, 32)
+    generator = build_generator(tiny_config(), 64).eval()
+    scheduler = training_scheduler(tiny_config().diffusion)
+    return backbone, encoder, generator, scheduler
+
+
+def test_m_grid_follows_the_interval_and_reaches_both_ends():
+    grid = m_grid(GeneratorConfig().similarity_matching)
+    assert len(grid) == 51  # CemiFace: step 0.04 over [-1, 1]
+    assert grid[0] == pytest.approx(-1.0) and grid[-1] == pytest.approx(1.0)
+    assert torch.allclose(grid[1:] - grid[:-1], torch.full((50,), 0.04), atol=1e-6)
+    draws = draw_m(grid, 1000, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) <= set(grid.tolist())
+    assert len(set(draws.tolist())) > 40  # every part of the grid gets used
+
+
+def test_similarity_matching_hand_computed():
+    s = torch.tensor([0.5, 0.5, 1.0])
+    m = torch.tensor([0.0, 0.0, -1.0])
+    t = torch.tensor([0, 500, 1000])
+    # t = 0: only (1 - s)^2; t = T/2: half each; t = T: only (m - s)^2.
+    expected = torch.tensor([0.25, 0.5 * 0.25 + 0.5 * 0.25, 4.0])
+    assert torch.allclose(similarity_matching(s, m, t, 1000), expected)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_x0_estimate_inverts_the_forward_process(prediction):
+    cfg = GeneratorConfig().diffusion.model_copy(update={"prediction_type": prediction})
+    scheduler = training_scheduler(cfg)
+    clean = torch.rand(4, 3, 8, 8) * 1.6 - 0.8
+    noise = torch.randn_like(clean)
+    t = torch.tensor([1, 250, 600, 999])
+    noisy = scheduler.add_noise(clean, noise, t)
+    output = noise if prediction == "epsilon" else scheduler.get_velocity(clean, noise, t)
+    assert torch.allclose(estimate_x0(scheduler, noisy, t, output), clean, atol=1e-3)
+
+
+def test_condition_tokens_depend_on_identity_and_m(parts):
+    _, _, generator, _ = parts
+    identity = torch.randn(2, 64)
+    base = generator.condition(identity, torch.tensor([0.5, 0.5]))
+    assert base.shape == (2, generator.condition.config.tokens, 32)
+    assert not torch.allclose(base, generator.condition(identity, torch.tensor([-0.5, -0.5])))
+    assert not torch.allclose(base[0], base[1])
+
+
+def test_loss_trains_the_generator_and_leaves_the_encoder_frozen(parts):
+    backbone, encoder, _, scheduler = parts
+    generator = build_generator(tiny_config(), 64)
+    clean = torch.rand(4, 3, 32, 32) * 2 - 1
+    identity = encoder(clean).detach()
+    terms = cemiface_loss(generator, encoder, scheduler, clean, identity,
+                          torch.tensor([1.0, 0.5, 0.0, -1.0]), torch.randn_like(clean),
+                          torch.tensor([10, 300, 600, 900]), weight=0.05, min_snr_gamma=5.0)
+    terms.total.backward()
+    assert all(torch.isfinite(v) for v in (terms.total, terms.mse, terms.simmat))
+    assert generator.condition.similarity_projection.weight.grad.abs().sum() > 0
+    assert generator.unet.conv_in.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+    encoder.train()
+    assert not encoder.backbone.training  # E_id's BatchNorm never switches to training mode
+
+
+def test_ddim_sample_is_seeded_per_sample(parts):
+    _, encoder, generator, scheduler = parts
+    identity = encoder(torch.rand(3, 3, 32, 32) * 2 - 1)
+    m = torch.tensor([1.0, 0.0, -1.0])
+    batch = ddim_sample(generator, scheduler, identity, m, [5, 6, 7], 32, steps=4)
+    alone = ddim_sample(generator, scheduler, identity[1:2], m[1:2], [6], 32, steps=4)
+    assert batch.shape == (3, 3, 32, 32) and batch.abs().max() <= 1.0
+    # The same (identity, m, seed) in a different batch: the same image, up to float rounding.
+    assert torch.allclose(batch[1:2], alone, atol=1e-4)
+    other_seed = ddim_sample(generator, scheduler, identity[1:2], m[1:2], [8], 32, steps=4)
+    assert not torch.allclose(alone, other_seed, atol=1e-2)
+
+
+def test_checkpoint_reloads_to_identical_samples(parts, tmp_path):
+    backbone, encoder, generator, scheduler = parts
+    record = encoder_record("memory://encoder", backbone, 32)
+    save_generator(str(tmp_path), generator, scheduler, record,
+                   {"step": 3, "image_size": 32, "code_version": "test"}, {"generator": {}})
+    loaded = load_generator(str(tmp_path))
+    identity = encoder(torch.rand(2, 3, 32, 32) * 2 - 1)
+    m = torch.tensor([0.8, -0.4])
+    before = ddim_sample(generator, scheduler, identity, m, [1, 2], 32, steps=3)
+    after = ddim_sample(loaded.model, loaded.scheduler, identity, m, [1, 2], 32, steps=3)
+    assert torch.equal(before, after)
+    probe = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(loaded.encoder(probe), encoder(probe))
+    assert loaded.meta["step"] == 3
+
+
+def test_unet_levels_are_validated():
+    with pytest.raises(ConfigError, match="cross_attention"):
+        load_config(None, ["generator.unet.cross_attention=[true]"])
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        load_config(None, ["generator.image_size=34"])
