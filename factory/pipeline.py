@@ -1,0 +1,98 @@
+"""``factory pipeline``: every stage end to end from one config, then one results table.
+
+Stages so far: the face world (training set, held-out inquiries and benchmarks), the raw-pixel
+baseline, a recognizer trained on the face world's real training set (Ray Train) evaluated next
+to a randomly initialised network of the same architecture, and the CemiFace generator: a short
+training run continued from ``generator.init_from`` (to show the stage working) and the
+m-compliance report of ``generator.checkpoint`` (the shipped face-world generator in the
+quickstart). Each stage reads only what the previous one wrote, and a rerun reuses finished
+stages (the face world, the recognizer's and generator's checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from factory import storage
+from factory.config import FactoryConfig
+from factory.eval.baseline import run_pixel_baseline
+from factory.eval.benchmarks import backbone_embedder, evaluate_embedder, load_benchmarks
+from factory.eval.evaluate import evaluate_checkpoint
+from factory.eval.generator_report import generator_report, report_text
+from factory.eval.verification import VerificationResult
+from factory.faceworld.build import build_faceworld, print_summary
+from factory.models.iresnet import build_backbone
+from factory.provenance import code_version
+from factory.report import format_table
+from factory.train.generator import train_generator
+from factory.train.recognizer import train_recognizer
+
+
+def random_init_results(config: FactoryConfig) -> list[VerificationResult]:
+    """The configured backbone with random weights: what the architecture alone achieves."""
+    torch.manual_seed(config.recognizer.seed)
+    backbone = build_backbone(**config.recognizer.backbone.model_dump())
+    benchmarks = load_benchmarks(config.benchmark_uris(), config.recognizer.backbone.input_size)
+    return evaluate_embedder(backbone_embedder(backbone), benchmarks)
+
+
+def results_table(columns: dict[str, list[VerificationResult]]) -> str:
+    """Benchmarks as rows, one column per model, accuracy in percent, AVG last."""
+    names = [r.name for r in next(iter(columns.values()))]
+    rows = [[name, *(100 * results[i].accuracy for results in columns.values())]
+            for i, name in enumerate(names)]
+    rows.append(["AVG", *(100 * sum(r.accuracy for r in results) / len(results)
+                          for results in columns.values())])
+    return format_table(["benchmark (10-fold acc %)", *columns], rows)
+
+
+def run_generator_stage(config: FactoryConfig, cli_address: str | None) -> dict:
+    """A short training run continued from ``generator.init_from`` (when set), then the
+    m-compliance report of ``generator.checkpoint``. Skipped when no checkpoint is named."""
+    if not config.generator.checkpoint:
+        print("== generator: skipped (no generator.checkpoint in this config)")
+        return {}
+    document = {}
+    if config.generator.init_from:
+        print(f"== train generator, continuing {config.generator.init_from} (Ray Train)")
+        document["short_run"] = train_generator(config, cli_address).checkpoint
+    print(f"== generator m-compliance: {config.generator.checkpoint}")
+    compliance, report_dir = generator_report(config)
+    document.update(checkpoint=config.generator.checkpoint, report=report_dir,
+                    compliance=compliance.summary(), printed=report_text(compliance, report_dir))
+    return document
+
+
+def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
+    """Run every stage; returns the printed results table (also saved under ``workdir``)."""
+    print(f"== face world ({code_version()})")
+    print_summary(build_faceworld(config))
+
+    print("== raw-pixel baseline")
+    columns = {"raw pixels": run_pixel_baseline(config)}
+    columns["random init"] = random_init_results(config)
+
+    print(f"== train recognizer on the face world ({config.recognizer.backbone.name}, Ray Train)")
+    real_run = train_recognizer(config, cli_address)
+    columns["real-trained"] = evaluate_checkpoint(config, real_run.checkpoint).results
+
+    generator_document = run_generator_stage(config, cli_address)
+
+    table = results_table(columns)
+    print("\n== results (chance is 50%)")
+    print(table)
+    if generator_document:
+        print(f"\ngenerator checkpoint used downstream: {generator_document['checkpoint']}")
+        print(generator_document.pop("printed"))
+    document = {
+        "code_version": code_version(),
+        "recognizer_checkpoint": real_run.checkpoint,
+        "generator": generator_document,
+        "columns": {name: [r.summary() for r in results] for name, results in columns.items()},
+        "config": config.model_dump(mode="json"),
+    }
+    storage.write_text(storage.join(config.workdir, "results.json"), json.dumps(document, indent=2))
+    storage.write_text(storage.join(config.workdir, "results.txt"), table + "\n")
+    return table
