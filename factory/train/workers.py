@@ -1,0 +1,65 @@
+"""What every Ray Train loop in the factory shares: the trainer, the worker set-up, precision.
+
+``make_trainer`` turns a ``WorkersConfig`` into a ``TorchTrainer`` (workers, CPUs, GPUs, the
+run's storage, restarts from the latest checkpoint); ``worker_context`` is the first thing a
+training loop calls on each worker; ``autocast_and_scaler`` is mixed precision on GPU only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from factory import storage
+from factory.config import WorkersConfig
+
+
+def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
+                 workers: WorkersConfig, run_name: str, storage_uri: str, max_failures: int):
+    """A ``TorchTrainer`` running ``loop`` on the configured workers, checkpointing to
+    ``storage_uri/run_name`` (the two latest checkpoints kept) and restarting failed worker
+    groups up to ``max_failures`` times from the latest one."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": workers.cpus_per_worker}
+    if workers.use_gpu:
+        resources["GPU"] = workers.gpus_per_worker
+    storage_path = storage_uri if storage.is_remote(storage_uri) else storage.resolve(storage_uri)[1]
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def worker_context(workers: WorkersConfig, seed: int) -> tuple[int, int, torch.device]:
+    """On a Ray Train worker: its rank, the world size and its device, with torch's threads
+    sized to the worker's CPUs and the seed set."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(workers.cpus_per_worker)))
+    torch.manual_seed(seed)
+    return context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
+
+
+def autocast_and_scaler(
+    device: torch.device, enabled: bool
+) -> tuple[Callable[[], AbstractContextManager], torch.amp.GradScaler]:
+    """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; off on CPU."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
+    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=use)), scaler
