@@ -46,7 +46,7 @@ from factory.train.generator_checkpoint import (
     read_encoder_record,
     save_generator,
 )
-from factory.train.precision import autocast_and_scaler
+from factory.train.workers import autocast_and_scaler, make_trainer, worker_context
 from factory.train.samples import DiffusionImages
 from factory.train.schedule import warmup_cosine_multiplier
 
@@ -89,11 +89,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     config = FactoryConfig.model_validate(loop_config["config"])
     cfg = config.generator
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(cfg.workers.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    rank, world, device = worker_context(cfg.workers, cfg.seed)
 
     images = DiffusionImages(open_dataset(loop_config["data_uri"]), cfg.image_size, cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -289,15 +285,9 @@ def _check_init_fits(cfg: GeneratorConfig, encoder: dict[str, Any]) -> None:
                         ) from None
 
 
-def _storage_path(uri: str) -> str:
-    return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
-
 
 def train_generator(config: FactoryConfig, cli_address: str | None = None) -> GeneratorRun:
     """Train (or resume) the configured generator; publishes ``<run>/final`` and returns it."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     cfg = config.generator
     data_uri = config.generator_data_uri()
     open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
@@ -307,12 +297,9 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
     run_root = storage.join(config.generator_storage_uri(), cfg.run_name)
     storage.ensure_writable(run_root)
     init_ray(config.runtime, cli_address)
-    resources = {"CPU": cfg.workers.cpus_per_worker}
-    if cfg.workers.use_gpu:
-        resources["GPU"] = cfg.workers.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop,
-        train_loop_config={
+        {
             "config": config.model_dump(mode="json"),
             "data_uri": data_uri,
             "encoder": encoder,
@@ -320,14 +307,7 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
             "tracking_uri": mlflow_tracking_uri(config.runtime),
             "code_version": code_version(),
         },
-        scaling_config=ScalingConfig(num_workers=cfg.workers.num_workers,
-                                     use_gpu=cfg.workers.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.run_name,
-            storage_path=_storage_path(config.generator_storage_uri()),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
     )
     result = trainer.fit()
     final = storage.join(run_root, FINAL_DIR)

@@ -37,7 +37,7 @@ from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri
 from factory.tracking import RunTracker
 from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
-from factory.train.precision import autocast_and_scaler
+from factory.train.workers import autocast_and_scaler, make_trainer, worker_context
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
@@ -88,11 +88,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     config = FactoryConfig.model_validate(loop_config["config"])
     cfg = config.recognizer
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(cfg.workers.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    rank, world, device = worker_context(cfg.workers, cfg.seed)
 
     real = open_dataset(cfg.domain_mixup.real_data) if cfg.domain_mixup.real_data else None
     samples = TrainingSamples(
@@ -273,15 +269,9 @@ def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
     storage.write_text(uri, json.dumps(identity, indent=2))
 
 
-def _storage_path(uri: str) -> str:
-    return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
-
 
 def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> RecognizerRun:
     """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
     open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
@@ -292,28 +282,16 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> R
     storage.ensure_writable(run_root)
     _claim_run(run_root, cfg, data_uri)
     init_ray(config.runtime, cli_address)
-    resources = {"CPU": cfg.workers.cpus_per_worker}
-    if cfg.workers.use_gpu:
-        resources["GPU"] = cfg.workers.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop,
-        train_loop_config={
+        {
             "config": config.model_dump(mode="json"),
             "data_uri": data_uri,
             "benchmarks": evaluation_benchmarks(config),
             "tracking_uri": mlflow_tracking_uri(config.runtime),
             "code_version": code_version(),
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers.num_workers, use_gpu=cfg.workers.use_gpu,
-            resources_per_worker=resources,
-        ),
-        run_config=RunConfig(
-            name=cfg.run_name,
-            storage_path=_storage_path(config.recognizer_storage_uri()),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
     )
     result = trainer.fit()
     final = storage.join(run_root, FINAL_DIR)
