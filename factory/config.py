@@ -29,6 +29,9 @@ from factory.errors import ConfigError
 Uri = Annotated[str, AfterValidator(storage.absolute)]
 """A location: local paths become absolute when the config is loaded, URIs stay as given."""
 
+FINAL_DIR = "final"
+"""Where a training run publishes its last checkpoint: ``<storage>/<run_name>/final``."""
+
 PROFILES = ("train", "frontal", "pose", "occlusion", "lighting")
 Profile = Literal["train", "frontal", "pose", "occlusion", "lighting"]
 
@@ -347,7 +350,7 @@ class FactoryConfig(StrictModel):
 
     def recognizer_final_uri(self) -> str:
         """Where ``train-recognizer`` publishes this config's final checkpoint."""
-        return storage.join(self.recognizer_storage_uri(), self.recognizer.run_name, "final")
+        return storage.join(self.recognizer_storage_uri(), self.recognizer.run_name, FINAL_DIR)
 
     def generator_data_uri(self) -> str:
         return self.generator.data or storage.join(self.faceworld_uri(), "train")
@@ -361,9 +364,12 @@ class FactoryConfig(StrictModel):
     def generator_storage_uri(self) -> str:
         return self.generator.storage or storage.join(self.workdir, "generator")
 
+    def generator_final_uri(self) -> str:
+        """Where ``train-generator`` publishes this config's final checkpoint."""
+        return storage.join(self.generator_storage_uri(), self.generator.run_name, FINAL_DIR)
+
     def generator_checkpoint_uri(self) -> str:
-        return self.generator.checkpoint or storage.join(
-            self.generator_storage_uri(), self.generator.run_name, "final")
+        return self.generator.checkpoint or self.generator_final_uri()
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:

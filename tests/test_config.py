@@ -1,10 +1,14 @@
 """Config loading: YAML plus overrides, strict keys and types, one-line errors."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from factory.config import load_config, save_config
 from factory.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def write(tmp_path, text):
@@ -59,3 +63,18 @@ def test_saved_config_round_trips_with_code_version(tmp_path):
     document = yaml.safe_load(open(target))
     assert document["code_version"] == "facefactory test"
     assert load_config(None, [f"faceworld.identities={document['config']['faceworld']['identities']}"]).faceworld.identities == 7
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    """Every file in configs/ passes the same strict schema the jobs apply."""
+    load_config(str(CONFIGS / name))
+
+
+def test_faceworld_generator_config_conditions_on_the_quickstart_outputs():
+    """configs/faceworld-generator.yaml reads what `make quickstart` writes."""
+    quickstart = load_config(str(CONFIGS / "quickstart.yaml"))
+    generator = load_config(str(CONFIGS / "faceworld-generator.yaml"))
+    assert generator.generator.data == quickstart.generator_data_uri()
+    assert generator.generator.identity_encoder == quickstart.recognizer_final_uri()
+    assert generator.inquiry_data_uri() == quickstart.inquiry_data_uri()

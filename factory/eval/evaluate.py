@@ -29,7 +29,7 @@ from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_backbone
-from factory.train.recognizer import FINAL_DIR, evaluation_benchmarks
+from factory.train.recognizer import evaluation_benchmarks
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Evaluation:
 
 
 def default_checkpoint(config: FactoryConfig) -> str:
-    return storage.join(config.recognizer_storage_uri(), config.recognizer.run_name, FINAL_DIR)
+    return config.recognizer_final_uri()
 
 
 def reference_average(config: FactoryConfig, run_name: str) -> float:

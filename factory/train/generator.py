@@ -50,7 +50,6 @@ from factory.train.workers import autocast_and_scaler, make_trainer, worker_cont
 from factory.train.samples import DiffusionImages
 from factory.train.schedule import warmup_cosine_multiplier
 
-FINAL_DIR = "final"
 PREVIEW_M = (1.0, 0.5, 0.0, -0.5, -1.0)
 PREVIEW_IDENTITIES = 4
 PREVIEW_SEED = 1234
@@ -310,7 +309,7 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
         cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
     )
     result = trainer.fit()
-    final = storage.join(run_root, FINAL_DIR)
+    final = config.generator_final_uri()
     publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
     storage.write_text(storage.join(final, "metrics.json"), json.dumps(result.metrics, indent=2))
     return GeneratorRun(cfg.run_name, final, dict(result.metrics))

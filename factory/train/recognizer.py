@@ -41,7 +41,6 @@ from factory.train.workers import autocast_and_scaler, make_trainer, worker_cont
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
-FINAL_DIR = "final"
 PROGRESS_SECONDS = 20.0  # worker output goes through Ray's log stream: one line per refresh
 
 
@@ -294,7 +293,7 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> R
         cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
     )
     result = trainer.fit()
-    final = storage.join(run_root, FINAL_DIR)
+    final = config.recognizer_final_uri()
     _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
     return RecognizerRun(cfg.run_name, final, dict(result.metrics))
 
