@@ -74,7 +74,6 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     compliance_cfg = cfg.compliance
     dataset = open_dataset(config.inquiry_data_uri())
     inquiries = first_image_per_identity(dataset, compliance_cfg.identities)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     with torch.no_grad():
         result = measure_compliance(generator, inquiries, compliance_cfg.m_values,
                                     compliance_cfg.seeds, cfg.sampling.steps, cfg.sampling.eta,
