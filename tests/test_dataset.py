@@ -69,8 +69,13 @@ def test_unrecognised_uri(tmp_path, make):
     with pytest.raises(FormatError) as info:
         open_dataset(str(target))
     assert str(info.value) == (
-        f"{target}: expected an insightface RecordIO directory (train.rec, train.idx, property) "
-        "or an image folder (root/identity/*.jpg)")
+        f"{target}: expected an insightface RecordIO directory (train.rec, train.idx, property), "
+        "a shard directory (shards/shard-NNNNNN.tar) or an image folder (root/identity/*.jpg)")
+
+
+def test_a_selection_needs_shards(rec_dir):
+    with pytest.raises(FormatError, match="needs a synthesised dataset of shards"):
+        open_dataset(str(rec_dir), m_range=(0.0, 1.0))
 
 
 def test_protocol_rejects_incomplete_objects():

@@ -15,15 +15,17 @@ from factory import storage
 from factory.errors import FormatError
 from factory.formats.image_folder import ImageFolderDataset
 from factory.formats.recordio import InsightFaceRecordDataset
+from factory.formats.shards import SHARD_DIR, ShardDataset
 
 
 @runtime_checkable
 class FaceDataset(Protocol):
     """Labelled face images by index: what every training-data reader provides.
 
-    Implemented by :class:`~factory.formats.recordio.InsightFaceRecordDataset` and
-    :class:`~factory.formats.image_folder.ImageFolderDataset`; WebDataset shards will implement
-    it later. Implementations must be picklable, since DataLoader and Ray workers get copies.
+    Implemented by :class:`~factory.formats.recordio.InsightFaceRecordDataset`,
+    :class:`~factory.formats.image_folder.ImageFolderDataset` and
+    :class:`~factory.formats.shards.ShardDataset` (WebDataset shards). Implementations must be
+    picklable, since DataLoader and Ray workers get copies.
     """
 
     labels: np.ndarray
@@ -37,12 +39,24 @@ class FaceDataset(Protocol):
         ...
 
 
-def open_dataset(uri: str) -> FaceDataset:
+def open_dataset(uri: str, m_range: tuple[float, float] | None = None,
+                 similarity_range: tuple[float, float] | None = None) -> FaceDataset:
     """Open the training data at ``uri``, choosing the reader by what is there.
 
     * a directory with ``train.rec`` (or the ``.rec`` file itself): insightface RecordIO;
-    * a directory with sub-directories: an image folder, ``root/identity/*.jpg``.
+    * a directory with ``shards/`` (``shards/shard-NNNNNN.tar``): a synthesised dataset of
+      WebDataset shards, the samples whose requested m and measured similarity to their
+      identity center lie in ``m_range`` and ``similarity_range`` (None: all);
+    * a directory with other sub-directories: an image folder, ``root/identity/*.jpg``.
+
+    Only shards carry the metadata a selection needs; selecting from another format is an error.
     """
+    if storage.is_dir(uri) and storage.is_dir(storage.join(uri, SHARD_DIR)) and \
+            not storage.exists(storage.join(uri, "train.rec")):
+        return ShardDataset(uri, m_range, similarity_range)
+    if m_range is not None or similarity_range is not None:
+        raise FormatError(f"{uri}: selecting samples by m or similarity needs a synthesised "
+                          "dataset of shards (shards/shard-NNNNNN.tar)")
     if uri.endswith(".rec") and not storage.is_dir(uri):
         return InsightFaceRecordDataset(posixpath.dirname(uri) or ".")
     if storage.is_dir(uri):
@@ -51,4 +65,5 @@ def open_dataset(uri: str) -> FaceDataset:
         if any(storage.is_dir(storage.join(uri, name)) for name in storage.listdir(uri)):
             return ImageFolderDataset(uri)
     raise FormatError(f"{uri}: expected an insightface RecordIO directory (train.rec, train.idx, "
-                      "property) or an image folder (root/identity/*.jpg)")
+                      "property), a shard directory (shards/shard-NNNNNN.tar) or an image folder "
+                      "(root/identity/*.jpg)")

@@ -1,0 +1,361 @@
+"""Synthesised face datasets as WebDataset shards: writing one shard, reading shards back.
+
+Layout of a dataset directory (any URI):
+
+* ``manifest.json``: written by the synthesis stage, not read here;
+* ``shards/shard-000000.tar``, ``shards/shard-000001.tar``, ...: POSIX (ustar) tars in the
+  WebDataset convention, so ``webdataset.WebDataset(".../shard-{000000..000099}.tar")`` and
+  ``ray.data.read_webdataset(".../shards")`` read them as well as :class:`ShardDataset` does.
+
+Each sample is three consecutive members sharing one key (no dots, no slashes, unique within
+its shard), in this order:
+
+* ``{key}.cls``: the class label as an ASCII decimal integer;
+* ``{key}.jpg``: the face, JPEG bytes;
+* ``{key}.json``: a UTF-8 JSON object with at least ``label`` (int), ``inquiry`` (str), ``m``
+  (float, the requested similarity), ``similarity_inquiry`` and ``similarity_center`` (floats),
+  ``seed`` (int), ``mixup`` (null or ``{"partner": str, "phi": float}``), ``generator``,
+  ``sampler`` (str) and ``steps`` (int). Only ``m`` and ``similarity_center`` are interpreted
+  here, to select samples; the whole object is passed through.
+
+Shards are built in memory with fixed member metadata (mtime 0, uid/gid 0, no user or group
+names, mode 0644) and JSON with sorted keys, so identical samples give byte-identical shards,
+and are written under a temporary name and renamed, so a crash never leaves half a shard under
+a final name. Readers refuse any member that could escape a directory if extracted (absolute,
+``..``, any ``/``) or that is not a regular file, and any tar that ends before its end-of-archive
+marker: ``tarfile`` would otherwise read a truncated shard as a shorter valid one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import operator
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from factory import storage
+from factory.errors import FormatError
+from factory.formats.images import decode_image
+
+SHARD_DIR = "shards"
+_MEMBER_MODE = 0o644
+_END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def shard_name(index: int) -> str:
+    """The file name of shard ``index``: ``shard-000042.tar``."""
+    return "shard-%06d.tar" % index
+
+
+def shard_pattern(count: int) -> str:
+    """The brace pattern WebDataset readers expand to ``count`` shards:
+    ``shard-{000000..000041}.tar`` for 42."""
+    if count < 1:
+        raise ValueError(f"need at least one shard, got count={count}")
+    return "shard-{000000..%06d}.tar" % (count - 1)
+
+
+@dataclass
+class ShardSample:
+    """One sample to write: its key, JPEG bytes, class label and JSON metadata."""
+
+    key: str
+    jpg: bytes
+    label: int
+    meta: dict
+
+
+@dataclass
+class ShardWritten:
+    """What :func:`write_shard` wrote: sample count, sha256 (hex) and size of the tar."""
+
+    count: int
+    sha256: str
+    size_bytes: int
+
+
+def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
+    """Write ``samples`` as one tar at ``uri``, replacing any file there atomically.
+
+    ValueError, before anything is written, for a key that is empty, holds a ``.`` or ``/`` or
+    repeats within the shard, for a negative label, or for metadata that is not strict JSON
+    (NaN, infinity); TypeError for a label that is not an int or metadata JSON cannot hold.
+    """
+    _check_samples(samples)
+    data = _tar_bytes(samples)
+    storage.write_bytes(uri, data)
+    return ShardWritten(len(samples), hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _check_samples(samples: Sequence[ShardSample]) -> None:
+    """ValueError for a bad or repeated key or a negative label; TypeError for a non-int label."""
+    seen: set[str] = set()
+    for sample in samples:
+        if not sample.key or "." in sample.key or "/" in sample.key:
+            raise ValueError(f"shard key {sample.key!r}: expected a non-empty key without "
+                             "'.' or '/'")
+        if sample.key in seen:
+            raise ValueError(f"shard key {sample.key!r} appears twice in one shard")
+        if operator.index(sample.label) < 0:
+            raise ValueError(f"shard key {sample.key!r}: label {sample.label} is negative")
+        seen.add(sample.key)
+
+
+def _tar_bytes(samples: Sequence[ShardSample]) -> bytes:
+    """The shard as bytes; the same samples always give the same bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            meta = json.dumps(sample.meta, sort_keys=True, allow_nan=False)
+            members = (("cls", str(operator.index(sample.label)).encode("ascii")),
+                       ("jpg", sample.jpg),
+                       ("json", meta.encode("utf-8")))
+            for extension, data in members:
+                info = tarfile.TarInfo(f"{sample.key}.{extension}")
+                info.size, info.mtime, info.mode = len(data), 0, _MEMBER_MODE
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class _Member:
+    """A member of one sample: where its data lies in the tar, and the data if it was read."""
+
+    offset: int
+    size: int
+    data: bytes | None
+
+
+def _samples(uri: str, read: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, _Member]]]:
+    """``(key, {extension: member})`` per sample of the shard at ``uri``, streamed in tar order.
+
+    The data of members whose extension ``read`` accepts is read, the rest only located. Every
+    member name is checked before anything else happens with it; FormatError names the shard.
+    """
+    with storage.open_input(uri) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                yield from _grouped(uri, tar, read)
+                end = tar.offset
+        except (tarfile.TarError, EOFError) as exc:
+            raise FormatError(f"{uri}: not a readable tar ({exc}); truncated or corrupt shard?") \
+                from None
+        stream.seek(end)
+        if stream.read(len(_END_OF_ARCHIVE)) != _END_OF_ARCHIVE:
+            raise FormatError(f"{uri}: expected the tar end-of-archive marker at offset {end}, "
+                              "found other data or the end of the file; truncated or corrupt "
+                              "shard?")
+
+
+def _grouped(uri: str, tar: tarfile.TarFile,
+             read: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, _Member]]]:
+    """Consecutive members of ``tar`` grouped by key; a key may not come back later."""
+    key, members = "", {}
+    finished: set[str] = set()
+    for info in tar:
+        member_key, extension = _split_name(uri, info)
+        if member_key != key:
+            if members:
+                yield key, members
+                finished.add(key)
+            if member_key in finished:
+                raise FormatError(f"{uri}: member {info.name!r}: key {member_key!r} appears "
+                                  "again after other keys; a sample's members must be "
+                                  "consecutive")
+            key, members = member_key, {}
+        if extension in members:
+            raise FormatError(f"{uri}: member {info.name!r} appears twice")
+        data = _read_member(tar, info) if read(extension) else None
+        members[extension] = _Member(info.offset_data, info.size, data)
+    if members:
+        yield key, members
+
+
+def _split_name(uri: str, info: tarfile.TarInfo) -> tuple[str, str]:
+    """``(key, extension)`` of a member; FormatError for anything but a flat regular file."""
+    name = info.name
+    if "/" in name or name == "..":
+        raise FormatError(f"{uri}: member {name!r}: refused, shard members must be plain "
+                          "names '{key}.{extension}' (no '/', no '..', not absolute)")
+    if not info.isreg() or info.issparse():
+        raise FormatError(f"{uri}: member {name!r}: refused, not a regular file "
+                          "(link, directory, device or sparse file)")
+    key, dot, extension = name.partition(".")
+    if not key or not dot or not extension:
+        raise FormatError(f"{uri}: member {name!r}: expected a name '{{key}}.{{extension}}'")
+    return key, extension
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    file = tar.extractfile(info)
+    assert file is not None  # extractfile returns None only for non-regular members
+    return file.read()
+
+
+def iter_shard(uri: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, in order, as WebDataset-style dicts.
+
+    Each dict holds ``__key__``, ``jpg`` (bytes), ``cls`` (int) and ``json`` (dict) when those
+    members are present, and any other member as bytes under its extension. FormatError for an
+    unsafe member name, a corrupt or truncated tar, a non-integer ``.cls`` or a ``.json`` that is
+    not a JSON object.
+    """
+    for key, members in _samples(uri, read=lambda extension: True):
+        sample: dict[str, Any] = {"__key__": key}
+        for extension, member in members.items():
+            data = member.data or b""
+            if extension == "cls":
+                sample[extension] = _parse_label(uri, key, data)
+            elif extension == "json":
+                sample[extension] = _parse_meta(uri, key, data)
+            else:
+                sample[extension] = data
+        yield sample
+
+
+def _parse_label(uri: str, key: str, data: bytes) -> int:
+    text = data.decode("ascii", errors="replace").strip()
+    if not _DECIMAL.fullmatch(text):
+        raise FormatError(f"{uri}: member '{key}.cls': expected a decimal integer label, "
+                          f"found {text[:40]!r}")
+    return int(text)
+
+
+def _parse_meta(uri: str, key: str, data: bytes) -> dict:
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise FormatError(f"{uri}: member '{key}.json': expected a UTF-8 JSON object")
+    return meta
+
+
+class ShardDataset:
+    """The shards of a synthesised dataset as a :class:`~factory.formats.dataset.FaceDataset`.
+
+    Opening scans every shard once, reading the small ``.cls`` and ``.json`` members and only
+    locating each ``.jpg``; :meth:`image` then reads one JPEG at its byte offset. ``m_range``
+    and ``similarity_range`` keep only samples whose ``m`` / ``similarity_center`` lie within
+    (inclusive; None keeps all). The surviving labels are renumbered ``0 .. num_classes-1`` in
+    ascending order of the stored label; ``original_labels``, ``metadata`` (the JSON objects)
+    and ``keys`` are aligned with the indices. Picklable: copies reopen shards lazily in their
+    own process.
+    """
+
+    def __init__(self, root_uri: str, m_range: tuple[float, float] | None = None,
+                 similarity_range: tuple[float, float] | None = None) -> None:
+        self.root_uri = root_uri
+        self.shard_uris = _shard_uris(root_uri)
+        kept: list[tuple[int, _Located]] = []
+        for shard, uri in enumerate(self.shard_uris):
+            kept += [(shard, sample) for sample in _locate(uri)
+                     if _within(uri, sample, "m", m_range)
+                     and _within(uri, sample, "similarity_center", similarity_range)]
+        if not kept:
+            raise FormatError(f"{storage.join(root_uri, SHARD_DIR)}: no sample has m in "
+                              f"{_describe(m_range)} and similarity_center in "
+                              f"{_describe(similarity_range)}")
+        self.keys = [sample.key for _, sample in kept]
+        self.metadata = [sample.meta for _, sample in kept]
+        self._shards = np.array([shard for shard, _ in kept], dtype=np.int32)
+        self._offsets = np.array([sample.offset for _, sample in kept], dtype=np.int64)
+        self._sizes = np.array([sample.size for _, sample in kept], dtype=np.int64)
+        self.original_labels = np.array([sample.label for _, sample in kept], dtype=np.int64)
+        classes, relabelled = np.unique(self.original_labels, return_inverse=True)
+        self.labels = relabelled.astype(np.int64)
+        self.num_classes = len(classes)
+        self._handles: dict[int, Any] = {}
+        self._pid = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}, "_pid": 0}
+
+    def raw(self, index: int) -> bytes:
+        """The JPEG bytes of sample ``index``."""
+        shard = int(self._shards[index])
+        size = int(self._sizes[index])
+        data = self._handle(shard).read_at(size, int(self._offsets[index]))
+        if len(data) != size:
+            raise FormatError(f"{self.shard_uris[shard]}: sample {self.keys[index]!r}: expected "
+                              f"{size} bytes, the file ends after {len(data)} (changed since "
+                              "it was opened?)")
+        return data
+
+    def image(self, index: int) -> np.ndarray:
+        """Sample ``index`` decoded to HxWx3 uint8 RGB."""
+        source = f"{self.shard_uris[int(self._shards[index])]}:{self.keys[index]}"
+        return decode_image(self.raw(index), source=source)
+
+    def _handle(self, shard: int) -> Any:
+        """The open file of ``shard`` in this process, opened on first use.
+
+        Handles inherited through fork are not reused: pyarrow filesystem clients do not
+        survive fork. ``read_at`` moves no shared position, so threads can share a handle.
+        """
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = storage.open_input(self.shard_uris[shard])
+        return self._handles[shard]
+
+
+class _Located(NamedTuple):
+    """A sample found by a scan: key, stored label, metadata, and where its JPEG lies."""
+
+    key: str
+    label: int
+    meta: dict
+    offset: int
+    size: int
+
+
+def _locate(uri: str) -> Iterator[_Located]:
+    """Every sample of the shard at ``uri``, its ``.jpg`` located but not read."""
+    for key, members in _samples(uri, read=lambda extension: extension != "jpg"):
+        for required in ("jpg", "cls"):
+            if required not in members:
+                raise FormatError(f"{uri}: sample {key!r} has no .{required} member")
+        meta = _parse_meta(uri, key, members["json"].data or b"") if "json" in members else {}
+        label = _parse_label(uri, key, members["cls"].data or b"")
+        yield _Located(key, label, meta, members["jpg"].offset, members["jpg"].size)
+
+
+def _shard_uris(root_uri: str) -> list[str]:
+    """The ``.tar`` files in ``root/shards``, sorted by name, temporary files left out."""
+    shard_dir = storage.join(root_uri, SHARD_DIR)
+    names = storage.listdir(shard_dir) if storage.is_dir(shard_dir) else []
+    uris = [storage.join(shard_dir, name) for name in names
+            if name.endswith(".tar") and not name.startswith(storage.TEMP_MARKER)]
+    if not uris:
+        raise FormatError(f"{shard_dir}: no shards (expected shard-NNNNNN.tar)")
+    return uris
+
+
+def _within(uri: str, sample: _Located, field: str, bounds: tuple[float, float] | None) -> bool:
+    """Whether the sample's json ``field`` lies in the inclusive ``bounds``; True without bounds."""
+    if bounds is None:
+        return True
+    value = sample.meta.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FormatError(f"{uri}: sample {sample.key!r}: expected a number in json field "
+                          f"{field!r} to select by, found {value!r}")
+    return bounds[0] <= value <= bounds[1]
+
+
+def _describe(bounds: tuple[float, float] | None) -> str:
+    return "any range" if bounds is None else f"[{bounds[0]}, {bounds[1]}]"
