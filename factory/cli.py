@@ -58,6 +58,22 @@ def _evaluate(config: FactoryConfig, args: argparse.Namespace) -> None:
     print_evaluation(evaluate_checkpoint(config))
 
 
+def _synthesize(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory.synth.synthesize import synthesize
+
+    run = synthesize(config, cli_address=args.address)
+    counts = run.manifest["counts"]
+    print(f"synthetic dataset {run.out}: {counts['samples']} samples, {counts['identities']} "
+          f"identities, {counts['shards']} shards ({run.images_written} written now)")
+
+
+def _analyze(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.synth.analyze import analyze
+
+    print(analyze(config, storage.absolute(args.dataset))[1])
+
+
 def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.pipeline import run_pipeline
 
@@ -72,6 +88,10 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "generator-report": ("m-compliance and the CemiFace grid of a generator checkpoint",
                          _generator_report),
     "evaluate": ("10-fold verification of a recognizer on .bin benchmarks", _evaluate),
+    "synthesize": ("sample a synthetic dataset into WebDataset shards (Ray Data actors)",
+                   _synthesize),
+    "analyze": ("similarity statistics, m compliance and the privacy check of a dataset",
+                _analyze),
     "pipeline": ("run every stage end to end from one config", _pipeline),
 }
 
@@ -85,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", help="Ray cluster address (overrides RAY_ADDRESS)")
         if name == "faceworld":
             sub.add_argument("--out", help="output URI (overrides faceworld.out)")
+        if name == "analyze":
+            sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 

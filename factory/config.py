@@ -35,6 +35,9 @@ FINAL_DIR = "final"
 PROFILES = ("train", "frontal", "pose", "occlusion", "lighting")
 Profile = Literal["train", "frontal", "pose", "occlusion", "lighting"]
 
+MIXUP_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+"""SynFace's 21 mixup coefficients, 0, 0.05 .. 1 (identity mixup phi, domain mixup psi)."""
+
 
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
@@ -168,10 +171,23 @@ class DomainMixupConfig(StrictModel):
         return self
 
 
+class ShardSelectionConfig(StrictModel):
+    """Which samples of a synthetic dataset to train on, by their metadata (inclusive bounds;
+    None keeps all). Applies to WebDataset shards only."""
+
+    m: tuple[float, float] | None = Field(None, description="Requested m range")
+    similarity: tuple[float, float] | None = Field(
+        None, description="Measured similarity-to-center range")
+
+    def as_kwargs(self) -> dict[str, tuple[float, float] | None]:
+        return {"m_range": self.m, "similarity_range": self.similarity}
+
+
 class RecognizerConfig(StrictModel):
     """``factory train-recognizer``: data, model, optimisation and workers."""
 
     data: Uri = Field("", description="Training data URI; empty: the face world's training set")
+    select: ShardSelectionConfig = Field(default_factory=ShardSelectionConfig)
     storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/recognizer")
     run_name: str = Field("recognizer", pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 0
@@ -311,6 +327,84 @@ class GeneratorConfig(StrictModel):
         return self
 
 
+class MValuesConfig(StrictModel):
+    """The requested similarities m of the synthesised samples.
+
+    ``values``: the listed m, cycled over each identity's images; ``range``: ``low`` to
+    ``high`` every ``interval``, cycled likewise; ``uniform`` / ``normal``: drawn per sample
+    (``low``..``high`` / ``mean`` +- ``std``), clipped to [-1, 1].
+    """
+
+    kind: Literal["values", "range", "uniform", "normal"] = "values"
+    values: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    low: float = Field(-0.1, ge=-1.0, le=1.0)
+    high: float = Field(0.1, ge=-1.0, le=1.0)
+    interval: float = Field(0.04, gt=0.0)
+    mean: float = Field(0.0, ge=-1.0, le=1.0)
+    std: float = Field(0.1, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MValuesConfig:
+        if any(not -1.0 <= m <= 1.0 for m in self.values):
+            raise ValueError("values must lie in [-1, 1]")
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+
+class InquiryConfig(StrictModel):
+    """The identities to synthesise: 1-shot inquiries, plus SynFace identity-mixup identities."""
+
+    data: Uri = Field("", description="Dataset of inquiry images (first image per identity); "
+                                      "empty: the face world's held-out inquiry set")
+    identities: int = Field(64, ge=1, description="Inquiry identities to keep (at most)")
+    max_similarity: float = Field(0.3, ge=-1.0, le=1.0,
+                                  description="Every kept pair has cosine below this")
+    mixup_identities: int = Field(0, ge=0, description="Extra identities made by mixing two "
+                                                       "inquiry embeddings")
+    mixup_phi: list[float] = Field(default_factory=lambda: list(MIXUP_GRID), min_length=1,
+                                   description="phi drawn from these (default: the 21-grid)")
+
+
+class ActorsConfig(StrictModel):
+    """The Ray Data actor pool that samples: how many actors and what each one takes."""
+
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0.0, description="Keep the sum below the CPUs: "
+                                                           "read tasks need some")
+    gpus_per_actor: float = Field(0.0, ge=0.0)
+    threads_per_actor: int = Field(0, ge=0, description="torch threads; 0: from cpus_per_actor")
+
+
+class PrivacyConfig(StrictModel):
+    """The leakage check of ``factory analyze``: synthetic identities against real ones."""
+
+    real_data: Uri = Field("", description="Real training data; empty: the generator's own")
+    threshold: float = Field(0.6, ge=-1.0, le=1.0,
+                             description="Flag synthetic identities whose center is at least "
+                                         "this similar to a real identity center")
+
+
+class SynthesisConfig(StrictModel):
+    """``factory synthesize``: identities x images x m values -> WebDataset shards."""
+
+    checkpoint: Uri = Field("", description="Generator checkpoint; empty: generator.checkpoint "
+                                            "or this config's generator run")
+    out: Uri = Field("", description="Dataset URI; empty: <workdir>/synthetic")
+    seed: int = 0
+    inquiry: InquiryConfig = Field(default_factory=InquiryConfig)
+    images_per_identity: int = Field(50, ge=1)
+    m: MValuesConfig = Field(default_factory=MValuesConfig)
+    identities_per_shard: int = Field(20, ge=1)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    include_inquiry_images: bool = Field(
+        False, description="Copy each real inquiry image into its identity (oversampling); "
+                           "the manifest records it")
+    actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+
 class EvaluateConfig(StrictModel):
     """``factory evaluate``: a recognizer against .bin benchmarks."""
 
@@ -320,6 +414,14 @@ class EvaluateConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     reference_run: str = Field("", description="MLflow run name of the real-data run, for GtR")
     out: Uri = Field("", description="Results URI; empty: next to the checkpoint")
+
+
+class PipelineConfig(StrictModel):
+    """``factory pipeline``: what differs between its stages beyond their own sections."""
+
+    synthetic_epochs: int | None = Field(
+        None, ge=1, description="Epochs of the synthetic-trained recognizer; None: as the "
+                                "real-trained one")
 
 
 class FactoryConfig(StrictModel):
@@ -333,6 +435,8 @@ class FactoryConfig(StrictModel):
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def faceworld_uri(self) -> str:
         return self.faceworld.out or storage.join(self.workdir, "faceworld")
@@ -370,6 +474,15 @@ class FactoryConfig(StrictModel):
 
     def generator_checkpoint_uri(self) -> str:
         return self.generator.checkpoint or self.generator_final_uri()
+
+    def synthesis_checkpoint_uri(self) -> str:
+        return self.synthesis.checkpoint or self.generator_checkpoint_uri()
+
+    def synthesis_inquiry_uri(self) -> str:
+        return self.synthesis.inquiry.data or storage.join(self.faceworld_uri(), "inquiry")
+
+    def synthesis_out_uri(self) -> str:
+        return self.synthesis.out or storage.join(self.workdir, "synthetic")
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:

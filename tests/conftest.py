@@ -30,3 +30,30 @@ def world(tmp_path_factory):
     config.faceworld.benchmarks = [BenchmarkSpec(name="tiny", identities=20, pairs=40)]
     build_faceworld(config)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, world):
+    """An untrained 32 px generator checkpoint conditioned on a random ir-tiny E_id, recording
+    the tiny face world's training set as its data (what synthesis and analysis need of it)."""
+    import torch
+
+    from factory import storage
+    from factory.config import GeneratorConfig, UNetConfig
+    from factory.models.diffusion import training_scheduler
+    from factory.models.iresnet import build_backbone
+    from factory.train.generator import build_generator
+    from factory.train.generator_checkpoint import encoder_record, save_generator
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(image_size=32, unet=UNetConfig(
+        block_out_channels=[16, 32], cross_attention=[False, True], norm_num_groups=8,
+        cross_attention_dim=32, attention_head_dim=8))
+    backbone = build_backbone("ir-tiny", 32, 64).eval()
+    directory = tmp_path_factory.mktemp("generator")
+    save_generator(str(directory), build_generator(cfg, 64).eval(),
+                   training_scheduler(cfg.diffusion), encoder_record("test", backbone, 32),
+                   {"step": 0, "image_size": 32, "code_version": "test",
+                    "data": storage.join(str(world), "faceworld", "train")},
+                   {"generator": cfg.model_dump(mode="json")})
+    return directory

@@ -15,7 +15,8 @@ from factory.faceworld.montage import montage
 from factory.models.sampling import to_uint8
 
 
-def _figure(width: float, height: float):
+def agg_figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -41,7 +42,7 @@ def similarity_grid_png(images: torch.Tensor, columns: int, path: str,
         labels = ["inquiry", *labels]
     sheet = montage(rows)
     side = tiles.shape[1] + 2
-    figure = _figure(max(3.0, 0.9 * len(rows[0])), max(2.0, 0.9 * len(rows)) + 0.4)
+    figure = agg_figure(max(3.0, 0.9 * len(rows[0])), max(2.0, 0.9 * len(rows)) + 0.4)
     axes = figure.add_axes((0, 0, 1, 0.92 if labels else 1.0))
     axes.imshow(sheet, interpolation="nearest")
     axes.set_yticks([])
@@ -58,7 +59,7 @@ def similarity_grid_png(images: torch.Tensor, columns: int, path: str,
 def loss_curve_png(history: Sequence[dict[str, Any]], path: str) -> str:
     """MSE and SimMat (left), and the mean similarity s of x0_hat to its inquiry (right)."""
     steps = [h["step"] for h in history]
-    figure = _figure(10, 3.6)
+    figure = agg_figure(10, 3.6)
     losses, similarity = figure.subplots(1, 2)
     losses.plot(steps, [h["mse"] for h in history], label="L_MSE")
     losses.plot(steps, [h["simmat"] for h in history], label="L_SimMat")
@@ -80,7 +81,7 @@ def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, 
                    title: str = "") -> str:
     """Requested m against measured similarity to the inquiry: mean and std per m, every
     sample as a dot, the identity line, and the between-identity similarity for reference."""
-    figure = _figure(5.5, 5)
+    figure = agg_figure(5.5, 5)
     axes = figure.add_subplot()
     values = np.unique(requested)
     means = np.array([measured[requested == v].mean() for v in values])

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from factory import storage
-from factory.config import FactoryConfig, RecognizerConfig
+from factory.config import FactoryConfig, RecognizerConfig, ShardSelectionConfig
 from factory.eval.benchmarks import (
     accuracy_metrics,
     backbone_embedder,
@@ -91,7 +91,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     real = open_dataset(cfg.domain_mixup.real_data) if cfg.domain_mixup.real_data else None
     samples = TrainingSamples(
-        open_dataset(loop_config["data_uri"]), cfg.backbone.input_size, cfg.augment, cfg.seed,
+        open_dataset(loop_config["data_uri"], **cfg.select.as_kwargs()), cfg.backbone.input_size,
+        cfg.augment, cfg.seed,
         real=real, psi=cfg.domain_mixup.psi,
     )
     loader = torch.utils.data.DataLoader(
@@ -256,6 +257,8 @@ def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
     identity = {"backbone": cfg.backbone.model_dump(mode="json"),
                 "head": cfg.head.model_dump(mode="json"), "data": data_uri,
                 "real_data": cfg.domain_mixup.real_data}
+    if cfg.select != ShardSelectionConfig():
+        identity["select"] = cfg.select.model_dump(mode="json")
     uri = storage.join(run_root, RUN_IDENTITY_FILE)
     if storage.exists(uri):
         previous = json.loads(storage.read_text(uri))
@@ -273,7 +276,7 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> R
     """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint."""
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
-    open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
+    open_dataset(data_uri, **cfg.select.as_kwargs())  # fail fast, on the driver, in one line
     if cfg.domain_mixup.real_data:
         open_dataset(cfg.domain_mixup.real_data)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from factory.config import AugmentConfig
+from factory.config import MIXUP_GRID, AugmentConfig
 from factory.formats.dataset import FaceDataset
 from factory.train.augment import augment
 
-PSI_GRID = np.round(np.arange(21) * 0.05, 2)
 
 
 class TrainingSamples(Dataset):
@@ -62,7 +61,7 @@ class TrainingSamples(Dataset):
         if self.real is None:
             labels, weights = (label, label), (1.0, 0.0)
         else:
-            psi = float(rng.choice(PSI_GRID)) if self.psi == "grid" else float(self.psi)
+            psi = float(rng.choice(MIXUP_GRID)) if self.psi == "grid" else float(self.psi)
             real_index = int(rng.integers(len(self.real)))
             image = psi * image + (1.0 - psi) * self._view(self.real, real_index, rng)
             real_label = self.primary.num_classes + int(self.real.labels[real_index])

@@ -1,0 +1,214 @@
+"""``factory analyze DIR``: what a synthetic dataset holds, and whether it leaks real identities.
+
+Reads the shards' metadata (never the model for the synthetic side: similarities and identity
+centers were measured when the shards were written) and reports
+
+* counts: samples, identities, shards, real images copied in;
+* the CemiFace statistics table: per 0.1 bin of similarity to the identity center, the count,
+  mean and std;
+* requested m against measured similarity to the inquiry embedding (``m_vs_similarity.png``);
+* the privacy check: each synthetic identity's maximum similarity to any real training identity
+  center (E_id of the generator's own training data, or ``synthesis.privacy.real_data``), with
+  identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``).
+
+Everything goes to ``DIR/report/`` and to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from factory import storage
+from factory.config import FactoryConfig
+from factory.errors import FormatError
+from factory.eval.compliance import inquiry_tensor, spearman
+from factory.eval.generator_figures import agg_figure, compliance_png
+from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.shards import SHARD_DIR, iter_shard
+from factory.report import format_table
+from factory.runtime import mlflow_tracking_uri
+from factory.synth.synthesize import MANIFEST_FILE, centers_uri, stats_uri
+from factory.tracking import RunTracker
+from factory.train.generator_checkpoint import load_generator
+
+REPORT_DIR = "report"
+BIN_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
+
+
+@dataclass
+class SampleTable:
+    """One row per sample: the metadata the report works from."""
+
+    labels: np.ndarray
+    requested: np.ndarray
+    to_inquiry: np.ndarray
+    to_center: np.ndarray
+    real: np.ndarray
+
+
+def read_manifest(dataset: str) -> dict[str, Any]:
+    uri = storage.join(dataset, MANIFEST_FILE)
+    if not storage.exists(uri):
+        raise FormatError(f"{uri}: no manifest (not a dataset written by factory synthesize, "
+                          "or the run has not finished)")
+    return json.loads(storage.read_text(uri))
+
+
+def read_samples(dataset: str, manifest: dict[str, Any]) -> SampleTable:
+    """Stream every shard once and keep the few numbers per sample the report needs."""
+    columns: dict[str, list] = {"labels": [], "requested": [], "to_inquiry": [], "to_center": [],
+                                "real": []}
+    for shard in manifest["shards"]:
+        for sample in iter_shard(storage.join(dataset, SHARD_DIR, shard["shard"])):
+            meta = sample["json"]
+            columns["labels"].append(int(meta["label"]))
+            columns["requested"].append(float(meta["m"]))
+            columns["to_inquiry"].append(float(meta["similarity_inquiry"]))
+            columns["to_center"].append(float(meta["similarity_center"]))
+            columns["real"].append(bool(meta.get("real", False)))
+    return SampleTable(**{name: np.asarray(values) for name, values in columns.items()})
+
+
+def statistics_rows(to_center: np.ndarray) -> list[list[Any]]:
+    """The CemiFace table: per 0.1 similarity-to-center bin, count, mean and std."""
+    rows = []
+    bins = np.clip(np.digitize(to_center, BIN_EDGES) - 1, 0, len(BIN_EDGES) - 2)
+    for index in range(len(BIN_EDGES) - 1):
+        values = to_center[bins == index]
+        if len(values):
+            rows.append([f"[{BIN_EDGES[index]:+.1f}, {BIN_EDGES[index + 1]:+.1f})", len(values),
+                         float(values.mean()), float(values.std())])
+    return rows
+
+
+def synthetic_centers(dataset: str, manifest: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+    """The identity centers measured at synthesis time, with their labels."""
+    centers, labels = [], []
+    for index in range(len(manifest["shards"])):
+        stats = json.loads(storage.read_text(stats_uri(dataset, index)))
+        centers.append(np.load(io.BytesIO(storage.read_bytes(centers_uri(dataset, index)))))
+        labels += stats["labels"]
+    return np.concatenate(centers), labels
+
+
+@torch.no_grad()
+def real_centers(encoder: torch.nn.Module, image_size: int, data: FaceDataset,
+                 batch_size: int = 256) -> np.ndarray:
+    """Unit-length mean E_id embedding of each real identity (rows in label order)."""
+    sums = torch.zeros(data.num_classes, 0)
+    for start in range(0, len(data), batch_size):
+        indices = range(start, min(start + batch_size, len(data)))
+        images = np.stack([data.image(i) for i in indices])
+        embeddings = encoder(inquiry_tensor(images, image_size))
+        if sums.shape[1] == 0:
+            sums = torch.zeros(data.num_classes, embeddings.shape[1])
+        sums.index_add_(0, torch.as_tensor(data.labels[start:start + len(indices)]), embeddings)
+    return torch.nn.functional.normalize(sums, dim=-1).numpy()
+
+
+def privacy_png(maxima: np.ndarray, threshold: float, path: str) -> str:
+    figure = agg_figure(5.5, 3.6)
+    axes = figure.add_subplot()
+    axes.hist(maxima, bins=np.linspace(-1, 1, 41), color="tab:purple")
+    axes.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
+    axes.set_xlabel("max cos(synthetic identity center, real identity center)")
+    axes.set_ylabel("synthetic identities")
+    axes.legend(fontsize=8)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
+    """Compute the report; returns it and the printed text."""
+    manifest = read_manifest(dataset)
+    samples = read_samples(dataset, manifest)
+    synthetic = ~samples.real
+    generator = load_generator(manifest["generator_uri"])
+    real_uri = config.synthesis.privacy.real_data or generator.meta.get("data", "")
+    if not real_uri:
+        raise FormatError(f"{manifest['generator_uri']}: records no training data; set "
+                          "synthesis.privacy.real_data")
+    centers, labels = synthetic_centers(dataset, manifest)
+    real = real_centers(generator.encoder, generator.image_size, open_dataset(real_uri))
+    similarity = centers @ real.T
+    maxima, nearest = similarity.max(1), similarity.argmax(1)
+    threshold = config.synthesis.privacy.threshold
+    flagged = [{"label": labels[i], "nearest_real_label": int(nearest[i]),
+                "similarity": round(float(maxima[i]), 4)}
+               for i in np.argsort(-maxima) if maxima[i] >= threshold]
+    cross = centers @ centers.T
+    between = float(cross[~np.eye(len(cross), dtype=bool)].mean()) if len(cross) > 1 else 0.0
+    table = statistics_rows(samples.to_center[synthetic])
+    report = {
+        "dataset": dataset,
+        "counts": {"samples": int(len(samples.labels)), "synthetic": int(synthetic.sum()),
+                   "real_copies": int(samples.real.sum()),
+                   "identities": int(len(np.unique(samples.labels))),
+                   "shards": len(manifest["shards"])},
+        "statistics": [{"bin": r[0], "count": r[1], "mean": r[2], "std": r[3]} for r in table],
+        "similarity_to_center": {"mean": float(samples.to_center[synthetic].mean()),
+                                 "std": float(samples.to_center[synthetic].std())},
+        "m_spearman": spearman(samples.requested[synthetic], samples.to_inquiry[synthetic]),
+        "between_identity_centers": between,
+        "privacy": {"real_data": real_uri, "threshold": threshold,
+                    "max_similarity": float(maxima.max()),
+                    "mean_max_similarity": float(maxima.mean()),
+                    "flagged": len(flagged), "flagged_identities": flagged[:100]},
+    }
+    out = storage.join(dataset, REPORT_DIR)
+    text = _report_text(report, table, out)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {
+            "m_vs_similarity.png": compliance_png(
+                np.round(samples.requested[synthetic] * 20) / 20,
+                samples.to_inquiry[synthetic], between,
+                os.path.join(scratch, "m_vs_similarity.png"), title=dataset),
+            "privacy.png": privacy_png(maxima, threshold, os.path.join(scratch, "privacy.png")),
+        }
+        for name, text_value in (("analysis.json", json.dumps(report, indent=2)),
+                                 ("statistics.txt", text + "\n")):
+            files[name] = os.path.join(scratch, name)
+            with open(files[name], "w") as stream:
+                stream.write(text_value)
+        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+        tracker.start(f"analyze-{os.path.basename(dataset.rstrip('/'))}",
+                      params={"dataset": dataset, "privacy": config.synthesis.privacy
+                              .model_dump(mode="json")},
+                      tags={"stage": "analyze", "code_version": manifest["code_version"]})
+        tracker.log_metrics({**report["counts"], "m_spearman": report["m_spearman"],
+                             "privacy_flagged": len(flagged),
+                             "privacy_max_similarity": report["privacy"]["max_similarity"]})
+        for name, path in files.items():
+            with open(path, "rb") as stream:
+                storage.write_bytes(storage.join(out, name), stream.read())
+            tracker.log_artifact(path)
+        tracker.end()
+    return report, text
+
+
+def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> str:
+    counts, privacy = report["counts"], report["privacy"]
+    lines = [
+        f"{counts['samples']} samples ({counts['synthetic']} synthetic, {counts['real_copies']} "
+        f"real copies), {counts['identities']} identities, {counts['shards']} shards",
+        "",
+        format_table(["similarity to center", "count", "mean", "std"], table),
+        "",
+        f"Spearman(requested m, similarity to inquiry) = {report['m_spearman']:.3f}; "
+        f"between identity centers: {report['between_identity_centers']:.3f}",
+        f"privacy: max similarity of a synthetic identity to a real one "
+        f"{privacy['max_similarity']:.3f} (mean of maxima {privacy['mean_max_similarity']:.3f});"
+        f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
+        f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png",
+    ]
+    return "\n".join(lines)

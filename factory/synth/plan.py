@@ -1,0 +1,146 @@
+"""What a synthesis run makes, decided before any image is sampled.
+
+The plan is a pure function of the config, the inquiry embeddings and the seed: which inquiry
+identities are kept (1-shot, every pair below ``inquiry.max_similarity``), which extra
+identities SynFace identity mixup makes (``normalise(phi f_i + (1 - phi) f_j)``), which m and
+seed every sample gets, and which identities share a shard. An identity's samples always land in
+one shard, so its center is known when the shard is written. Because nothing here depends on
+timing or on which actor runs what, a rerun plans exactly the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from factory.config import MValuesConfig, SynthesisConfig
+
+
+@dataclass
+class PlannedIdentity:
+    """One identity to synthesise: its label, where its embedding came from, the embedding."""
+
+    label: int
+    inquiry: str
+    embedding: list[float]
+    partner: str | None = None
+    phi: float | None = None
+    image_index: int | None = None
+
+
+def m_candidates(cfg: MValuesConfig) -> list[float]:
+    """The m values cycled over an identity's images (``values`` and ``range`` kinds)."""
+    if cfg.kind == "values":
+        return [float(m) for m in cfg.values]
+    count = int(np.floor((cfg.high - cfg.low) / cfg.interval + 1e-9)) + 1
+    return [round(cfg.low + i * cfg.interval, 6) for i in range(count)]
+
+
+def sample_seed(seed: int, label: int, index: int) -> int:
+    """The noise seed of image ``index`` of identity ``label``: unique within a dataset."""
+    return (seed * 10_000_019 + label) * 100_003 + index
+
+
+def sample_m(cfg: MValuesConfig, seed: int, label: int, index: int) -> float:
+    """The requested m of image ``index`` of identity ``label``."""
+    if cfg.kind in ("values", "range"):
+        candidates = m_candidates(cfg)
+        return candidates[index % len(candidates)]
+    rng = np.random.default_rng([seed, label, index])
+    if cfg.kind == "uniform":
+        return float(rng.uniform(cfg.low, cfg.high))
+    return float(np.clip(rng.normal(cfg.mean, cfg.std), -1.0, 1.0))
+
+
+def select_inquiries(embeddings: np.ndarray, max_similarity: float, count: int) -> list[int]:
+    """Greedy 1-shot filter: walk the identities in order, keep one if its cosine to every kept
+    one is below ``max_similarity``, stop at ``count``."""
+    kept: list[int] = []
+    for index in range(len(embeddings)):
+        if kept and float(np.max(embeddings[kept] @ embeddings[index])) >= max_similarity:
+            continue
+        kept.append(index)
+        if len(kept) == count:
+            break
+    return kept
+
+
+def mixup_identities(embeddings: np.ndarray, count: int, phis: list[float],
+                     seed: int) -> list[tuple[int, int, float, np.ndarray]]:
+    """``count`` SynFace identity-mixup identities from pairs of rows of ``embeddings``:
+    ``(i, j, phi, normalise(phi f_i + (1 - phi) f_j))``, pairs and phi drawn from ``seed``."""
+    if count and len(embeddings) < 2:
+        raise ValueError("identity mixup needs at least two inquiry identities")
+    rng = np.random.default_rng([seed, 7])
+    mixed = []
+    for _ in range(count):
+        i, j = (int(v) for v in rng.choice(len(embeddings), size=2, replace=False))
+        phi = float(rng.choice(phis))
+        vector = phi * embeddings[i] + (1.0 - phi) * embeddings[j]
+        mixed.append((i, j, phi, vector / max(float(np.linalg.norm(vector)), 1e-12)))
+    return mixed
+
+
+def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[str],
+                    image_indices: list[int]) -> list[PlannedIdentity]:
+    """Kept inquiries (labels 0..) then mixup identities (labels after them).
+
+    ``embeddings`` holds one unit-length row per inquiry identity, ``names`` its id, and
+    ``image_indices`` the dataset index of its inquiry image.
+    """
+    kept = select_inquiries(embeddings, cfg.inquiry.max_similarity, cfg.inquiry.identities)
+    identities = [
+        PlannedIdentity(label, names[index], embeddings[index].astype(float).tolist(),
+                        image_index=image_indices[index])
+        for label, index in enumerate(kept)
+    ]
+    kept_embeddings = embeddings[kept]
+    for i, j, phi, vector in mixup_identities(kept_embeddings, cfg.inquiry.mixup_identities,
+                                              cfg.inquiry.mixup_phi, cfg.seed):
+        identities.append(PlannedIdentity(
+            len(identities), identities[i].inquiry, vector.astype(float).tolist(),
+            partner=identities[j].inquiry, phi=phi))
+    return identities
+
+
+@dataclass
+class ShardItem:
+    """One work item of the actor pool: a shard index and the identities it holds."""
+
+    shard: int
+    identities: list[PlannedIdentity]
+
+    def to_row(self) -> dict:
+        """A Ray Data row (a JSON string keeps the nested record one plain column)."""
+        return {"shard": self.shard,
+                "item": json.dumps([asdict(identity) for identity in self.identities])}
+
+    @classmethod
+    def from_row(cls, shard: int, item: str) -> ShardItem:
+        return cls(int(shard), [PlannedIdentity(**record) for record in json.loads(item)])
+
+
+def shard_items(identities: list[PlannedIdentity], per_shard: int) -> list[ShardItem]:
+    """Consecutive identities, ``per_shard`` to a shard."""
+    return [ShardItem(index, identities[start:start + per_shard])
+            for index, start in enumerate(range(0, len(identities), per_shard))]
+
+
+def planned_keys(cfg: SynthesisConfig, identities: list[PlannedIdentity]) -> list[str]:
+    """Every sample key the plan will write, in shard order."""
+    keys = []
+    for identity in identities:
+        keys += [sample_key(identity.label, index) for index in range(cfg.images_per_identity)]
+        if cfg.include_inquiry_images and identity.image_index is not None:
+            keys.append(inquiry_copy_key(identity.label))
+    return keys
+
+
+def sample_key(label: int, index: int) -> str:
+    return f"{label:08d}_{index:05d}"
+
+
+def inquiry_copy_key(label: int) -> str:
+    return f"{label:08d}_inquiry"

@@ -1,0 +1,132 @@
+"""Sample one shard: every image of its identities, their similarities, their shard records.
+
+Plain torch (no Ray): the actor pool and the benchmark's single-process loop both call
+:func:`sample_shard`, so they run exactly the same model, batches and sampler. Within a shard the
+samples are taken in plan order and cut into fixed batches, so a rerun feeds the model the same
+batches and, on the same machine, produces the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from factory.config import SynthesisConfig
+from factory.eval.compliance import inquiry_tensor
+from factory.formats.dataset import FaceDataset
+from factory.formats.images import encode_jpeg
+from factory.formats.shards import ShardSample
+from factory.models.sampling import ddim_sample, to_uint8
+from factory.synth.plan import (
+    PlannedIdentity,
+    ShardItem,
+    inquiry_copy_key,
+    sample_key,
+    sample_m,
+    sample_seed,
+)
+from factory.train.generator_checkpoint import LoadedGenerator
+
+HISTOGRAM_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
+"""0.1-wide similarity bins over [-1, 1], the CemiFace statistics table's bins."""
+
+
+@dataclass
+class SampledShard:
+    """A shard's records plus what the manifest and the privacy check need of it."""
+
+    samples: list[ShardSample]
+    labels: list[int]
+    centers: np.ndarray
+    """``[identities, dim]`` unit-length center of each identity's synthetic samples."""
+    histogram_inquiry: list[int]
+    histogram_center: list[int]
+
+
+def checkpoint_id(generator: LoadedGenerator) -> str:
+    """How a sample names the model that made it: checkpoint URI and training step."""
+    return f"{generator.uri}@step{generator.meta.get('step', '?')}"
+
+
+def _mixup(identity: PlannedIdentity) -> dict | None:
+    if identity.partner is None:
+        return None
+    return {"partner": identity.partner, "phi": identity.phi}
+
+
+@torch.no_grad()
+def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConfig,
+                 inquiries: FaceDataset | None = None,
+                 device: torch.device | str = "cpu") -> SampledShard:
+    """Sample, embed and encode every image of ``item``'s identities.
+
+    The inquiry dataset is read only when ``cfg.include_inquiry_images`` is on, to copy each
+    identity's real inquiry image into the shard.
+    """
+    rows = [(position, index) for position in range(len(item.identities))
+            for index in range(cfg.images_per_identity)]
+    embeddings = torch.tensor([identity.embedding for identity in item.identities],
+                              dtype=torch.float32, device=device)
+    m_values = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
+    seeds = [sample_seed(cfg.seed, item.identities[p].label, i) for p, i in rows]
+    images, measured = [], []
+    for start in range(0, len(rows), cfg.sampling.batch_size):
+        chunk = slice(start, start + cfg.sampling.batch_size)
+        positions = torch.tensor([p for p, _ in rows[chunk]], device=device)
+        samples = ddim_sample(
+            generator.model, generator.scheduler, embeddings[positions],
+            torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
+            generator.image_size, cfg.sampling.steps, cfg.sampling.eta)
+        measured.append(generator.encoder(samples))
+        images.append(to_uint8(samples).numpy())
+    sample_embeddings = torch.cat(measured)
+    pixels = np.concatenate(images)
+    owner = torch.tensor([p for p, _ in rows], device=device)
+    centers = torch.nn.functional.normalize(
+        torch.stack([sample_embeddings[owner == p].mean(0) for p in range(len(item.identities))]),
+        dim=-1)
+    to_inquiry = (sample_embeddings * embeddings[owner]).sum(-1).cpu().numpy()
+    to_center = (sample_embeddings * centers[owner]).sum(-1).cpu().numpy()
+
+    common = {"generator": checkpoint_id(generator), "sampler": "ddim",
+              "steps": cfg.sampling.steps, "eta": cfg.sampling.eta}
+    records: list[ShardSample] = []
+    for row, (position, index) in enumerate(rows):
+        identity = item.identities[position]
+        meta = {"label": identity.label, "inquiry": identity.inquiry, "m": m_values[row],
+                "similarity_inquiry": round(float(to_inquiry[row]), 6),
+                "similarity_center": round(float(to_center[row]), 6), "seed": seeds[row],
+                "mixup": _mixup(identity), "real": False, **common}
+        records.append(ShardSample(sample_key(identity.label, index),
+                                   encode_jpeg(pixels[row], cfg.jpeg_quality), identity.label,
+                                   meta))
+        if index == cfg.images_per_identity - 1 and cfg.include_inquiry_images:
+            records += _inquiry_copy(generator, identity, inquiries, centers[position], cfg,
+                                     device)
+    return SampledShard(
+        samples=records, labels=[identity.label for identity in item.identities],
+        centers=centers.cpu().numpy().astype(np.float32),
+        histogram_inquiry=np.histogram(to_inquiry, HISTOGRAM_EDGES)[0].tolist(),
+        histogram_center=np.histogram(to_center, HISTOGRAM_EDGES)[0].tolist(),
+    )
+
+
+def _inquiry_copy(generator: LoadedGenerator, identity: PlannedIdentity,
+                  inquiries: FaceDataset | None, center: torch.Tensor,
+                  cfg: SynthesisConfig, device: torch.device | str) -> list[ShardSample]:
+    """The real inquiry image as one more sample of its identity (the anchors' oversampling),
+    marked ``real: true``; mixup identities have no image and get none."""
+    if identity.image_index is None:
+        return []
+    if inquiries is None:
+        raise ValueError("include_inquiry_images needs the inquiry dataset")
+    image = inquiries.image(identity.image_index)
+    embedding = generator.encoder(inquiry_tensor(image[None], generator.image_size).to(device))[0]
+    meta = {"label": identity.label, "inquiry": identity.inquiry, "m": 1.0,
+            "similarity_inquiry": 1.0,
+            "similarity_center": round(float(embedding @ center), 6), "seed": None,
+            "mixup": None, "real": True, "generator": None, "sampler": None, "steps": None}
+    return [ShardSample(inquiry_copy_key(identity.label), encode_jpeg(image, cfg.jpeg_quality),
+                        identity.label, meta)]

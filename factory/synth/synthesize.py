@@ -1,0 +1,309 @@
+"""``factory synthesize``: the plan fanned out over a Ray Data actor pool into WebDataset shards.
+
+The driver plans (inquiry embeddings, identity mixup, shard assignment), skips shards a previous
+run finished, and streams the remaining work items, one per shard, to a pool of
+:class:`ShardSynthesizer` actors. Each actor loads the generator and E_id once, samples a whole
+shard in fixed batches, measures every sample's similarity to its inquiry embedding and to its
+identity center in the same pass, and writes, in this order, the identity centers, the tar (to a
+temporary name, then renamed) and the shard's stats file. A shard counts as done only when its
+stats file exists, which is written last, so a killed run leaves nothing half-done under a final
+name and a rerun writes exactly the planned keys. The driver only ever holds the plan and one
+small stats record per shard, so its memory does not grow with the number of images.
+
+Output layout under ``synthesis.out``::
+
+    shards/shard-000000.tar ...     the samples (webdataset: key.jpg, key.cls, key.json)
+    stats/shard-000000.json         count, sha256, labels, similarity histograms of a shard
+    stats/shard-000000.centers.npy  the synthetic identity centers (for the privacy check)
+    plan.json                       what this directory is a dataset of (checked on rerun)
+    manifest.json                   config, code version, counts, per-shard counts and
+                                    checksums, similarity histograms
+    similarity_histogram.png        similarity to inquiry and to center, all samples
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from factory import storage
+from factory.config import FactoryConfig, SynthesisConfig
+from factory.errors import UserError
+from factory.eval.compliance import inquiry_tensor
+from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_shard
+from factory.provenance import code_version
+from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.synth.figures import similarity_histogram_png
+from factory.synth.plan import PlannedIdentity, ShardItem, plan_identities, shard_items
+from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
+from factory.tracking import RunTracker
+from factory.train.generator_checkpoint import LoadedGenerator, load_generator
+
+STATS_DIR, PLAN_FILE, MANIFEST_FILE = "stats", "plan.json", "manifest.json"
+HISTOGRAM_FILE = "similarity_histogram.png"
+
+
+def stats_uri(out: str, shard: int) -> str:
+    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".json"))
+
+
+def centers_uri(out: str, shard: int) -> str:
+    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".centers.npy"))
+
+
+def torch_threads(cpus: float, threads: int) -> int:
+    return threads or max(1, int(round(cpus)))
+
+
+def actor_device(gpus: float) -> torch.device:
+    """A GPU when the actor was given one and CUDA is there; the CPU otherwise."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def write_sampled_shard(out: str, shard: int, generator: LoadedGenerator, item: ShardItem,
+                        cfg: SynthesisConfig, inquiries: FaceDataset | None,
+                        device: torch.device) -> int:
+    """Sample one shard and write it; the stats file goes last and marks it complete."""
+    sampled = sample_shard(generator, item, cfg, inquiries, device)
+    buffer = io.BytesIO()
+    np.save(buffer, sampled.centers)
+    storage.write_bytes(centers_uri(out, shard), buffer.getvalue())
+    written = write_shard(storage.join(out, SHARD_DIR, shard_name(shard)), sampled.samples)
+    stats = {"shard": shard_name(shard), "count": written.count, "sha256": written.sha256,
+             "size_bytes": written.size_bytes, "labels": sampled.labels,
+             "real_images": sum(1 for s in sampled.samples if s.meta["real"]),
+             "histogram_inquiry": sampled.histogram_inquiry,
+             "histogram_center": sampled.histogram_center}
+    storage.write_text(stats_uri(out, shard), json.dumps(stats))
+    return written.count
+
+
+class ShardSynthesizer:
+    """The Ray Data actor: loads the generator once, then turns work items into shards."""
+
+    def __init__(self, config: dict[str, Any], checkpoint: str, out: str, inquiry_uri: str):
+        self.cfg = SynthesisConfig.model_validate(config)
+        torch.set_num_threads(torch_threads(self.cfg.actors.cpus_per_actor,
+                                            self.cfg.actors.threads_per_actor))
+        self.device = actor_device(self.cfg.actors.gpus_per_actor)
+        self.generator = load_generator(checkpoint).to(self.device)
+        self.out = out
+        self.inquiries = open_dataset(inquiry_uri) if self.cfg.include_inquiry_images else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards, images, seconds = [], [], []
+        for shard, item in zip(batch["shard"], batch["item"]):
+            started = time.perf_counter()
+            images.append(write_sampled_shard(self.out, int(shard), self.generator,
+                                              ShardItem.from_row(shard, item), self.cfg,
+                                              self.inquiries, self.device))
+            shards.append(int(shard))
+            seconds.append(time.perf_counter() - started)
+        return {"shard": np.array(shards), "images": np.array(images),
+                "seconds": np.array(seconds)}
+
+
+def first_index_per_identity(dataset: FaceDataset) -> dict[int, int]:
+    """label -> index of that identity's first image, in label order."""
+    firsts: dict[int, int] = {}
+    for index, label in enumerate(dataset.labels):
+        firsts.setdefault(int(label), index)
+    return dict(sorted(firsts.items()))
+
+
+def identity_name(dataset: FaceDataset, label: int) -> str:
+    names = getattr(dataset, "class_names", None)
+    return str(names[label]) if names is not None else f"id{label}"
+
+
+@torch.no_grad()
+def embed_inquiries(generator: LoadedGenerator, dataset: FaceDataset, indices: list[int],
+                    batch_size: int = 256) -> np.ndarray:
+    """Unit-length E_id embeddings of the given images, as the generator is conditioned."""
+    rows = []
+    for start in range(0, len(indices), batch_size):
+        images = np.stack([dataset.image(i) for i in indices[start:start + batch_size]])
+        rows.append(generator.encoder(inquiry_tensor(images, generator.image_size)).numpy())
+    return np.concatenate(rows).astype(np.float64)
+
+
+def make_plan(config: FactoryConfig, generator: LoadedGenerator) -> list[PlannedIdentity]:
+    """The identities of this run, from the inquiry dataset and the generator's E_id."""
+    cfg = config.synthesis
+    dataset = open_dataset(config.synthesis_inquiry_uri())
+    firsts = first_index_per_identity(dataset)
+    labels, indices = list(firsts), list(firsts.values())
+    embeddings = embed_inquiries(generator, dataset, indices)
+    identities = plan_identities(cfg, embeddings, [identity_name(dataset, l) for l in labels],
+                                 indices)
+    kept = sum(1 for identity in identities if identity.partner is None)
+    if kept < min(cfg.inquiry.identities, len(labels)):
+        print(f"synthesis: {kept} of {len(labels)} inquiry identities pass the pairwise cosine "
+              f"< {cfg.inquiry.max_similarity} filter (asked for {cfg.inquiry.identities})")
+    return identities
+
+
+def plan_record(config: FactoryConfig, generator: LoadedGenerator,
+                identities: list[PlannedIdentity]) -> dict[str, Any]:
+    """What makes this directory this dataset; a rerun must match it to resume."""
+    cfg = config.synthesis.model_dump(mode="json")
+    del cfg["actors"], cfg["privacy"]  # where and how fast it runs, not what it makes
+    return {"synthesis": cfg, "generator": checkpoint_id(generator),
+            "inquiry_data": config.synthesis_inquiry_uri(), "identities": len(identities),
+            "shards": len(shard_items(identities, config.synthesis.identities_per_shard))}
+
+
+def claim_output(out: str, record: dict[str, Any]) -> None:
+    """Write the plan record, or check the one a previous run left matches it."""
+    uri = storage.join(out, PLAN_FILE)
+    if storage.exists(uri):
+        previous = json.loads(storage.read_text(uri))
+        if previous != record:
+            changed = sorted(k for k in record if previous.get(k) != record[k])
+            raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
+                            "differ); choose another synthesis.out or remove it")
+        return
+    storage.write_text(uri, json.dumps(record, indent=2))
+
+
+def complete_shards(out: str) -> set[int]:
+    """Shards whose stats file (written last) exists."""
+    directory = storage.join(out, STATS_DIR)
+    if not storage.is_dir(directory):
+        return set()
+    return {int(name[len("shard-"):-len(".json")]) for name in storage.listdir(directory)
+            if name.startswith("shard-") and name.endswith(".json")}
+
+
+def remove_stale_temporaries(out: str) -> int:
+    """Delete temporary files a killed run left (they never carry a final name)."""
+    removed = 0
+    for folder in (SHARD_DIR, STATS_DIR):
+        directory = storage.join(out, folder)
+        if not storage.is_dir(directory):
+            continue
+        filesystem, _ = storage.resolve(directory)
+        for name in storage.listdir(directory):
+            if name.startswith(storage.TEMP_MARKER):
+                filesystem.delete_file(storage.resolve(storage.join(directory, name))[1])
+                removed += 1
+    return removed
+
+
+def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str, out: str,
+                   cli_address: str | None) -> tuple[int, float]:
+    """Stream ``todo`` through the actor pool; returns (images written, seconds)."""
+    import ray
+
+    cfg = config.synthesis
+    init_ray(config.runtime, cli_address)
+    dataset = ray.data.from_items([item.to_row() for item in todo],
+                                  override_num_blocks=len(todo))
+    resources = {"num_cpus": cfg.actors.cpus_per_actor}
+    if cfg.actors.gpus_per_actor > 0:
+        resources["num_gpus"] = cfg.actors.gpus_per_actor
+    results = dataset.map_batches(
+        ShardSynthesizer, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors.num_actors, len(todo))),
+        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "checkpoint": checkpoint,
+                               "out": out, "inquiry_uri": config.synthesis_inquiry_uri()},
+        **resources,
+    )
+    started, images = time.perf_counter(), 0
+    with tqdm(total=len(todo), desc="synthesize", unit="shard") as progress:
+        for row in results.iter_rows():
+            images += int(row["images"])
+            elapsed = time.perf_counter() - started
+            progress.set_postfix(images=images, images_per_s=f"{images / elapsed:.1f}")
+            progress.update(1)
+    return images, time.perf_counter() - started
+
+
+def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's manifest, assembled from every shard's stats file."""
+    shards = [json.loads(storage.read_text(stats_uri(out, index)))
+              for index in range(record["shards"])]
+    inquiry = np.sum([s["histogram_inquiry"] for s in shards], axis=0).astype(int).tolist()
+    center = np.sum([s["histogram_center"] for s in shards], axis=0).astype(int).tolist()
+    samples = sum(s["count"] for s in shards)
+    real = sum(s["real_images"] for s in shards)
+    return {
+        "format": "facefactory-webdataset/1",
+        "shard_pattern": f"{SHARD_DIR}/{shard_pattern(len(shards))}",
+        "code_version": code_version(),
+        "generator": record["generator"],
+        "generator_uri": config.synthesis_checkpoint_uri(),
+        "counts": {"identities": record["identities"],
+                   "mixup_identities": config.synthesis.inquiry.mixup_identities,
+                   "samples": samples, "synthetic_images": samples - real,
+                   "real_images": real, "shards": len(shards)},
+        "contains_real_images": real > 0,
+        "shards": [{k: s[k] for k in ("shard", "count", "sha256", "size_bytes")}
+                   for s in shards],
+        "histograms": {"edges": HISTOGRAM_EDGES.tolist(), "similarity_inquiry": inquiry,
+                       "similarity_center": center},
+        "config": config.model_dump(mode="json"),
+    }
+
+
+@dataclass
+class SynthesisRun:
+    out: str
+    manifest: dict[str, Any]
+    images_written: int
+    images_per_s: float
+
+
+def synthesize(config: FactoryConfig, cli_address: str | None = None) -> SynthesisRun:
+    """Plan, sample the shards a previous run did not finish, write the manifest."""
+    cfg = config.synthesis
+    out = config.synthesis_out_uri()
+    storage.ensure_writable(out)
+    checkpoint = config.synthesis_checkpoint_uri()
+    generator = load_generator(checkpoint)
+    identities = make_plan(config, generator)
+    record = plan_record(config, generator, identities)
+    claim_output(out, record)
+    remove_stale_temporaries(out)
+    done = complete_shards(out)
+    todo = [item for item in shard_items(identities, cfg.identities_per_shard)
+            if item.shard not in done]
+    print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} images in "
+          f"{record['shards']} shards -> {out} ({len(todo)} to write, "
+          f"{record['shards'] - len(todo)} already complete)")
+    images, seconds = (run_actor_pool(config, todo, checkpoint, out, cli_address)
+                       if todo else (0, 0.0))
+    rate = images / seconds if seconds else 0.0
+    if images:
+        print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
+              f"{cfg.actors.num_actors} actor(s))")
+    manifest = build_manifest(config, out, record)
+    storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
+    with tempfile.TemporaryDirectory() as scratch:
+        histogram = similarity_histogram_png(manifest["histograms"],
+                                             os.path.join(scratch, HISTOGRAM_FILE))
+        with open(histogram, "rb") as stream:
+            storage.write_bytes(storage.join(out, HISTOGRAM_FILE), stream.read())
+        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+        tracker.start(f"synthesize-{config.name}",
+                      params={"synthesis": cfg.model_dump(mode="json"), "generator": checkpoint,
+                              "out": out},
+                      tags={"code_version": manifest["code_version"], "stage": "synthesize"})
+        tracker.log_metrics({**manifest["counts"], "images_per_s": rate})
+        manifest_path = os.path.join(scratch, MANIFEST_FILE)
+        with open(manifest_path, "w") as stream:
+            json.dump(manifest, stream, indent=2)
+        tracker.log_artifact(manifest_path)
+        tracker.log_artifact(histogram)
+        tracker.end()
+    return SynthesisRun(out, manifest, images, rate)

@@ -1,0 +1,165 @@
+"""``factory synthesize`` and ``factory analyze`` on a tiny face world with an untrained
+generator: the shard contract, resume, determinism, the actor pool on 2 CPUs, the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from factory.config import load_config
+from factory.errors import UserError
+from factory.formats.dataset import open_dataset
+from factory.formats.shards import ShardDataset, iter_shard
+from factory.synth.analyze import analyze
+from factory.synth.plan import planned_keys
+from factory.synth.synthesize import make_plan, synthesize
+from factory.train.generator_checkpoint import load_generator
+
+CONTRACT = {"label", "inquiry", "m", "similarity_inquiry", "similarity_center", "seed", "mixup",
+            "generator", "sampler", "steps"}
+
+
+def synthesis_config(world, generator, out, *extra):
+    return load_config(None, [
+        f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
+        "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
+        "synthesis.inquiry.mixup_identities=2", "synthesis.images_per_identity=3",
+        "synthesis.identities_per_shard=2", "synthesis.sampling.steps=2",
+        "synthesis.sampling.batch_size=4", "synthesis.m.kind=values",
+        "synthesis.m.values=[1.0,0.0,-0.5]", "synthesis.actors.num_actors=2",
+        "synthesis.actors.cpus_per_actor=0.5", "synthesis.actors.threads_per_actor=1",
+        "synthesis.privacy.threshold=0.9",
+        f"runtime.mlflow_tracking_uri=sqlite:///{world}/mlflow.db", *extra])
+
+
+@pytest.fixture(scope="module")
+def synthesized(ray_two_cpus, world, tiny_generator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    config = synthesis_config(world, tiny_generator, out)
+    return config, synthesize(config)
+
+
+def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
+    config, run = synthesized
+    identities = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
+    expected = planned_keys(config.synthesis, identities)
+    samples = [s for shard in sorted(os.listdir(os.path.join(run.out, "shards")))
+               for s in iter_shard(os.path.join(run.out, "shards", shard))]
+    assert [s["__key__"] for s in samples] == expected
+    assert run.manifest["counts"] == {"identities": 6, "mixup_identities": 2, "samples": 18,
+                                      "synthetic_images": 18, "real_images": 0, "shards": 3}
+    assert run.manifest["contains_real_images"] is False
+    assert sum(run.manifest["histograms"]["similarity_center"]) == 18
+    for sample in samples:
+        meta = sample["json"]
+        assert CONTRACT <= set(meta) and meta["label"] == sample["cls"]
+        assert meta["m"] in (1.0, 0.0, -0.5) and meta["sampler"] == "ddim"
+        assert -1.0 <= meta["similarity_center"] <= 1.0
+    mixed = [s["json"] for s in samples if s["json"]["label"] >= 4]
+    assert all(m["mixup"]["partner"] and m["mixup"]["phi"] in
+               [round(0.05 * i, 2) for i in range(21)] for m in mixed)
+    # the manifest's checksums are the files' checksums
+    import hashlib
+
+    for shard in run.manifest["shards"]:
+        data = open(os.path.join(run.out, "shards", shard["shard"]), "rb").read()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    # and the training interface reads them, selecting by metadata
+    everything = open_dataset(run.out)
+    assert len(everything) == 18 and everything.num_classes == 6
+    assert everything.image(0).shape == (32, 32, 3)
+    only_m1 = open_dataset(run.out, m_range=(0.5, 1.0))
+    assert len(only_m1) == 6 and all(meta["m"] == 1.0 for meta in only_m1.metadata)
+
+
+def test_the_same_config_gives_identical_shards(synthesized, world, tiny_generator, tmp_path):
+    config, run = synthesized
+    again = synthesize(synthesis_config(world, tiny_generator, tmp_path / "again",
+                                        "synthesis.actors.num_actors=1"))
+    assert [s["sha256"] for s in again.manifest["shards"]] == \
+        [s["sha256"] for s in run.manifest["shards"]]
+
+
+def test_a_rerun_writes_only_unfinished_shards(synthesized, world, tiny_generator):
+    config, run = synthesized
+    stats = os.path.join(run.out, "stats", "shard-000001.json")
+    tar = os.path.join(run.out, "shards", "shard-000001.tar")
+    before = open(tar, "rb").read()
+    os.remove(stats)  # as if the run died after the tar but before its stats file
+    stale = os.path.join(run.out, "shards", ".tmp-deadbeef-shard-000002.tar")
+    open(stale, "wb").write(b"half a shard")
+    rerun = synthesize(config)
+    assert rerun.images_written == 6
+    assert open(tar, "rb").read() == before and not os.path.exists(stale)
+    assert rerun.manifest["shards"] == run.manifest["shards"]
+    with pytest.raises(UserError, match="another plan"):
+        synthesize(synthesis_config(world, tiny_generator, run.out,
+                                    "synthesis.images_per_identity=4"))
+
+
+def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):
+    config, run = synthesized
+    report, text = analyze(config, run.out)
+    assert report["counts"] == {"samples": 18, "synthetic": 18, "real_copies": 0,
+                                "identities": 6, "shards": 3}
+    assert sum(row["count"] for row in report["statistics"]) == 18
+    privacy = report["privacy"]
+    assert privacy["real_data"].endswith("train") and -1 <= privacy["max_similarity"] <= 1
+    assert privacy["flagged"] == sum(1 for _ in privacy["flagged_identities"])
+    for name in ("analysis.json", "statistics.txt", "m_vs_similarity.png", "privacy.png"):
+        assert os.path.getsize(os.path.join(run.out, "report", name)) > 0
+    assert "similarity to center" in text
+
+
+def test_inquiry_copies_are_off_by_default_and_recorded_when_on(ray_two_cpus, world,
+                                                               tiny_generator, tmp_path):
+    config = synthesis_config(world, tiny_generator, tmp_path / "copies",
+                              "synthesis.include_inquiry_images=true",
+                              "synthesis.inquiry.mixup_identities=0")
+    run = synthesize(config)
+    assert run.manifest["contains_real_images"] is True
+    assert run.manifest["counts"]["real_images"] == 4
+    metas = [m for m in ShardDataset(run.out).metadata if m["real"]]
+    assert len(metas) == 4 and all(m["seed"] is None for m in metas)
+
+
+@pytest.mark.slow
+def test_killing_the_driver_and_rerunning_gives_exactly_the_planned_keys(world, tiny_generator,
+                                                                         tmp_path):
+    out = tmp_path / "killed"
+    config = synthesis_config(world, tiny_generator, out, "synthesis.identities_per_shard=1",
+                              "synthesis.inquiry.mixup_identities=12",
+                              "synthesis.sampling.steps=10", "synthesis.actors.num_actors=1",
+                              "runtime.num_cpus=2")
+    config_file = tmp_path / "synthesis.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    command = [sys.executable, "-m", "factory.cli", "synthesize", "--config", str(config_file)]
+    driver = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stats = out / "stats"
+    deadline = time.time() + 240
+    while not (stats.exists() and any(p.suffix == ".json" for p in stats.iterdir())):
+        assert driver.poll() is None and time.time() < deadline, "no shard finished"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    finished_before = sum(1 for p in stats.iterdir() if p.name.endswith(".json"))
+    assert 0 < finished_before < 16, "the kill must land mid-run"
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # at least what was finished at the kill is skipped (an orphaned actor may finish one more)
+    skipped = int(rerun.stdout.split(" already complete")[0].rsplit(" ", 1)[-1])
+    assert skipped >= finished_before
+    identities = make_plan(config, load_generator(str(tiny_generator)))
+    keys = [meta_key for meta_key in (s["__key__"] for shard in sorted(os.listdir(out / "shards"))
+                                      for s in iter_shard(str(out / "shards" / shard)))]
+    assert sorted(keys) == sorted(planned_keys(config.synthesis, identities))
+    assert len(keys) == len(set(keys)) == 16 * 3
+    assert not [n for n in os.listdir(out / "shards") if not n.startswith("shard-")]
