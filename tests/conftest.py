@@ -32,13 +32,12 @@ def world(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory, world):
+
+def save_tiny_generator(directory: str, data_uri: str) -> str:
     """An untrained 32 px generator checkpoint conditioned on a random ir-tiny E_id, recording
-    the tiny face world's training set as its data (what synthesis and analysis need of it)."""
+    ``data_uri`` as its training data: what synthesis and analysis need of a generator."""
     import torch
 
-    from factory import storage
     from factory.config import GeneratorConfig, UNetConfig
     from factory.models.diffusion import training_scheduler
     from factory.models.iresnet import build_backbone
@@ -50,10 +49,16 @@ def tiny_generator(tmp_path_factory, world):
         block_out_channels=[16, 32], cross_attention=[False, True], norm_num_groups=8,
         cross_attention_dim=32, attention_head_dim=8))
     backbone = build_backbone("ir-tiny", 32, 64).eval()
-    directory = tmp_path_factory.mktemp("generator")
-    save_generator(str(directory), build_generator(cfg, 64).eval(),
-                   training_scheduler(cfg.diffusion), encoder_record("test", backbone, 32),
-                   {"step": 0, "image_size": 32, "code_version": "test",
-                    "data": storage.join(str(world), "faceworld", "train")},
+    save_generator(directory, build_generator(cfg, 64).eval(), training_scheduler(cfg.diffusion),
+                   encoder_record("test", backbone, 32),
+                   {"step": 0, "image_size": 32, "code_version": "test", "data": data_uri},
                    {"generator": cfg.model_dump(mode="json")})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, world):
+    """:func:`save_tiny_generator` over the tiny face world's training set."""
+    directory = tmp_path_factory.mktemp("generator")
+    save_tiny_generator(str(directory), str(world / "faceworld" / "train"))
     return directory

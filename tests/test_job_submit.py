@@ -5,10 +5,11 @@ every port chosen free and its temp directory private to the test, so other Ray 
 the machine neither see it nor get touched by it: it is stopped by signalling that process
 group, never with ``ray stop``. Every wait is bounded.
 
-The stage submitted is the face world (``jobs/faceworld.py``) at smoke size
-(``configs/smoke.yaml``): it exercises the job path end to end (working_dir upload, the jobs/
-entry point, the CLI, outputs written from inside the job). The issue asks for the synthesis
-stage at smoke size; that job takes this one's place when synthesis lands in the CLI.
+Two stages are submitted at smoke size (``configs/smoke.yaml``): the face world
+(``jobs/faceworld.py``), then synthesis (``jobs/synthesize.py``) from its inquiry set with an
+untrained generator checkpoint the test writes. They exercise the job path end to end
+(working_dir upload, the jobs/ entry points, the CLI, a Ray Data actor pool inside the job,
+shards and manifest written from inside it).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ RAY = os.path.join(VENV_BIN, "ray")
 HEAD_START_TIMEOUT_S = 180
 SUBMIT_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 30
-MAX_UPLOAD_MIB = 5.0
+MAX_UPLOAD_MIB = 16.0  # the code plus the shipped face-world generator (assets/)
 # Unix socket paths (under the temp dir's session folder) must stay under 108 bytes.
 MAX_TEMP_DIR_CHARS = 40
 
@@ -223,34 +224,41 @@ def _unpacked_working_dirs(temp_dir: Path) -> list[Path]:
     return [p for p in root.glob("*") if p.is_dir()]
 
 
-def test_faceworld_job_submits_and_writes_outputs(ray_head: Head, tmp_path: Path):
-    from factory.config import load_config
-
-    workdir = tmp_path / "smoke"
-    submission_id = f"faceworld-smoke-{os.getpid()}-{int(time.time())}"
+def _submit(head: Head, submission_id: str, *entrypoint: str) -> str:
+    """``ray job submit`` and wait; fails the test unless the job SUCCEEDED."""
     # The excludes a user submits with (jobs/runtime_env.yaml), on top of .gitignore.
     excludes = yaml.safe_load((REPO_ROOT / "jobs" / "runtime_env.yaml").read_text())["excludes"]
     command = [
-        RAY, "job", "submit", "--address", ray_head.dashboard_url,
+        RAY, "job", "submit", "--address", head.dashboard_url,
         "--working-dir", str(REPO_ROOT),
         "--runtime-env-json", json.dumps({"excludes": excludes}),
-        "--submission-id", submission_id,
-        "--", "python", "jobs/faceworld.py", "--config", "configs/smoke.yaml",
-        f"workdir={workdir}",
+        "--submission-id", submission_id, "--", "python", *entrypoint,
     ]
     started = time.monotonic()
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=ray_head.env,
+        result = subprocess.run(command, capture_output=True, text=True, env=head.env,
                                 cwd=REPO_ROOT, timeout=SUBMIT_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        _ray_job(ray_head, "stop", submission_id)  # the head goes down with the fixture anyway
+        _ray_job(head, "stop", submission_id)  # the head goes down with the fixture anyway
         pytest.fail(f"ray job submit did not finish in {SUBMIT_TIMEOUT_S}s:\n{exc.stdout}")
     output = result.stdout + result.stderr
-    print(f"ray job submit: {time.monotonic() - started:.1f}s, exit {result.returncode}")
+    print(f"ray job submit {entrypoint[0]}: {time.monotonic() - started:.1f}s, "
+          f"exit {result.returncode}")
     assert result.returncode == 0, output[-5000:]
+    status = _ray_job(head, "status", submission_id)
+    assert "succeeded" in status, status + _ray_job(head, "logs", submission_id)[-3000:]
+    return output
 
-    status = _ray_job(ray_head, "status", submission_id)
-    assert "succeeded" in status, status + _ray_job(ray_head, "logs", submission_id)[-3000:]
+
+def test_faceworld_and_synthesis_jobs_submit_and_write_outputs(ray_head: Head, tmp_path: Path):
+    from conftest import save_tiny_generator
+    from factory.config import load_config
+    from factory.formats.shards import iter_shard
+
+    workdir = tmp_path / "smoke"
+    tag = f"{os.getpid()}-{int(time.time())}"
+    _submit(ray_head, f"faceworld-smoke-{tag}", "jobs/faceworld.py", "--config",
+            "configs/smoke.yaml", f"workdir={workdir}")
 
     # What the head unpacked is the code, not the venv, the runs or the repository history.
     unpacked = _unpacked_working_dirs(ray_head.temp_dir)
@@ -268,3 +276,13 @@ def test_faceworld_job_submits_and_writes_outputs(ray_head: Head, tmp_path: Path
         assert Path(uri).is_file(), uri
     summary = json.loads((out / "summary.json").read_text())
     assert summary["identities"] == config.faceworld.identities
+
+    generator = save_tiny_generator(str(tmp_path / "generator"), str(out / "train"))
+    _submit(ray_head, f"synthesize-smoke-{tag}", "jobs/synthesize.py", "--config",
+            "configs/smoke.yaml", f"workdir={workdir}", f"synthesis.checkpoint={generator}")
+    dataset = Path(config.synthesis_out_uri())
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["counts"]["samples"] == 6 * 2 and manifest["counts"]["shards"] == 3
+    keys = [s["__key__"] for shard in manifest["shards"]
+            for s in iter_shard(str(dataset / "shards" / shard["shard"]))]
+    assert len(keys) == len(set(keys)) == 12
