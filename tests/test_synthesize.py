@@ -112,7 +112,8 @@ def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):
     privacy = report["privacy"]
     assert privacy["real_data"].endswith("train") and -1 <= privacy["max_similarity"] <= 1
     assert privacy["flagged"] == sum(1 for _ in privacy["flagged_identities"])
-    for name in ("analysis.json", "statistics.txt", "m_vs_similarity.png", "privacy.png"):
+    for name in ("analysis.json", "statistics.txt", "m_vs_similarity.png", "privacy.png",
+                 "samples.png"):
         assert os.path.getsize(os.path.join(run.out, "report", name)) > 0
     assert "similarity to center" in text
 
@@ -163,3 +164,24 @@ def test_killing_the_driver_and_rerunning_gives_exactly_the_planned_keys(world, 
     assert sorted(keys) == sorted(planned_keys(config.synthesis, identities))
     assert len(keys) == len(set(keys)) == 16 * 3
     assert not [n for n in os.listdir(out / "shards") if not n.startswith("shard-")]
+
+
+@pytest.mark.slow
+def test_the_recognizer_trains_on_a_metadata_selection_of_the_shards(synthesized, world,
+                                                                     tmp_path):
+    from factory.train.recognizer import train_recognizer
+
+    config, run = synthesized
+    trainer_config = load_config(None, [
+        f"workdir={world}", f"recognizer.data={run.out}", "recognizer.select.m=[0.5,1.0]",
+        f"evaluate.benchmarks=[{world / 'faceworld' / 'benchmarks' / 'tiny.bin'}]",
+        f"recognizer.storage={tmp_path / 'runs'}",
+        f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "recognizer.backbone.name=ir-tiny", "recognizer.backbone.input_size=32",
+        "recognizer.backbone.embedding_size=16", "recognizer.optimizer.batch_size=4",
+        "recognizer.optimizer.epochs=1", "recognizer.workers.cpus_per_worker=0.5",
+        "recognizer.max_failures=0"])
+    trained = train_recognizer(trainer_config)
+    # 6 identities x the one image each at m = 1.0 -> 6 images, one batch-4 step per epoch
+    assert trained.metrics["global_step"] == 1
+    assert 0.0 <= trained.metrics["tiny/acc"] <= 100.0

@@ -7,6 +7,7 @@ centers were measured when the shards were written) and reports
 * the CemiFace statistics table: per 0.1 bin of similarity to the identity center, the count,
   mean and std;
 * requested m against measured similarity to the inquiry embedding (``m_vs_similarity.png``);
+* a montage of the first identities' samples (``samples.png``, rows identities);
 * the privacy check: each synthetic identity's maximum similarity to any real training identity
   center (E_id of the generator's own training data, or ``synthesis.privacy.real_data``), with
   identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``).
@@ -31,7 +32,9 @@ from factory.config import FactoryConfig
 from factory.errors import FormatError
 from factory.eval.compliance import inquiry_tensor, spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
+from factory.faceworld.montage import montage
 from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.images import decode_image, encode_png
 from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
@@ -43,15 +46,19 @@ REPORT_DIR = "report"
 BIN_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
 
 
+MONTAGE_IDENTITIES, MONTAGE_IMAGES, MONTAGE_SCALE = 8, 10, 3
+
+
 @dataclass
 class SampleTable:
-    """One row per sample: the metadata the report works from."""
+    """One row per sample: the metadata the report works from, plus the montage's images."""
 
     labels: np.ndarray
     requested: np.ndarray
     to_inquiry: np.ndarray
     to_center: np.ndarray
     real: np.ndarray
+    montage_rows: dict[int, list[np.ndarray]]
 
 
 def read_manifest(dataset: str) -> dict[str, Any]:
@@ -63,18 +70,36 @@ def read_manifest(dataset: str) -> dict[str, Any]:
 
 
 def read_samples(dataset: str, manifest: dict[str, Any]) -> SampleTable:
-    """Stream every shard once and keep the few numbers per sample the report needs."""
+    """Stream every shard once and keep the few numbers per sample the report needs, and the
+    images of the first identities for the montage."""
     columns: dict[str, list] = {"labels": [], "requested": [], "to_inquiry": [], "to_center": [],
                                 "real": []}
+    rows: dict[int, list[np.ndarray]] = {}
     for shard in manifest["shards"]:
-        for sample in iter_shard(storage.join(dataset, SHARD_DIR, shard["shard"])):
+        uri = storage.join(dataset, SHARD_DIR, shard["shard"])
+        for sample in iter_shard(uri):
             meta = sample["json"]
+            label = int(meta["label"])
+            if label in rows or len(rows) < MONTAGE_IDENTITIES:
+                row = rows.setdefault(label, [])
+                if len(row) < MONTAGE_IMAGES:
+                    row.append(decode_image(sample["jpg"], f"{uri}:{sample['__key__']}"))
             columns["labels"].append(int(meta["label"]))
             columns["requested"].append(float(meta["m"]))
             columns["to_inquiry"].append(float(meta["similarity_inquiry"]))
             columns["to_center"].append(float(meta["similarity_center"]))
             columns["real"].append(bool(meta.get("real", False)))
-    return SampleTable(**{name: np.asarray(values) for name, values in columns.items()})
+    return SampleTable(**{name: np.asarray(values) for name, values in columns.items()},
+                       montage_rows=rows)
+
+
+def samples_png(rows: dict[int, list[np.ndarray]], path: str) -> str:
+    """Rows identities, columns their samples, enlarged for viewing."""
+    sheet = montage(list(rows.values()))
+    sheet = np.repeat(np.repeat(sheet, MONTAGE_SCALE, axis=0), MONTAGE_SCALE, axis=1)
+    with open(path, "wb") as stream:
+        stream.write(encode_png(sheet))
+    return path
 
 
 def statistics_rows(to_center: np.ndarray) -> list[list[Any]]:
@@ -174,6 +199,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                 samples.to_inquiry[synthetic], between,
                 os.path.join(scratch, "m_vs_similarity.png"), title=dataset),
             "privacy.png": privacy_png(maxima, threshold, os.path.join(scratch, "privacy.png")),
+            "samples.png": samples_png(samples.montage_rows, os.path.join(scratch, "samples.png")),
         }
         for name, text_value in (("analysis.json", json.dumps(report, indent=2)),
                                  ("statistics.txt", text + "\n")):
@@ -209,6 +235,7 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f"privacy: max similarity of a synthetic identity to a real one "
         f"{privacy['max_similarity']:.3f} (mean of maxima {privacy['mean_max_similarity']:.3f});"
         f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
-        f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png",
+        f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
+        "samples.png",
     ]
     return "\n".join(lines)
