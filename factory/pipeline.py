@@ -5,7 +5,9 @@ baseline, a recognizer trained on the face world's real training set (Ray Train)
 to a randomly initialised network of the same architecture, and the CemiFace generator: a short
 training run continued from ``generator.init_from`` (to show the stage working) and the
 m-compliance report of ``generator.checkpoint`` (the shipped face-world generator in the
-quickstart). Each stage reads only what the previous one wrote, and a rerun reuses finished
+quickstart); then, with that checkpoint, a synthetic dataset (Ray Data, WebDataset shards), its
+analysis, and a recognizer of the same recipe trained on it, evaluated next to the real-trained
+one with GtR. Each stage reads only what the previous one wrote, and a rerun reuses finished
 stages (the face world, the recognizer's and generator's checkpoints).
 """
 
@@ -19,13 +21,15 @@ from factory import storage
 from factory.config import FactoryConfig
 from factory.eval.baseline import run_pixel_baseline
 from factory.eval.benchmarks import backbone_embedder, evaluate_embedder, load_benchmarks
-from factory.eval.evaluate import evaluate_checkpoint
+from factory.eval.evaluate import Evaluation, evaluate_checkpoint
 from factory.eval.generator_report import generator_report, report_text
 from factory.eval.verification import VerificationResult
 from factory.faceworld.build import build_faceworld, print_summary
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
 from factory.report import format_table
+from factory.synth.analyze import analyze
+from factory.synth.synthesize import synthesize
 from factory.train.generator import train_generator
 from factory.train.recognizer import train_recognizer
 
@@ -38,13 +42,17 @@ def random_init_results(config: FactoryConfig) -> list[VerificationResult]:
     return evaluate_embedder(backbone_embedder(backbone), benchmarks)
 
 
+def average(results: list[VerificationResult]) -> float:
+    """AVG: the mean 10-fold accuracy over the benchmarks, in percent."""
+    return 100 * sum(r.accuracy for r in results) / len(results)
+
+
 def results_table(columns: dict[str, list[VerificationResult]]) -> str:
     """Benchmarks as rows, one column per model, accuracy in percent, AVG last."""
     names = [r.name for r in next(iter(columns.values()))]
     rows = [[name, *(100 * results[i].accuracy for results in columns.values())]
             for i, name in enumerate(names)]
-    rows.append(["AVG", *(100 * sum(r.accuracy for r in results) / len(results)
-                          for results in columns.values())])
+    rows.append(["AVG", *(average(results) for results in columns.values())])
     return format_table(["benchmark (10-fold acc %)", *columns], rows)
 
 
@@ -57,12 +65,45 @@ def run_generator_stage(config: FactoryConfig, cli_address: str | None) -> dict:
     document = {}
     if config.generator.init_from:
         print(f"== train generator, continuing {config.generator.init_from} (Ray Train)")
-        document["short_run"] = train_generator(config, cli_address).checkpoint
+        short_run = train_generator(config, cli_address)
+        document["short_run"] = short_run.checkpoint
+        print(f"continued run: step {short_run.metrics.get('step')}, loss "
+              f"{short_run.metrics.get('loss', float('nan')):.4f}; loss curve "
+              f"{storage.join(short_run.checkpoint, 'loss_curve.png')}")
     print(f"== generator m-compliance: {config.generator.checkpoint}")
     compliance, report_dir = generator_report(config)
     document.update(checkpoint=config.generator.checkpoint, report=report_dir,
                     compliance=compliance.summary(), printed=report_text(compliance, report_dir))
     return document
+
+
+def synthetic_recognizer_config(config: FactoryConfig, dataset: str) -> FactoryConfig:
+    """The real-data recognizer's recipe, trained on the synthetic dataset under its own run
+    name."""
+    synthetic = config.model_copy(deep=True)
+    synthetic.recognizer.data = dataset
+    synthetic.recognizer.run_name = f"{config.recognizer.run_name}-synthetic"
+    synthetic.recognizer.optimizer.epochs = config.pipeline.synthetic_epochs or \
+        config.recognizer.optimizer.epochs
+    return synthetic
+
+
+def run_synthetic_stage(config: FactoryConfig, cli_address: str | None) -> tuple[dict, Evaluation]:
+    """Synthesise with the generator checkpoint, analyse, train and evaluate on the result."""
+    print(f"== synthesize with {config.synthesis_checkpoint_uri()} (Ray Data actors)")
+    run = synthesize(config, cli_address)
+    print("== analyze the synthetic dataset")
+    report, text = analyze(config, run.out)
+    print(text)
+    synthetic = synthetic_recognizer_config(config, run.out)
+    print(f"== train recognizer on the synthetic dataset ({synthetic.recognizer.run_name})")
+    trained = train_recognizer(synthetic, cli_address)
+    evaluation = evaluate_checkpoint(synthetic, trained.checkpoint)
+    document = {"dataset": run.out, "counts": run.manifest["counts"],
+                "images_per_s": run.images_per_s, "analysis": report,
+                "recognizer_checkpoint": trained.checkpoint}
+    return document, evaluation
+
 
 
 def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
@@ -79,10 +120,21 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     columns["real-trained"] = evaluate_checkpoint(config, real_run.checkpoint).results
 
     generator_document = run_generator_stage(config, cli_address)
+    synthetic_document: dict = {}
+    if generator_document:
+        synthetic_document, evaluation = run_synthetic_stage(config, cli_address)
+        columns["synthetic-trained"] = evaluation.results
+        synthetic_document["gtr"] = average(columns["real-trained"]) - average(evaluation.results)
 
     table = results_table(columns)
     print("\n== results (chance is 50%)")
     print(table)
+    if synthetic_document:
+        counts = synthetic_document["counts"]
+        print(f"synthetic-trained: {counts['synthetic_images']} synthetic images of "
+              f"{counts['identities']} identities; GtR (gap to real, AVG) = "
+              f"{synthetic_document['gtr']:.2f} points")
+        table += f"\nGtR (real-trained AVG - synthetic-trained AVG): {synthetic_document['gtr']:.2f}"
     if generator_document:
         print(f"\ngenerator checkpoint used downstream: {generator_document['checkpoint']}")
         print(generator_document.pop("printed"))
@@ -90,6 +142,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
         "code_version": code_version(),
         "recognizer_checkpoint": real_run.checkpoint,
         "generator": generator_document,
+        "synthetic": synthetic_document,
         "columns": {name: [r.summary() for r in results] for name, results in columns.items()},
         "config": config.model_dump(mode="json"),
     }

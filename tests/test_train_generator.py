@@ -100,3 +100,26 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert len(result.requested) == 3 * 5 and -1.0 <= result.spearman <= 1.0
     for name in ("compliance.json", "compliance.png", "cemiface_grid.png"):
         assert (tmp_path / "report" / name).is_file(), name
+
+
+def test_the_quickstart_config_continues_the_shipped_generator(ray_two_cpus, world, tmp_path):
+    """configs/quickstart.yaml's generator section fits assets/faceworld-generator and trains
+    (two steps here); the continued run keeps the shipped identity encoder."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    config = load_config(str(repo / "configs" / "quickstart.yaml"), [
+        f"workdir={world}", f"generator.storage={tmp_path / 'runs'}",
+        f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "generator.optimizer.steps=2", "generator.optimizer.batch_size=4",
+        "generator.optimizer.warmup_steps=1", "generator.checkpoint_every=2",
+        "generator.log_every=1", "generator.sampling.steps=2",
+        "generator.workers.cpus_per_worker=1"])
+    assert config.generator.init_from == str(repo / "assets" / "faceworld-generator")
+    run = train_generator(config)
+    assert run.metrics["step"] == 2 and math.isfinite(run.metrics["loss"])
+    shipped = load_generator(config.generator.init_from)
+    continued = load_generator(run.checkpoint)
+    assert continued.meta["identity_encoder"] == shipped.meta["identity_encoder"]
+    probe = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(continued.encoder(probe), shipped.encoder(probe))
