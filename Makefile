@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/faceworld_speed.py
+	$(PY) bench/synthesis_speed.py
 
 clean:
 	rm -rf runs mlflow.db
