@@ -112,6 +112,9 @@ def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):
     privacy = report["privacy"]
     assert privacy["real_data"].endswith("train") and -1 <= privacy["max_similarity"] <= 1
     assert privacy["flagged"] == sum(1 for _ in privacy["flagged_identities"])
+    reference = privacy["held_out_reference"]  # the 4 held-out inquiry identities
+    assert reference["identities"] == 4 and reference["data"].endswith("inquiry")
+    assert -1 <= reference["mean_max_similarity"] <= reference["max_similarity"] <= 1
     for name in ("analysis.json", "statistics.txt", "m_vs_similarity.png", "privacy.png",
                  "samples.png"):
         assert os.path.getsize(os.path.join(run.out, "report", name)) > 0

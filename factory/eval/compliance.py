@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from factory.formats.dataset import FaceDataset
-from factory.models.iresnet import preprocess
+from factory.models.identity import inquiry_tensor
 from factory.models.sampling import ddim_sample
 from factory.train.generator_checkpoint import LoadedGenerator
 
@@ -50,15 +50,6 @@ def first_image_per_identity(dataset: FaceDataset, count: int) -> np.ndarray:
     if len(firsts) < 2:
         raise ValueError("m-compliance needs at least two inquiry identities")
     return np.stack([dataset.image(index) for index in firsts.values()])
-
-
-def inquiry_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1] at the generator's size."""
-    batch = preprocess(images)
-    if batch.shape[-1] != size:
-        batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear",
-                                                align_corners=False, antialias=True)
-    return batch
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -27,11 +27,11 @@ from factory.config import FactoryConfig
 from factory.eval.compliance import (
     Compliance,
     first_image_per_identity,
-    inquiry_tensor,
     measure_compliance,
 )
 from factory.eval.generator_figures import compliance_png, similarity_grid_png
 from factory.formats.dataset import open_dataset
+from factory.models.identity import inquiry_tensor
 from factory.models.sampling import ddim_sample
 from factory.provenance import code_version
 from factory.report import format_table

@@ -9,9 +9,18 @@ it to the images, which is what the similarity-matching loss needs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from factory.models.iresnet import preprocess
+
+if TYPE_CHECKING:
+    from factory.formats.dataset import FaceDataset
 
 
 class IdentityEncoder(nn.Module):
@@ -33,3 +42,24 @@ class IdentityEncoder(nn.Module):
             images = F.interpolate(images, size=(self.input_size, self.input_size),
                                    mode="bilinear", align_corners=False, antialias=True)
         return F.normalize(self.backbone(images).float(), dim=-1)
+
+
+def inquiry_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1] at ``size`` (the generator's image size)."""
+    batch = preprocess(images)
+    if batch.shape[-1] != size:
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
+    return batch
+
+
+@torch.no_grad()
+def embedding_batches(encoder: nn.Module, image_size: int, dataset: FaceDataset,
+                      indices: Sequence[int], batch_size: int = 256
+                      ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+    """E_id embeddings of ``dataset`` images ``indices``, a batch at a time: ``(indices of the
+    batch, [B, D] unit-length embeddings)``, the images first brought to ``image_size``."""
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        images = np.stack([dataset.image(int(i)) for i in chunk])
+        yield chunk, encoder(inquiry_tensor(images, image_size))

@@ -30,15 +30,22 @@ import torch
 from factory import storage
 from factory.config import FactoryConfig
 from factory.errors import FormatError
-from factory.eval.compliance import inquiry_tensor, spearman
+from factory.eval.compliance import spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
 from factory.faceworld.montage import montage
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image, encode_png
 from factory.formats.shards import SHARD_DIR, iter_shard
+from factory.models.identity import embedding_batches
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
-from factory.synth.synthesize import MANIFEST_FILE, centers_uri, stats_uri
+from factory.synth.synthesize import (
+    MANIFEST_FILE,
+    centers_uri,
+    embed_inquiries,
+    first_index_per_identity,
+    stats_uri,
+)
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import load_generator
 
@@ -129,23 +136,35 @@ def real_centers(encoder: torch.nn.Module, image_size: int, data: FaceDataset,
                  batch_size: int = 256) -> np.ndarray:
     """Unit-length mean E_id embedding of each real identity (rows in label order)."""
     sums = torch.zeros(data.num_classes, 0)
-    for start in range(0, len(data), batch_size):
-        indices = range(start, min(start + batch_size, len(data)))
-        images = np.stack([data.image(i) for i in indices])
-        embeddings = encoder(inquiry_tensor(images, image_size))
+    for indices, embeddings in embedding_batches(encoder, image_size, data, range(len(data)),
+                                                 batch_size):
         if sums.shape[1] == 0:
             sums = torch.zeros(data.num_classes, embeddings.shape[1])
-        sums.index_add_(0, torch.as_tensor(data.labels[start:start + len(indices)]), embeddings)
+        sums.index_add_(0, torch.as_tensor(data.labels[list(indices)]), embeddings)
     return torch.nn.functional.normalize(sums, dim=-1).numpy()
 
 
-def privacy_png(maxima: np.ndarray, threshold: float, path: str) -> str:
+def unseen_real_maxima(generator, inquiry_uri: str, real: np.ndarray) -> np.ndarray:
+    """For each identity of the inquiry set (real people the generator never trained on), its
+    first image's maximum similarity to the real training centers: the level an unrelated real
+    person reaches, against which the synthetic identities' maxima can be judged."""
+    inquiry = open_dataset(inquiry_uri)
+    firsts = list(first_index_per_identity(inquiry).values())
+    return (embed_inquiries(generator, inquiry, firsts) @ real.T).max(1)
+
+
+def privacy_png(maxima: np.ndarray, threshold: float, path: str,
+                reference: np.ndarray | None = None) -> str:
     figure = agg_figure(5.5, 3.6)
     axes = figure.add_subplot()
-    axes.hist(maxima, bins=np.linspace(-1, 1, 41), color="tab:purple")
+    bins = np.linspace(-1, 1, 41)
+    axes.hist(maxima, bins=bins, color="tab:purple", label="synthetic identities")
+    if reference is not None:
+        axes.hist(reference, bins=bins, histtype="step", color="tab:green", linewidth=2,
+                  label="held-out real identities")
     axes.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
-    axes.set_xlabel("max cos(synthetic identity center, real identity center)")
-    axes.set_ylabel("synthetic identities")
+    axes.set_xlabel("max cos(identity, real training identity center)")
+    axes.set_ylabel("identities")
     axes.legend(fontsize=8)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
@@ -165,6 +184,10 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                           "synthesis.privacy.real_data")
     centers, labels = synthetic_centers(dataset, manifest)
     real = real_centers(generator.encoder, generator.image_size, open_dataset(real_uri))
+    inquiry_uri = FactoryConfig.model_validate(manifest["config"]).synthesis_inquiry_uri()
+    # inquiries drawn from the training set itself are no reference: they are training people
+    reference = None if inquiry_uri == real_uri else unseen_real_maxima(generator, inquiry_uri,
+                                                                        real)
     similarity = centers @ real.T
     maxima, nearest = similarity.max(1), similarity.argmax(1)
     threshold = config.synthesis.privacy.threshold
@@ -188,7 +211,12 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
         "privacy": {"real_data": real_uri, "threshold": threshold,
                     "max_similarity": float(maxima.max()),
                     "mean_max_similarity": float(maxima.mean()),
-                    "flagged": len(flagged), "flagged_identities": flagged[:100]},
+                    "flagged": len(flagged), "flagged_identities": flagged[:100],
+                    "held_out_reference": None if reference is None else {
+                        "data": inquiry_uri, "identities": len(reference),
+                        "max_similarity": float(reference.max()),
+                        "mean_max_similarity": float(reference.mean()),
+                        "at_or_above_threshold": int((reference >= threshold).sum())}},
     }
     out = storage.join(dataset, REPORT_DIR)
     text = _report_text(report, table, out)
@@ -198,7 +226,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                 np.round(samples.requested[synthetic] * 20) / 20,
                 samples.to_inquiry[synthetic], between,
                 os.path.join(scratch, "m_vs_similarity.png"), title=dataset),
-            "privacy.png": privacy_png(maxima, threshold, os.path.join(scratch, "privacy.png")),
+            "privacy.png": privacy_png(maxima, threshold, os.path.join(scratch, "privacy.png"),
+                                       reference),
             "samples.png": samples_png(samples.montage_rows, os.path.join(scratch, "samples.png")),
         }
         for name, text_value in (("analysis.json", json.dumps(report, indent=2)),
@@ -235,7 +264,18 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f"privacy: max similarity of a synthetic identity to a real one "
         f"{privacy['max_similarity']:.3f} (mean of maxima {privacy['mean_max_similarity']:.3f});"
         f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
+        _reference_line(privacy["held_out_reference"]),
         f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
         "samples.png",
     ]
     return "\n".join(lines)
+
+
+def _reference_line(reference: dict[str, Any] | None) -> str:
+    if reference is None:
+        return ("privacy reference: none (the inquiries come from the real training data, so "
+                "they are training identities themselves)")
+    return (f"privacy reference: {reference['identities']} held-out real identities reach "
+            f"{reference['max_similarity']:.3f} at most (mean of maxima "
+            f"{reference['mean_max_similarity']:.3f}); {reference['at_or_above_threshold']} of "
+            "them at or above the threshold")

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from factory.config import SynthesisConfig
-from factory.eval.compliance import inquiry_tensor
 from factory.formats.dataset import FaceDataset
 from factory.formats.images import encode_jpeg
 from factory.formats.shards import ShardSample
+from factory.models.identity import inquiry_tensor
 from factory.models.sampling import ddim_sample, to_uint8
 from factory.synth.plan import (
     PlannedIdentity,

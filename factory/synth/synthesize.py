@@ -38,9 +38,9 @@ from tqdm import tqdm
 from factory import storage
 from factory.config import FactoryConfig, SynthesisConfig
 from factory.errors import UserError
-from factory.eval.compliance import inquiry_tensor
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_shard
+from factory.models.identity import embedding_batches
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri
 from factory.synth.figures import similarity_histogram_png
@@ -130,10 +130,9 @@ def identity_name(dataset: FaceDataset, label: int) -> str:
 def embed_inquiries(generator: LoadedGenerator, dataset: FaceDataset, indices: list[int],
                     batch_size: int = 256) -> np.ndarray:
     """Unit-length E_id embeddings of the given images, as the generator is conditioned."""
-    rows = []
-    for start in range(0, len(indices), batch_size):
-        images = np.stack([dataset.image(i) for i in indices[start:start + batch_size]])
-        rows.append(generator.encoder(inquiry_tensor(images, generator.image_size)).numpy())
+    rows = [embeddings.numpy() for _, embeddings in
+            embedding_batches(generator.encoder, generator.image_size, dataset, indices,
+                              batch_size)]
     return np.concatenate(rows).astype(np.float64)
 
 
