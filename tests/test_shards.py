@@ -252,6 +252,25 @@ def test_selection_by_m_and_similarity(root):
     assert both.keys == ["000002", "000003"] and both.labels.tolist() == [0, 1]
 
 
+def test_selection_by_mixup_share(tmp_path):
+    """Identities 0-2 are plain, 3-5 made by identity mixup, two samples each."""
+    rng = np.random.default_rng(0)
+    samples = [ShardSample(f"{label}x{copy}", encode_jpeg(rng.integers(0, 256, (8, 8, 3), np.uint8)),
+                           label, {"m": 0.0, "similarity_center": 0.5,
+                                   "mixup": {"partner": "p", "phi": 0.5} if label >= 3 else None})
+               for label in range(6) for copy in range(2)]
+    write_shard(str(tmp_path / "shards" / shard_name(0)), samples)
+
+    def identities(share):
+        return sorted(set(ShardDataset(str(tmp_path), mixup_share=share).original_labels.tolist()))
+
+    assert identities(0.5) == [0, 1, 2, 3, 4, 5]
+    assert identities(0.0) == [0, 1, 2]
+    assert identities(1.0) == [3, 4, 5]
+    assert identities(0.25) == [0, 1, 2, 3]  # 4 identities at most, one of them mixed
+    assert len(ShardDataset(str(tmp_path), mixup_share=0.25)) == 8
+
+
 def test_empty_selection_is_a_format_error(root):
     with pytest.raises(FormatError, match=r"no sample has m in \[2.0, 3.0\]"):
         ShardDataset(str(root), m_range=(2.0, 3.0))

@@ -40,22 +40,24 @@ class FaceDataset(Protocol):
 
 
 def open_dataset(uri: str, m_range: tuple[float, float] | None = None,
-                 similarity_range: tuple[float, float] | None = None) -> FaceDataset:
+                 similarity_range: tuple[float, float] | None = None,
+                 mixup_share: float | None = None) -> FaceDataset:
     """Open the training data at ``uri``, choosing the reader by what is there.
 
     * a directory with ``train.rec`` (or the ``.rec`` file itself): insightface RecordIO;
     * a directory with ``shards/`` (``shards/shard-NNNNNN.tar``): a synthesised dataset of
       WebDataset shards, the samples whose requested m and measured similarity to their
-      identity center lie in ``m_range`` and ``similarity_range`` (None: all);
+      identity center lie in ``m_range`` and ``similarity_range`` (None: all), with identity
+      mixup identities making up ``mixup_share`` of the identities (None: as synthesised);
     * a directory with other sub-directories: an image folder, ``root/identity/*.jpg``.
 
     Only shards carry the metadata a selection needs; selecting from another format is an error.
     """
     if storage.is_dir(uri) and storage.is_dir(storage.join(uri, SHARD_DIR)) and \
             not storage.exists(storage.join(uri, "train.rec")):
-        return ShardDataset(uri, m_range, similarity_range)
-    if m_range is not None or similarity_range is not None:
-        raise FormatError(f"{uri}: selecting samples by m or similarity needs a synthesised "
+        return ShardDataset(uri, m_range, similarity_range, mixup_share)
+    if m_range is not None or similarity_range is not None or mixup_share is not None:
+        raise FormatError(f"{uri}: selecting samples by m, similarity or mixup share needs a synthesised "
                           "dataset of shards (shards/shard-NNNNNN.tar)")
     if uri.endswith(".rec") and not storage.is_dir(uri):
         return InsightFaceRecordDataset(posixpath.dirname(uri) or ".")

@@ -248,14 +248,16 @@ class ShardDataset:
     Opening scans every shard once, reading the small ``.cls`` and ``.json`` members and only
     locating each ``.jpg``; :meth:`image` then reads one JPEG at its byte offset. ``m_range``
     and ``similarity_range`` keep only samples whose ``m`` / ``similarity_center`` lie within
-    (inclusive; None keeps all). The surviving labels are renumbered ``0 .. num_classes-1`` in
+    (inclusive; None keeps all); ``mixup_share`` then keeps identities so that those made by
+    identity mixup (json ``mixup`` set) are that share of them. The surviving labels are renumbered ``0 .. num_classes-1`` in
     ascending order of the stored label; ``original_labels``, ``metadata`` (the JSON objects)
     and ``keys`` are aligned with the indices. Picklable: copies reopen shards lazily in their
     own process.
     """
 
     def __init__(self, root_uri: str, m_range: tuple[float, float] | None = None,
-                 similarity_range: tuple[float, float] | None = None) -> None:
+                 similarity_range: tuple[float, float] | None = None,
+                 mixup_share: float | None = None) -> None:
         self.root_uri = root_uri
         self.shard_uris = _shard_uris(root_uri)
         kept: list[tuple[int, _Located]] = []
@@ -263,10 +265,13 @@ class ShardDataset:
             kept += [(shard, sample) for sample in _locate(uri)
                      if _within(uri, sample, "m", m_range)
                      and _within(uri, sample, "similarity_center", similarity_range)]
+        if mixup_share is not None:
+            kept = _with_mixup_share(kept, mixup_share)
         if not kept:
+            share = "" if mixup_share is None else f" at mixup share {mixup_share}"
             raise FormatError(f"{storage.join(root_uri, SHARD_DIR)}: no sample has m in "
                               f"{_describe(m_range)} and similarity_center in "
-                              f"{_describe(similarity_range)}")
+                              f"{_describe(similarity_range)}{share}")
         self.keys = [sample.key for _, sample in kept]
         self.metadata = [sample.meta for _, sample in kept]
         self._shards = np.array([shard for shard, _ in kept], dtype=np.int32)
@@ -355,6 +360,27 @@ def _within(uri: str, sample: _Located, field: str, bounds: tuple[float, float] 
         raise FormatError(f"{uri}: sample {sample.key!r}: expected a number in json field "
                           f"{field!r} to select by, found {value!r}")
     return bounds[0] <= value <= bounds[1]
+
+
+def _with_mixup_share(kept: list[tuple[int, _Located]], share: float) -> list[tuple[int, _Located]]:
+    """The samples of the most identities whose identity-mixup share is ``share``.
+
+    With P plain and X mixup identities available, T = min(X / share, P / (1 - share))
+    identities are kept: round(share T) mixup ones and the rest plain, each the lowest labels
+    of their kind, so every share draws the same identities first.
+    """
+    mixed = sorted({sample.label for _, sample in kept if sample.meta.get("mixup")})
+    plain = sorted({sample.label for _, sample in kept if not sample.meta.get("mixup")})
+    limits = []
+    if share > 0:
+        limits.append(len(mixed) / share)
+    if share < 1:
+        limits.append(len(plain) / (1 - share))
+    total = min(limits)
+    take_mixed = min(len(mixed), round(share * total))
+    take_plain = min(len(plain), round(total) - take_mixed)
+    labels = set(mixed[:take_mixed]) | set(plain[:take_plain])
+    return [(shard, sample) for shard, sample in kept if sample.label in labels]
 
 
 def _describe(bounds: tuple[float, float] | None) -> str:

@@ -3,10 +3,13 @@
 Every sample carries K = 2 targets with weights summing to 1, the form the margin classifier
 takes for soft labels. A plain sample is (y, y) with weights (1, 0). With SynFace domain mixup a
 real image is blended in: x = psi x_syn + (1 - psi) x_real, targets (y_syn, C_syn + y_real) with
-weights (psi, 1 - psi), the real classes numbered after the synthetic ones.
+weights (psi, 1 - psi), the real classes numbered after the synthetic ones. ``real_fraction``
+mixes in only the first share of the real identities (by label), SynFace's real-data budget.
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -30,9 +33,12 @@ class TrainingSamples(Dataset):
         seed: int,
         real: FaceDataset | None = None,
         psi: float | str = "grid",
+        real_fraction: float = 1.0,
     ) -> None:
         self.primary = primary
         self.real = real
+        self.real_classes = max(1, math.ceil(real_fraction * real.num_classes)) if real else 0
+        self.real_indices = np.flatnonzero(real.labels < self.real_classes) if real else None
         self.input_size = input_size
         self.augment_config = augment_config
         self.seed = seed
@@ -42,7 +48,7 @@ class TrainingSamples(Dataset):
     @property
     def num_classes(self) -> int:
         """Classes of the shared classifier: the primary ones, then the real ones if mixed."""
-        return self.primary.num_classes + (self.real.num_classes if self.real else 0)
+        return self.primary.num_classes + self.real_classes
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new augmentations for a new epoch (DataLoader workers copy this each epoch)."""
@@ -62,7 +68,7 @@ class TrainingSamples(Dataset):
             labels, weights = (label, label), (1.0, 0.0)
         else:
             psi = float(rng.choice(MIXUP_GRID)) if self.psi == "grid" else float(self.psi)
-            real_index = int(rng.integers(len(self.real)))
+            real_index = int(self.real_indices[rng.integers(len(self.real_indices))])
             image = psi * image + (1.0 - psi) * self._view(self.real, real_index, rng)
             real_label = self.primary.num_classes + int(self.real.labels[real_index])
             labels, weights = (label, real_label), (psi, 1.0 - psi)
