@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test test-all bench clean
+.PHONY: venv quickstart sweep test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ venv: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/factory pipeline --config configs/quickstart.yaml
+
+# The face-world sweep: 4 m ranges x 2 domain-mixup settings on the quickstart's outputs.
+sweep: $(STAMP)
+	test -f runs/quickstart/recognizer/quickstart-real/final/metrics.json || $(MAKE) quickstart
+	$(VENV)/bin/factory sweep --config configs/sweep/faceworld.yaml
+	$(VENV)/bin/factory compare --config configs/sweep/faceworld.yaml --out runs/quickstart/sweeps
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -74,6 +74,34 @@ def _analyze(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(analyze(config, storage.absolute(args.dataset))[1])
 
 
+def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory.sweep.run import run_sweep
+
+    outcome = run_sweep(config, cli_address=args.address)
+    print(f"\n== sweep {config.sweep.name}: {outcome.trials} trials (MLflow experiment "
+          f"{config.runtime.experiment!r}), best first")
+    print(outcome.table)
+    if outcome.figure:
+        print(f"accuracy against m: {outcome.figure}")
+
+
+def _compare(config: FactoryConfig, args: argparse.Namespace) -> None:
+    import os
+
+    import mlflow
+
+    from factory.runtime import mlflow_tracking_uri
+    from factory.sweep.compare import accuracy_curve_png, comparison_table, sweep_rows
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri(config.runtime))
+    rows = sweep_rows(args.experiment or config.runtime.experiment, args.sweep)
+    print(comparison_table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    figure = accuracy_curve_png(rows, os.path.join(args.out, "accuracy_vs_m.png"))
+    if figure:
+        print(f"accuracy against m: {figure}")
+
+
 def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.pipeline import run_pipeline
 
@@ -92,6 +120,10 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                    _synthesize),
     "analyze": ("similarity statistics, m compliance and the privacy check of a dataset",
                 _analyze),
+    "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
+              _sweep),
+    "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
+                _compare),
     "pipeline": ("run every stage end to end from one config", _pipeline),
 }
 
@@ -105,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", help="Ray cluster address (overrides RAY_ADDRESS)")
         if name == "faceworld":
             sub.add_argument("--out", help="output URI (overrides faceworld.out)")
+        if name == "compare":
+            sub.add_argument("--experiment", help="MLflow experiment (default: "
+                                                  "runtime.experiment)")
+            sub.add_argument("--sweep", help="only this sweep's trials (default: all sweeps)")
+            sub.add_argument("--out", default=".", help="folder for accuracy_vs_m.png")
         if name == "analyze":
             sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

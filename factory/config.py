@@ -163,6 +163,9 @@ class DomainMixupConfig(StrictModel):
 
     real_data: Uri = Field("", description="URI of the real dataset; empty: off")
     psi: float | Literal["grid"] = Field("grid", description="Fixed psi, or 'grid': 0, 0.05 .. 1")
+    real_fraction: float = Field(1.0, gt=0.0, le=1.0,
+                                 description="Share of the real identities mixed in (the first "
+                                             "ones by label)")
 
     @model_validator(mode="after")
     def _psi_range(self) -> DomainMixupConfig:
@@ -178,9 +181,14 @@ class ShardSelectionConfig(StrictModel):
     m: tuple[float, float] | None = Field(None, description="Requested m range")
     similarity: tuple[float, float] | None = Field(
         None, description="Measured similarity-to-center range")
+    mixup_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of identity-mixup identities among the kept "
+                                          "ones (as many identities as that share allows); "
+                                          "None: keep every identity")
 
-    def as_kwargs(self) -> dict[str, tuple[float, float] | None]:
-        return {"m_range": self.m, "similarity_range": self.similarity}
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"m_range": self.m, "similarity_range": self.similarity,
+                "mixup_share": self.mixup_share}
 
 
 class RecognizerConfig(StrictModel):
@@ -416,6 +424,94 @@ class EvaluateConfig(StrictModel):
     out: Uri = Field("", description="Results URI; empty: next to the checkpoint")
 
 
+class SearchSpec(StrictModel):
+    """One searched parameter: exactly one of ``grid`` (every value, in every combination),
+    ``choice`` (drawn), ``uniform`` or ``loguniform`` (drawn from [low, high])."""
+
+    grid: list[Any] | None = Field(None, min_length=1)
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchSpec:
+        given = [name for name in ("grid", "choice", "uniform", "loguniform")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform")
+        bounds = self.uniform or self.loguniform
+        if bounds and not bounds[0] < bounds[1]:
+            raise ValueError("the range's low must be below its high")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs a positive low")
+        return self
+
+
+class AshaConfig(StrictModel):
+    """ASHA early stopping on the sweep's metric, counted in epochs."""
+
+    enabled: bool = True
+    grace_period: int = Field(2, ge=1, description="Epochs every trial runs before it can stop")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class MeasuredPoolConfig(StrictModel):
+    """A real dataset as a sweep pool (CemiFace's similarity-group study): each sample's E_id
+    similarity to its identity center is measured once and stored with it in shards."""
+
+    data: Uri = Field("", description="Real dataset to measure; empty: the pool is synthesised")
+    encoder: Uri = Field("", description="E_id: recognizer checkpoint dir or arcface model.pt; "
+                                         "empty: this config's recognizer run")
+    encoder_backbone: BackboneConfig | None = Field(
+        None, description="Architecture of a plain model.pt given as encoder")
+    samples_per_shard: int = Field(5000, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+SWEEP_PREFIXES = ("recognizer.", "synthesis.")
+"""Where swept parameters may point: the recognizer's recipe, and in generate mode synthesis."""
+
+
+class SweepConfig(StrictModel):
+    """``factory sweep``: Ray Tune trials, each a recognizer trained on a metadata selection of
+    a synthesised pool (``select``) or on its own freshly synthesised data (``generate``)."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="Tune experiment and MLflow parent run name")
+    mode: Literal["select", "generate"] = "select"
+    pool: Uri = Field("", description="select: the synthesised dataset the trials select from "
+                                      "(synthesised from the synthesis section when missing); "
+                                      "empty: the synthesis output")
+    storage: Uri = Field("", description="Tune and trial storage URI; empty: <workdir>/sweeps")
+    space: dict[str, SearchSpec] = Field(
+        default_factory=dict, description="Dotted config key (recognizer.* or, in generate "
+                                          "mode, synthesis.*) -> search spec")
+    measure: MeasuredPoolConfig = Field(default_factory=MeasuredPoolConfig)
+    similarity_groups: int = Field(
+        0, ge=0, description="K > 0: K equal-count groups of the pool's similarity to center, "
+                             "one grid value of recognizer.select.similarity each")
+    num_samples: int = Field(1, ge=1, description="Random draws; with grids, repeats of the grid")
+    metric: str = Field("avg_acc", description="Validation metric to maximise")
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    max_concurrent_trials: int = Field(
+        0, ge=0, description="0: as many as the cluster's CPUs and GPUs hold at once")
+    trial_cpus: float = Field(0.1, ge=0.0, description="CPUs of each trial's driver process "
+                                                       "(its workers take their own)")
+    reference: Uri = Field("", description="Real-trained recognizer checkpoint for GtR; empty: "
+                                           "this config's recognizer run, when it exists")
+
+    @model_validator(mode="after")
+    def _space_keys(self) -> SweepConfig:
+        allowed = SWEEP_PREFIXES if self.mode == "generate" else SWEEP_PREFIXES[:1]
+        for key in self.space:
+            if not key.startswith(allowed):
+                raise ValueError(f"space key {key!r}: expected a key under "
+                                 f"{' or '.join(p.rstrip('.') for p in allowed)} in {self.mode} mode")
+        if self.similarity_groups and "recognizer.select.similarity" in self.space:
+            raise ValueError("similarity_groups sets recognizer.select.similarity itself")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """``factory pipeline``: what differs between its stages beyond their own sections."""
 
@@ -437,6 +533,7 @@ class FactoryConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def faceworld_uri(self) -> str:
         return self.faceworld.out or storage.join(self.workdir, "faceworld")
@@ -484,6 +581,16 @@ class FactoryConfig(StrictModel):
     def synthesis_out_uri(self) -> str:
         return self.synthesis.out or storage.join(self.workdir, "synthetic")
 
+    def sweep_pool_uri(self) -> str:
+        if self.sweep.pool:
+            return self.sweep.pool
+        if self.sweep.measure.data:
+            return storage.join(self.workdir, "measured")
+        return self.synthesis_out_uri()
+
+    def sweep_storage_uri(self) -> str:
+        return self.sweep.storage or storage.join(self.workdir, "sweeps")
+
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:
     """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
@@ -514,12 +621,17 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         value = text
+    set_dotted(raw, key, value, source=f"override {override!r}")
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key`` ``a.b.c``, creating sections on the way."""
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part} is not a config section")
+            raise ConfigError(f"{source}: {part} is not a config section")
         node = child
     node[parts[-1]] = value
 

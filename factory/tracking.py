@@ -60,14 +60,17 @@ class RunTracker:
         run_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
-        nested: bool = False,
+        parent_run_id: str | None = None,
     ) -> str | None:
-        """Start (or, with ``run_id``, resume) the run; params are logged on a fresh start."""
+        """Start (or, with ``run_id``, resume) the run, as a child of ``parent_run_id`` when
+        given; params are logged on a fresh start."""
         if not self.enabled:
             return None
         import mlflow
 
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested)
+        fresh = run_id is None
+        run = mlflow.start_run(run_id=run_id, run_name=run_name if fresh else None,
+                               parent_run_id=parent_run_id if fresh else None)
         self.run_id = run.info.run_id
         if tags:
             mlflow.set_tags(dict(tags))

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from factory.config import BenchmarkSpec, FactoryConfig
 from factory.faceworld.build import build_faceworld
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri():
+    """``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, which the factory reads
+    before a config's own URI: without this, one test's store would leak into the next."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture(scope="module")

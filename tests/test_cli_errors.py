@@ -40,6 +40,39 @@ def test_misspelled_config_key(capsys, tmp_path):
     assert_one_line_error(code, err, str(config), "faceworld.identites")
 
 
+def test_sweep_space_key_outside_the_recognizer(capsys):
+    code, err = run_main(capsys, "sweep", "sweep.space={faceworld.seed: {grid: [1, 2]}}")
+    assert_one_line_error(code, err, "space key 'faceworld.seed'", "recognizer")
+
+
+def test_sweep_space_misspelled_key_fails_before_any_work(capsys, tmp_path):
+    code, err = run_main(capsys, "sweep", f"workdir={tmp_path}",
+                         "sweep.space={recognizer.optimiser.lr: {grid: [0.1]}}")
+    assert_one_line_error(code, err, "sweep.space", "recognizer.optimiser")
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_sweep_space_value_of_the_wrong_type(capsys, tmp_path):
+    code, err = run_main(capsys, "sweep", f"workdir={tmp_path}",
+                         "sweep.space={recognizer.select.m: {grid: [[0.9, 1.0], high]}}")
+    assert_one_line_error(code, err, "sweep.space", "recognizer.select.m")
+
+
+def test_compare_without_the_store_or_the_experiment(capsys, tmp_path):
+    import mlflow
+
+    store = f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path}/mlflow.db"
+    code, err = run_main(capsys, "compare", "--experiment", "nowhere", store)
+    assert_one_line_error(code, err, f"{tmp_path}/mlflow.db", "no MLflow database")
+    assert not (tmp_path / "mlflow.db").exists()
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.create_experiment("elsewhere")
+    capsys.readouterr()
+    code, err = run_main(capsys, "compare", "--experiment", "nowhere", store)
+    assert_one_line_error(code, err, "'nowhere'", "not found")
+
+
 def test_wrong_type(capsys):
     code, err = run_main(capsys, "faceworld", "faceworld.image_size=large")
     assert_one_line_error(code, err, "faceworld.image_size", "integer")

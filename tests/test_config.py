@@ -65,9 +65,9 @@ def test_saved_config_round_trips_with_code_version(tmp_path):
     assert load_config(None, [f"faceworld.identities={document['config']['faceworld']['identities']}"]).faceworld.identities == 7
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
 def test_shipped_configs_load(name):
-    """Every file in configs/ passes the same strict schema the jobs apply."""
+    """Every file in configs/ (and configs/sweep/) passes the strict schema the jobs apply."""
     load_config(str(CONFIGS / name))
 
 

@@ -13,7 +13,8 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -93,7 +94,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     samples = TrainingSamples(
         open_dataset(loop_config["data_uri"], **cfg.select.as_kwargs()), cfg.backbone.input_size,
         cfg.augment, cfg.seed,
-        real=real, psi=cfg.domain_mixup.psi,
+        real=real, psi=cfg.domain_mixup.psi, real_fraction=cfg.domain_mixup.real_fraction,
     )
     loader = torch.utils.data.DataLoader(
         samples,
@@ -133,10 +134,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         run_id, resume_digest = resumed.get("mlflow_run_id"), optimizer_digest(optimizer)
 
     tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    parent: ParentRun = loop_config["parent"]
     run_id = tracker.start(
-        cfg.run_name, run_id=run_id, params={"recognizer": cfg.model_dump(mode="json"),
-                                             "data": loop_config["data_uri"]},
-        tags={"code_version": loop_config["code_version"], "stage": "train-recognizer"},
+        cfg.run_name, run_id=run_id,
+        params={"recognizer": cfg.model_dump(mode="json"), "data": loop_config["data_uri"],
+                **parent.params},
+        tags={"code_version": loop_config["code_version"], "stage": "train-recognizer",
+              **parent.tags},
+        parent_run_id=parent.run_id,
     )
     benchmarks = None
     for epoch in range(start_epoch, cfg.optimizer.epochs):
@@ -162,6 +167,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {
+            "mlflow_run_id": run_id,
             "epoch": epoch,
             "loss": loss_sum / max(1, seen),
             "lr": scheduler.get_last_lr()[0],
@@ -227,6 +233,16 @@ def _epoch_line(metrics: dict[str, Any]) -> str:
 
 
 @dataclass
+class ParentRun:
+    """Where a recognizer run sits in a larger experiment (a sweep trial): the MLflow parent
+    run, and tags and params its own run carries besides the recognizer config."""
+
+    run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RecognizerRun:
     """The outcome of a training run: final metrics and where the final checkpoint lives."""
 
@@ -272,8 +288,13 @@ def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
 
 
 
-def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> RecognizerRun:
-    """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint."""
+def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
+                     parent: ParentRun | None = None,
+                     callbacks: Sequence[Any] = ()) -> RecognizerRun:
+    """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint.
+
+    ``parent`` nests the MLflow run; ``callbacks`` are Ray Train callbacks (a sweep passes
+    Tune's reporter, so every epoch's metrics reach the Tune scheduler)."""
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
     open_dataset(data_uri, **cfg.select.as_kwargs())  # fail fast, on the driver, in one line
@@ -292,8 +313,10 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None) -> R
             "benchmarks": evaluation_benchmarks(config),
             "tracking_uri": mlflow_tracking_uri(config.runtime),
             "code_version": code_version(),
+            "parent": parent or ParentRun(),
         },
         cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
+        callbacks=callbacks,
     )
     result = trainer.fit()
     final = config.recognizer_final_uri()

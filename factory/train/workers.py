@@ -7,7 +7,7 @@ training loop calls on each worker; ``autocast_and_scaler`` is mixed precision o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -18,10 +18,11 @@ from factory.config import WorkersConfig
 
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
-                 workers: WorkersConfig, run_name: str, storage_uri: str, max_failures: int):
+                 workers: WorkersConfig, run_name: str, storage_uri: str, max_failures: int,
+                 callbacks: Sequence[Any] = ()):
     """A ``TorchTrainer`` running ``loop`` on the configured workers, checkpointing to
     ``storage_uri/run_name`` (the two latest checkpoints kept) and restarting failed worker
-    groups up to ``max_failures`` times from the latest one."""
+    groups up to ``max_failures`` times from the latest one; ``callbacks`` go to its run."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -39,6 +40,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
 

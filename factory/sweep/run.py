@@ -1,0 +1,264 @@
+"""``factory sweep``: a Ray Tune experiment whose trials each train and evaluate a recognizer.
+
+In ``select`` mode every trial trains on a metadata selection of one synthesised pool (the pool
+is synthesised from the config's synthesis section first if it is missing), so sweeping m
+ranges or similarity groups never regenerates images; in ``generate`` mode each trial
+synthesises its own dataset first, for parameters that only exist at generation time.
+
+The sweep is an MLflow parent run and each trial a nested run. A rerun of the same sweep
+(same ``sweep.name`` and storage) restores the Tune experiment: finished trials are kept, and
+unfinished ones resume from their own latest checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass
+
+from factory import storage
+from factory.config import FactoryConfig
+from factory.errors import UserError
+from factory.provenance import code_version
+from factory.runtime import init_ray, ray_address, setup_mlflow
+from factory.sweep.compare import (
+    PARENT_TAG,
+    REFERENCE_METRIC,
+    accuracy_curve_png,
+    comparison_table,
+    sweep_rows,
+)
+from factory.sweep.space import (
+    apply_params,
+    corner_params,
+    grid_size,
+    similarity_groups,
+    tune_space,
+)
+from factory.sweep.trial import SweepSetup, run_trial
+from factory.synth.measure import measure_pool
+from factory.synth.synthesize import MANIFEST_FILE, synthesize
+from factory.tracking import MAX_PARAM_LENGTH, flatten
+
+CURVE_FILE = "accuracy_vs_m.png"
+STOPPED_EARLY_TAG = "facefactory.stopped_after_epochs"
+STATE_FILE = "sweep.json"
+"""In the sweep's directory: the MLflow parent run id, so a rerun logs under the same parent."""
+
+
+@dataclass
+class SweepOutcome:
+    directory: str
+    table: str
+    figure: str | None
+    trials: int
+
+
+def reference_avg(config: FactoryConfig) -> float | None:
+    """The real-trained recognizer's AVG for GtR: ``sweep.reference``'s ``metrics.json``, else
+    this config's recognizer run when it has finished; None when neither exists."""
+    uri = storage.join(config.sweep.reference or config.recognizer_final_uri(), "metrics.json")
+    if not storage.exists(uri):
+        if config.sweep.reference:
+            raise UserError(f"{uri}: not found (sweep.reference must be a finished recognizer "
+                            "run's final checkpoint)")
+        return None
+    metrics = json.loads(storage.read_text(uri))
+    if "avg_acc" not in metrics:
+        raise UserError(f"{uri}: expected an avg_acc entry (was the run evaluated?)")
+    return float(metrics["avg_acc"])
+
+
+def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
+    """The select-mode pool; when it is not there yet, the real data of ``sweep.measure``
+    measured into shards, else a synthesis from the synthesis section."""
+    pool = config.sweep_pool_uri()
+    if storage.exists(storage.join(pool, MANIFEST_FILE)):
+        return pool
+    if config.sweep.measure.data:
+        measure_pool(config, pool)
+        return pool
+    print(f"== sweep pool {pool} is missing: synthesising it (synthesis section)")
+    pool_config = config.model_copy(deep=True)
+    pool_config.synthesis.out = pool
+    synthesize(pool_config, cli_address)
+    return pool
+
+
+def concurrent_trials(config: FactoryConfig, local: bool) -> int:
+    """``sweep.max_concurrent_trials``, or as many trials as the cluster holds at once.
+
+    On a local cluster a trial that cannot fit at all is refused: its workers would wait for
+    resources forever. A remote cluster may autoscale, so there it only runs one at a time.
+    """
+    import ray
+
+    workers = config.recognizer.workers
+    cpus = workers.num_workers * workers.cpus_per_worker + config.sweep.trial_cpus
+    gpus = workers.num_workers * workers.gpus_per_worker if workers.use_gpu else 0.0
+    available = ray.cluster_resources()
+    fits = available.get("CPU", 0.0) / cpus
+    if gpus:
+        fits = min(fits, available.get("GPU", 0.0) / gpus)
+    if local and fits < 1:
+        raise UserError(
+            f"a sweep trial needs {cpus:g} CPUs{f' and {gpus:g} GPUs' if gpus else ''} (its "
+            f"driver sweep.trial_cpus plus recognizer.workers), the local Ray cluster has "
+            f"{available.get('CPU', 0.0):g} CPUs, {available.get('GPU', 0.0):g} GPUs; lower "
+            "recognizer.workers or raise runtime.num_cpus")
+    return config.sweep.max_concurrent_trials or max(1, math.floor(fits))
+
+
+def _parent_run(config: FactoryConfig, directory: str, reference: float | None) -> str:
+    """The sweep's MLflow parent run, RUNNING until the sweep ends: the one recorded in the
+    sweep directory (a rerun), else a new one with the sweep's config as params."""
+    import mlflow
+
+    setup_mlflow(config.runtime)
+    client = mlflow.MlflowClient()
+    state_uri = storage.join(directory, STATE_FILE)
+    if storage.exists(state_uri):
+        run_id = json.loads(storage.read_text(state_uri))["parent_run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    experiment = client.get_experiment_by_name(config.runtime.experiment)
+    tags = {PARENT_TAG: config.sweep.name, "code_version": code_version(), "stage": "sweep",
+            "mlflow.runName": config.sweep.name}
+    run_id = client.create_run(experiment.experiment_id, run_name=config.sweep.name,
+                               tags=tags).info.run_id
+    params = flatten({"sweep": config.sweep.model_dump(mode="json"),
+                      "recognizer": config.recognizer.model_dump(mode="json")})
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value)[:MAX_PARAM_LENGTH])
+    if reference is not None:
+        client.log_metric(run_id, REFERENCE_METRIC, reference)
+    storage.write_text(state_uri, json.dumps({"parent_run_id": run_id,
+                                              "code_version": code_version(),
+                                              "config": config.model_dump(mode="json")},
+                                             indent=2))
+    return run_id
+
+
+def _close_open_trials(config: FactoryConfig, parent_run_id: str) -> None:
+    """Close the trial runs Tune ended before their training loop could: FINISHED when every
+    epoch ran, else KILLED and tagged as stopped early (by ASHA, or an interruption)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config.runtime.experiment)
+    for run in client.search_runs(
+            [experiment.experiment_id], max_results=10000,
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                          "and attributes.status = 'RUNNING'"):
+        epochs = int(run.data.metrics.get("epoch", -1)) + 1
+        if epochs >= config.recognizer.optimizer.epochs:
+            client.set_terminated(run.info.run_id, "FINISHED")
+        else:
+            client.set_tag(run.info.run_id, STOPPED_EARLY_TAG, str(epochs))
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOutcome:
+    """Run (or resume) the configured sweep; returns the comparison of its trials."""
+    import mlflow
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    sweep = config.sweep
+    if not sweep.space and not sweep.similarity_groups:
+        raise UserError("sweep.space: nothing to sweep (give at least one parameter, or "
+                        "sweep.similarity_groups)")
+    for params in corner_params(sweep.space):
+        apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
+    reference = reference_avg(config)
+    root = config.sweep_storage_uri()
+    directory = storage.join(root, sweep.name)
+    storage.ensure_writable(directory)
+    init_ray(config.runtime, cli_address)
+    pool = ensure_pool(config, cli_address) if sweep.mode == "select" else ""
+    groups = similarity_groups(pool, sweep.similarity_groups) if sweep.similarity_groups else None
+    parent_run_id = _parent_run(config, directory, reference)
+
+    setup = SweepSetup(base=config.model_dump(mode="json"), name=sweep.name,
+                       directory=directory, pool=pool, parent_run_id=parent_run_id,
+                       reference_avg=reference)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                    {"CPU": sweep.trial_cpus})
+    param_space = tune_space(sweep.space, groups)
+    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
+    tune_path = storage.join(storage_path, sweep.name)
+    concurrent = concurrent_trials(config, local=ray_address(config.runtime, cli_address) is None)
+    expected = grid_size(sweep.space, groups) * sweep.num_samples
+    if tune.Tuner.can_restore(tune_path):
+        print(f"== sweep {sweep.name}: restoring {tune_path} (finished trials are kept)")
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=param_space)
+    else:
+        print(f"== sweep {sweep.name}: {expected} trials, {concurrent} at a time "
+              f"({code_version()})")
+        scheduler = None
+        if sweep.asha.enabled:
+            # max_t one past the last epoch: ASHA then never stops a trial at its final report,
+            # which would kill the trial before its Ray Train run has released its workers.
+            scheduler = ASHAScheduler(max_t=config.recognizer.optimizer.epochs + 1,
+                                      grace_period=sweep.asha.grace_period,
+                                      reduction_factor=sweep.asha.reduction_factor)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", scheduler=scheduler,
+                                        num_samples=sweep.num_samples,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, verbose=1),
+        )
+    results, interrupted = _fit(tuner)
+    if interrupted:
+        raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
+    setup_mlflow(config.runtime)
+    _close_open_trials(config, parent_run_id)
+    mlflow.MlflowClient().set_terminated(
+        parent_run_id, "FAILED" if any(result.error for result in results) else "FINISHED")
+    errors = [str(result.error).splitlines()[0] for result in results if result.error]
+    rows = sweep_rows(config.runtime.experiment, sweep.name)
+    table = comparison_table(rows)
+    storage.write_text(storage.join(directory, "comparison.txt"), table + "\n")
+    figure = _curve(rows, directory, parent_run_id)
+    if errors:
+        raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "
+                        f"(rerun to retry them; finished trials are kept)")
+    return SweepOutcome(directory=directory, table=table, figure=figure, trials=len(rows))
+
+
+def _fit(tuner):
+    """``tuner.fit()``, and whether Ctrl-C (SIGINT) interrupted it.
+
+    Tune handles SIGINT during ``fit`` itself: it saves the experiment state, stops the trials
+    and returns normally, marking unstarted trials terminated, so the results cannot tell. Its
+    handler puts the previous one back when it fires, and that is how an interruption shows.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    catches = (threading.current_thread() is threading.main_thread()
+               and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
+    results = tuner.fit()
+    interrupted = catches and signal.getsignal(signal.SIGINT) is before
+    if catches:
+        signal.signal(signal.SIGINT, before)
+    return results, interrupted
+
+
+def _curve(rows, directory: str, parent_run_id: str) -> str | None:
+    """The accuracy-vs-m PNG in the sweep's directory (any URI) and on its parent MLflow run."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = accuracy_curve_png(rows, os.path.join(scratch, CURVE_FILE))
+        if path is None:
+            return None
+        mlflow.MlflowClient().log_artifact(parent_run_id, path)
+        target = storage.join(directory, CURVE_FILE)
+        with open(path, "rb") as stream:
+            storage.write_bytes(target, stream.read())
+    return target

@@ -1,0 +1,214 @@
+"""``factory sweep`` and ``factory compare`` on a tiny face world: trials select from a pool by
+shard metadata, report to Tune every epoch, nest in MLflow, and a restored sweep keeps its
+finished trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+from factory.config import load_config
+from factory.formats.dataset import open_dataset
+from factory.formats.images import encode_jpeg
+from factory.formats.shards import ShardSample, shard_name, write_shard
+from factory.sweep.compare import sweep_rows
+from factory.sweep.run import run_sweep
+
+M_VALUES = [1.0, 0.5, 0.0, -0.5]
+
+
+@pytest.fixture(scope="module")
+def pool(world, tmp_path_factory):
+    """The tiny world's training images as a synthesised-looking pool: sample i carries
+    m = M_VALUES[i % 4], so each m range selects every identity."""
+    root = tmp_path_factory.mktemp("pool")
+    train = open_dataset(str(world / "faceworld" / "train"))
+    rng = np.random.default_rng(0)
+    samples = [ShardSample(f"{index:06d}", encode_jpeg(train.image(index)), int(train.labels[index]),
+                           {"m": M_VALUES[index % 4], "similarity_center": float(rng.uniform()),
+                            "mixup": None})
+               for index in range(len(train))]
+    write_shard(str(root / "shards" / shard_name(0)), samples)
+    (root / "manifest.json").write_text(json.dumps({"counts": {"samples": len(samples)}}))
+    return root
+
+
+def sweep_overrides(world, pool, out, name, *extra):
+    return [
+        f"workdir={out}", f"faceworld.out={world / 'faceworld'}",
+        "faceworld.benchmarks=[{name: tiny, identities: 20, pairs: 40}]",
+        f"runtime.mlflow_tracking_uri=sqlite:///{out}/mlflow.db", "runtime.experiment=sweeps",
+        "recognizer.backbone.name=ir-tiny", "recognizer.backbone.input_size=32",
+        "recognizer.backbone.embedding_size=32", "recognizer.optimizer.epochs=1",
+        "recognizer.optimizer.batch_size=8", "recognizer.workers.cpus_per_worker=1",
+        f"sweep.name={name}", f"sweep.pool={pool}", "sweep.asha.enabled=false",
+        "sweep.space={recognizer.select.m: {grid: [[0.9, 1.0], [-0.1, 0.1]]}}", *extra]
+
+
+def test_an_interrupted_sweep_restores_without_rerunning_finished_trials(
+        ray_two_cpus, world, pool, tmp_path):
+    """Ctrl-C after the first trial, then the same sweep again: the finished trial is kept,
+    the other runs, and MLflow holds one parent with one nested run per trial."""
+    overrides = sweep_overrides(world, pool, tmp_path, "interrupted")
+    trials_dir = tmp_path / "sweeps" / "interrupted" / "trials"
+    command = [sys.executable, "-m", "factory.cli", "sweep", *overrides]
+    log = open(tmp_path / "sweep.log", "w")
+    process = subprocess.Popen(command, start_new_session=True, stdout=log,
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 400
+    finished: list = []
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+        finished = list(trials_dir.glob("*/final/metrics.json")) if trials_dir.exists() else []
+    assert len(finished) == 1, "the first trial did not finish in time"
+    os.kill(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
+    assert process.wait(timeout=120) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    first_mtime = finished[0].stat().st_mtime_ns
+
+    outcome = run_sweep(load_config(None, overrides))
+    assert outcome.trials == 2
+    assert finished[0].stat().st_mtime_ns == first_mtime  # the finished trial did not run again
+    assert len(list(trials_dir.glob("*/final/metrics.json"))) == 2
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["sweeps"])
+    parent = runs[runs["tags.facefactory.sweep_parent"] == "interrupted"]
+    trials = runs[runs["tags.facefactory.sweep"] == "interrupted"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
+    finished_trial = finished[0].parent.parent.name
+    assert (trials["tags.facefactory.trial"] == finished_trial).sum() == 1
+    done = {path.parent.parent.name for path in trials_dir.glob("*/final/metrics.json")}
+    assert set(trials[trials["status"] == "FINISHED"]["tags.facefactory.trial"]) == done
+    finished_runs = trials[trials["status"] == "FINISHED"]
+    assert sorted(finished_runs["params.swept.recognizer.select.m"]) == ["[-0.1, 0.1]",
+                                                                         "[0.9, 1.0]"]
+    assert sorted(finished_runs["params.curve.m"].astype(float)) == [0.0, 0.95]
+    assert finished_runs["metrics.tiny/acc"].between(0, 100).all()
+    for trial in done:
+        assert json.loads((trials_dir / trial / "final" / "metrics.json").read_text())["epoch"] == 0
+    rows = sweep_rows("sweeps", "interrupted")
+    assert [row.avg for row in rows] == sorted((row.avg for row in rows), reverse=True)
+    assert outcome.figure.endswith("accuracy_vs_m.png") and os.path.exists(outcome.figure)
+    assert "recognizer.select.m" in outcome.table and "GtR" in outcome.table
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on loopback with its own SQLite store and artefact folder."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server down"
+            time.sleep(1)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_a_generating_sweep_logs_to_an_mlflow_server(ray_two_cpus, world, tiny_generator,
+                                                     mlflow_server, tmp_path):
+    """Generate mode: each trial synthesises its own data (here: its own m values) first."""
+    overrides = sweep_overrides(world, "", tmp_path, "generated") + [
+        f"runtime.mlflow_tracking_uri={mlflow_server}", "sweep.mode=generate",
+        "sweep.space={synthesis.m.values: {grid: [[1.0], [0.0, -0.5]]}}",
+        f"synthesis.checkpoint={tiny_generator}", "synthesis.inquiry.identities=4",
+        "synthesis.inquiry.max_similarity=1.0", "synthesis.images_per_identity=4",
+        "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=8",
+        "synthesis.actors.cpus_per_actor=0.5", "synthesis.actors.threads_per_actor=1"]
+    outcome = run_sweep(load_config(None, overrides))
+    assert outcome.trials == 2
+
+    data = sorted((tmp_path / "sweeps" / "generated" / "data").iterdir())
+    requested = [sorted({meta["m"] for meta in open_dataset(str(d)).metadata}) for d in data]
+    assert sorted(requested) == [[-0.5, 0.0], [1.0]]
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["sweeps"],
+                              filter_string="tags.`facefactory.sweep` = 'generated'")
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["params.curve.m"].astype(float)) == [-0.25, 1.0]
+    parent = mlflow.search_runs(experiment_names=["sweeps"],
+                                filter_string="tags.`facefactory.sweep_parent` = 'generated'")
+    artifacts = mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])
+    assert [a.path for a in artifacts] == ["accuracy_vs_m.png"]
+
+
+def test_a_measured_real_pool_splits_into_equal_similarity_groups(world, tmp_path):
+    """The similarity-group study's pool: real images with their measured similarity."""
+    import torch
+
+    from factory.models.iresnet import build_backbone
+    from factory.sweep.space import similarity_groups, tune_space
+    from factory.synth.measure import measure_pool
+
+    torch.manual_seed(0)
+    torch.save(build_backbone("ir-tiny", 32, 32).state_dict(), tmp_path / "model.pt")
+    config = load_config(None, [
+        f"workdir={tmp_path}", f"sweep.measure.data={world / 'faceworld' / 'train'}",
+        f"sweep.measure.encoder={tmp_path / 'model.pt'}",
+        "sweep.measure.encoder_backbone={name: ir-tiny, input_size: 32, embedding_size: 32}",
+        "sweep.measure.samples_per_shard=10", "sweep.similarity_groups=4"])
+    pool = config.sweep_pool_uri()
+    manifest = measure_pool(config, pool)
+    assert manifest["counts"] == {"samples": 32, "identities": 8, "shards": 4}
+
+    dataset = open_dataset(pool)
+    real = open_dataset(str(world / "faceworld" / "train"))
+    assert len(dataset) == 32 and dataset.labels.tolist() == real.labels.tolist()
+    similarity = np.array([meta["similarity_center"] for meta in dataset.metadata])
+    assert (similarity <= 1.0 + 1e-6).all() and (similarity > -1.0).all()
+    assert [meta["source_index"] for meta in dataset.metadata] == list(range(32))
+
+    groups = similarity_groups(pool, 4)
+    sizes = [len(open_dataset(pool, similarity_range=tuple(bounds))) for bounds in groups]
+    assert sizes == [8, 8, 8, 8]  # equal counts (no two samples share a similarity here)
+    assert groups[0][0] <= similarity.min() and groups[-1][1] >= similarity.max()
+    assert tune_space({}, groups)["recognizer.select.similarity"] == {"grid_search": groups}
+
+
+def test_search_specs_become_tune_domains_and_are_checked_at_their_corners():
+    from ray.tune.search.sample import Categorical, Float
+
+    from factory.sweep.space import apply_params, corner_params, grid_size, tune_space
+
+    config = load_config(None, [
+        "sweep.space={recognizer.select.m: {grid: [[0.9, 1.0], [-0.1, 0.1]]}, "
+        "recognizer.domain_mixup.psi: {choice: [0.5, grid]}, "
+        "recognizer.optimizer.lr: {loguniform: [0.001, 0.1]}, "
+        "recognizer.select.mixup_share: {uniform: [0.0, 0.5]}}", "sweep.num_samples=3"])
+    space = tune_space(config.sweep.space)
+    assert space["recognizer.select.m"] == {"grid_search": [[0.9, 1.0], [-0.1, 0.1]]}
+    assert isinstance(space["recognizer.domain_mixup.psi"], Categorical)
+    assert isinstance(space["recognizer.optimizer.lr"], Float)
+    assert space["recognizer.optimizer.lr"].lower == 0.001
+    assert grid_size(config.sweep.space) == 2  # x num_samples = 6 trials
+    corners = corner_params(config.sweep.space)
+    assert len(corners) == 2 * 2 * 2 * 2
+    trial = apply_params(config.model_dump(mode="json"), corners[-1])
+    assert trial.recognizer.select.m == (-0.1, 0.1) and trial.recognizer.domain_mixup.psi == "grid"
+    assert trial.recognizer.optimizer.lr == 0.1 and trial.recognizer.select.mixup_share == 0.5
