@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="assets/faceworld-generator")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--identities", type=int, default=16)
+    parser.add_argument("--identities", type=int, default=64)
     parser.add_argument("--images-per-identity", type=int, default=8)
     parser.add_argument("--identities-per-shard", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
