@@ -73,6 +73,14 @@ def test_compare_without_the_store_or_the_experiment(capsys, tmp_path):
     assert_one_line_error(code, err, "'nowhere'", "not found")
 
 
+def test_workers_a_local_cluster_cannot_hold(capsys, ray_two_cpus, world, tmp_path):
+    """Three 1-CPU workers on a 2-CPU local cluster would wait for resources forever."""
+    code, err = run_main(capsys, "train-recognizer", f"workdir={tmp_path}",
+                         f"recognizer.data={world / 'faceworld' / 'train'}",
+                         "recognizer.workers.num_workers=3")
+    assert_one_line_error(code, err, "recognizer.workers", "needs 3 CPUs", "has 2 CPUs")
+
+
 def test_wrong_type(capsys):
     code, err = run_main(capsys, "faceworld", "faceworld.image_size=large")
     assert_one_line_error(code, err, "faceworld.image_size", "integer")

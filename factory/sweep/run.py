@@ -40,6 +40,7 @@ from factory.sweep.space import (
     tune_space,
 )
 from factory.sweep.trial import SweepSetup, run_trial
+from factory.train.workers import copies_that_fit
 from factory.synth.measure import measure_pool
 from factory.synth.synthesize import MANIFEST_FILE, synthesize
 from factory.tracking import MAX_PARAM_LENGTH, flatten
@@ -90,26 +91,13 @@ def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
 
 
 def concurrent_trials(config: FactoryConfig, local: bool) -> int:
-    """``sweep.max_concurrent_trials``, or as many trials as the cluster holds at once.
-
-    On a local cluster a trial that cannot fit at all is refused: its workers would wait for
-    resources forever. A remote cluster may autoscale, so there it only runs one at a time.
-    """
-    import ray
-
-    workers = config.recognizer.workers
-    cpus = workers.num_workers * workers.cpus_per_worker + config.sweep.trial_cpus
-    gpus = workers.num_workers * workers.gpus_per_worker if workers.use_gpu else 0.0
-    available = ray.cluster_resources()
-    fits = available.get("CPU", 0.0) / cpus
-    if gpus:
-        fits = min(fits, available.get("GPU", 0.0) / gpus)
-    if local and fits < 1:
-        raise UserError(
-            f"a sweep trial needs {cpus:g} CPUs{f' and {gpus:g} GPUs' if gpus else ''} (its "
-            f"driver sweep.trial_cpus plus recognizer.workers), the local Ray cluster has "
-            f"{available.get('CPU', 0.0):g} CPUs, {available.get('GPU', 0.0):g} GPUs; lower "
-            "recognizer.workers or raise runtime.num_cpus")
+    """``sweep.max_concurrent_trials``, or as many trials as the cluster holds at once (a
+    trial is its driver, ``sweep.trial_cpus``, plus ``recognizer.workers``). On a local
+    cluster a trial that cannot fit at all is refused; a remote one may autoscale, so there it
+    runs one at a time."""
+    fits = copies_that_fit(config.recognizer.workers, local,
+                           "recognizer.workers (plus sweep.trial_cpus per trial)",
+                           extra_cpus=config.sweep.trial_cpus)
     return config.sweep.max_concurrent_trials or max(1, math.floor(fits))
 
 

@@ -35,7 +35,7 @@ from factory.models.diffusion import cemiface_loss, draw_m, m_grid, training_sch
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
 from factory.models.sampling import ddim_sample
 from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_backbone
 from factory.train.generator_checkpoint import (
@@ -46,7 +46,12 @@ from factory.train.generator_checkpoint import (
     read_encoder_record,
     save_generator,
 )
-from factory.train.workers import autocast_and_scaler, make_trainer, worker_context
+from factory.train.workers import (
+    autocast_and_scaler,
+    copies_that_fit,
+    make_trainer,
+    worker_context,
+)
 from factory.train.samples import DiffusionImages
 from factory.train.schedule import warmup_cosine_multiplier
 
@@ -296,6 +301,8 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
     run_root = storage.join(config.generator_storage_uri(), cfg.run_name)
     storage.ensure_writable(run_root)
     init_ray(config.runtime, cli_address)
+    copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
+                    "generator.workers")
     trainer = make_trainer(
         train_loop,
         {

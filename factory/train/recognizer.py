@@ -35,10 +35,15 @@ from factory.formats.dataset import open_dataset
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
 from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
-from factory.train.workers import autocast_and_scaler, make_trainer, worker_context
+from factory.train.workers import (
+    autocast_and_scaler,
+    copies_that_fit,
+    make_trainer,
+    worker_context,
+)
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
@@ -305,6 +310,8 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
     storage.ensure_writable(run_root)
     _claim_run(run_root, cfg, data_uri)
     init_ray(config.runtime, cli_address)
+    copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
+                    "recognizer.workers")
     trainer = make_trainer(
         train_loop,
         {

@@ -1,7 +1,8 @@
 """What every Ray Train loop in the factory shares: the trainer, the worker set-up, precision.
 
 ``make_trainer`` turns a ``WorkersConfig`` into a ``TorchTrainer`` (workers, CPUs, GPUs, the
-run's storage, restarts from the latest checkpoint); ``worker_context`` is the first thing a
+run's storage, restarts from the latest checkpoint); ``copies_that_fit`` refuses, on a local
+cluster, a worker set that could never be scheduled; ``worker_context`` is the first thing a
 training loop calls on each worker; ``autocast_and_scaler`` is mixed precision on GPU only.
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from factory import storage
 from factory.config import WorkersConfig
+from factory.errors import UserError
 
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
@@ -43,6 +45,31 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             callbacks=list(callbacks),
         ),
     )
+
+
+def copies_that_fit(workers: WorkersConfig, local: bool, field: str,
+                    extra_cpus: float = 0.0) -> float:
+    """How many copies of ``workers`` (plus ``extra_cpus`` each, a trial's driver) the Ray
+    cluster holds at once.
+
+    On a local cluster fewer than one is refused with one line naming ``field``: Ray Train
+    would wait for the resources forever. A remote cluster may autoscale, so there any demand
+    is let through. Call after ``init_ray``.
+    """
+    import ray
+
+    cpus = workers.num_workers * workers.cpus_per_worker + extra_cpus
+    gpus = workers.num_workers * workers.gpus_per_worker if workers.use_gpu else 0.0
+    available = ray.cluster_resources()
+    fits = available.get("CPU", 0.0) / cpus
+    if gpus:
+        fits = min(fits, available.get("GPU", 0.0) / gpus)
+    if local and fits < 1:
+        raise UserError(
+            f"{field}: needs {cpus:g} CPUs{f' and {gpus:g} GPUs' if gpus else ''} at once, the "
+            f"local Ray cluster has {available.get('CPU', 0.0):g} CPUs and "
+            f"{available.get('GPU', 0.0):g} GPUs; lower {field} or raise runtime.num_cpus")
+    return fits
 
 
 def worker_context(workers: WorkersConfig, seed: int) -> tuple[int, int, torch.device]:
