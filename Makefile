@@ -29,7 +29,7 @@ sweep: $(STAMP)
 	$(VENV)/bin/factory compare --config configs/sweep/faceworld.yaml --out runs/quickstart/sweeps
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/faceworld_speed.py

@@ -53,6 +53,7 @@ def sweep_overrides(world, pool, out, name, *extra):
         "sweep.space={recognizer.select.m: {grid: [[0.9, 1.0], [-0.1, 0.1]]}}", *extra]
 
 
+@pytest.mark.slow  # whole sweeps: Ray Tune, Ray Train, MLflow
 def test_an_interrupted_sweep_restores_without_rerunning_finished_trials(
         ray_two_cpus, world, pool, tmp_path):
     """Ctrl-C after the first trial, then the same sweep again: the finished trial is kept,
@@ -131,6 +132,7 @@ def mlflow_server(tmp_path):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow  # whole sweeps: Ray Tune, Ray Train, MLflow
 def test_a_generating_sweep_logs_to_an_mlflow_server(ray_two_cpus, world, tiny_generator,
                                                      mlflow_server, tmp_path):
     """Generate mode: each trial synthesises its own data (here: its own m values) first."""
