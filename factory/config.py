@@ -282,6 +282,10 @@ class SamplingConfig(StrictModel):
     steps: int = Field(20, ge=1, le=1000)
     eta: float = Field(0.0, ge=0.0, le=1.0)
     batch_size: int = Field(64, ge=1)
+    identity_handoff: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="Below this t/T, condition on the sample's own identity at m = 1 instead "
+                    "of the inquiry (factory.models.sampling); None: CemiFace's sampler")
 
 
 class ComplianceConfig(StrictModel):

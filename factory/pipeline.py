@@ -22,7 +22,7 @@ from factory.config import FactoryConfig
 from factory.eval.baseline import run_pixel_baseline
 from factory.eval.benchmarks import backbone_embedder, evaluate_embedder, load_benchmarks
 from factory.eval.evaluate import Evaluation, evaluate_checkpoint
-from factory.eval.generator_report import generator_report, report_text
+from factory.eval.generator_report import generator_report, report_text, sampler_text
 from factory.eval.verification import VerificationResult
 from factory.faceworld.build import build_faceworld, print_summary
 from factory.models.iresnet import build_backbone
@@ -132,8 +132,9 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     if synthetic_document:
         counts = synthetic_document["counts"]
         print(f"synthetic-trained: {counts['synthetic_images']} synthetic images of "
-              f"{counts['identities']} identities; GtR (gap to real, AVG) = "
-              f"{synthetic_document['gtr']:.2f} points")
+              f"{counts['identities']} identities "
+              f"({sampler_text(config.synthesis.sampling.model_dump())}); "
+              f"GtR (gap to real, AVG) = {synthetic_document['gtr']:.2f} points")
         table += f"\nGtR (real-trained AVG - synthetic-trained AVG): {synthetic_document['gtr']:.2f}"
     if generator_document:
         print(f"\ngenerator checkpoint used downstream: {generator_document['checkpoint']}")

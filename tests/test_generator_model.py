@@ -107,6 +107,53 @@ def test_ddim_sample_is_seeded_per_sample(parts):
     assert not torch.allclose(alone, other_seed, atol=1e-2)
 
 
+class RecordingGenerator(torch.nn.Module):
+    """Wraps a generator and records the (t, identity, m) of every call."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator, self.calls = generator, []
+
+    def forward(self, noisy, timesteps, identity, m):
+        self.calls.append((int(timesteps[0]), identity.clone(), m.clone()))
+        return self.generator(noisy, timesteps, identity, m)
+
+
+def test_identity_handoff_conditions_the_late_steps_on_the_samples_own_identity(parts):
+    _, encoder, generator, scheduler = parts
+    identity = encoder(torch.rand(2, 3, 32, 32) * 2 - 1)
+    m = torch.tensor([0.0, -0.5])
+    recording = RecordingGenerator(generator)
+    ddim_sample(recording, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
+                encoder=encoder)
+    early = [call for call in recording.calls if call[0] >= 750]
+    late = [call for call in recording.calls if call[0] < 750]
+    assert [c[0] for c in early] == [900, 800] and len(late) == 8
+    for _, seen, seen_m in early:  # above h T: the inquiry at the requested m
+        assert torch.equal(seen, identity) and torch.equal(seen_m, m)
+    handed = late[0][1]
+    for _, seen, seen_m in late:  # below: one embedding of the sample itself, at m = 1
+        assert torch.equal(seen, handed) and torch.equal(seen_m, torch.ones(2))
+    assert torch.allclose(handed.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(handed, identity, atol=1e-3)
+    # Still seeded per sample: a row alone gives the row of the batch.
+    batch = ddim_sample(generator, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
+                        encoder=encoder)
+    alone = ddim_sample(generator, scheduler, identity[1:], m[1:], [4], 32, steps=10,
+                        handoff=0.75, encoder=encoder)
+    assert torch.allclose(batch[1:], alone, atol=1e-3)  # float rounding through E_id
+    plain = ddim_sample(generator, scheduler, identity, m, [3, 4], 32, steps=10)
+    assert not torch.allclose(batch, plain, atol=1e-4)
+
+
+def test_identity_handoff_needs_the_encoder(parts):
+    _, encoder, generator, scheduler = parts
+    identity = encoder(torch.rand(1, 3, 32, 32) * 2 - 1)
+    with pytest.raises(ValueError, match="identity encoder"):
+        ddim_sample(generator, scheduler, identity, torch.zeros(1), [1], 32, steps=2,
+                    handoff=0.5)
+
+
 def test_checkpoint_reloads_to_identical_samples(parts, tmp_path):
     backbone, encoder, generator, scheduler = parts
     record = encoder_record("memory://encoder", backbone, 32)

@@ -98,7 +98,12 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
         "evaluate.out": str(tmp_path / "report")})
     result, out = generator_report(report_config)
     assert len(result.requested) == 3 * 5 and -1.0 <= result.spearman <= 1.0
-    for name in ("compliance.json", "compliance.png", "cemiface_grid.png"):
+    steps = report_config.generator.sampling.steps
+    assert len(result.trajectory_t) == steps
+    assert result.trajectory_t == sorted(result.trajectory_t, reverse=True)
+    assert [len(row) for row in result.trajectory] == [steps] * 5
+    assert all(-1.0 <= value <= 1.0 for row in result.trajectory for value in row)
+    for name in ("compliance.json", "compliance.png", "trajectory.png", "cemiface_grid.png"):
         assert (tmp_path / "report" / name).is_file(), name
 
 

@@ -5,6 +5,8 @@ sample, embed with the generator's own E_id, and measure cos(E_id(inquiry), E_id
 Reported: mean and std per m, whether the means fall monotonically as m falls, the Spearman
 correlation between requested m and measured similarity over all samples, and the mean
 similarity between *different* inquiry identities (what "a different person" looks like to E_id).
+Also the trajectory: per m, the mean similarity of each DDIM step's estimate of the clean image,
+which shows where along the sampling the similarity is decided.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from factory.config import SamplingConfig
 from factory.formats.dataset import FaceDataset
 from factory.models.identity import inquiry_tensor
-from factory.models.sampling import ddim_sample
+from factory.models.sampling import ddim_sample, ddim_scheduler
 from factory.train.generator_checkpoint import LoadedGenerator
 
 
@@ -33,6 +36,9 @@ class Compliance:
     between_identities: float
     requested: list[float]
     measured: list[float]
+    sampling: dict  # the SamplingConfig the samples were drawn with
+    trajectory_t: list[int]  # the DDIM timesteps, first to last
+    trajectory: list[list[float]]  # per m, per step: mean cos(E_id(inquiry), E_id(x0_hat))
 
     def summary(self) -> dict:
         document = asdict(self)
@@ -72,22 +78,32 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 @torch.no_grad()
 def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
-                       m_values: Sequence[float], seeds: int, steps: int, eta: float,
-                       batch_size: int, device: torch.device | str = "cpu") -> Compliance:
+                       m_values: Sequence[float], seeds: int, sampling: SamplingConfig,
+                       device: torch.device | str = "cpu") -> Compliance:
     """Sample every (inquiry, m, seed) and measure its similarity to the inquiry."""
     images = inquiry_tensor(inquiries, generator.image_size).to(device)
     identity = generator.encoder(images)
     rows = [(i, float(m), s) for i in range(len(identity)) for m in m_values for s in range(seeds)]
     requested, measured = [], []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    m_column = {float(m): column for column, m in enumerate(m_values)}
+    step_sums = np.zeros((len(m_values), sampling.steps))
+    for start in range(0, len(rows), sampling.batch_size):
+        chunk = rows[start:start + sampling.batch_size]
         index = torch.tensor([r[0] for r in chunk], device=device)
         m = torch.tensor([r[1] for r in chunk], device=device)
         # Seeds are unique per (inquiry, seed index); the same noise serves every m of a pair,
         # so the m columns differ only by the condition.
         sample_seeds = [10_000 * r[0] + r[2] for r in chunk]
+        per_step: list[torch.Tensor] = []  # [B] similarities of each step's x0 estimate
         samples = ddim_sample(generator.model, generator.scheduler, identity[index], m,
-                              sample_seeds, generator.image_size, steps, eta)
+                              sample_seeds, generator.image_size, sampling.steps, sampling.eta,
+                              sampling.identity_handoff, generator.encoder,
+                              lambda _, estimate: per_step.append(
+                                  (generator.encoder(estimate) * identity[index]).sum(-1)))
+        columns = np.array([m_column[r[1]] for r in chunk])
+        along = torch.stack(per_step).cpu().numpy()  # [steps, B]
+        for column in np.unique(columns):
+            step_sums[column] += along[:, columns == column].sum(axis=1)
         similarity = (generator.encoder(samples) * identity[index]).sum(-1)
         requested += [r[1] for r in chunk]
         measured += similarity.cpu().tolist()
@@ -98,9 +114,13 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
     ordered_means = np.asarray(means)[order]
     cross = (identity @ identity.T).cpu().numpy()
     between = float(cross[~np.eye(len(cross), dtype=bool)].mean())
+    timesteps = ddim_scheduler(generator.scheduler, sampling.steps).timesteps
     return Compliance(
         m_values=[float(m) for m in m_values], mean=means, std=stds,
         spearman=spearman(requested_arr, measured_arr),
         monotonic=bool(np.all(np.diff(ordered_means) < 0)),
         between_identities=between, requested=requested, measured=measured,
+        sampling=sampling.model_dump(),
+        trajectory_t=[int(t) for t in timesteps],
+        trajectory=(step_sums / (len(identity) * seeds)).round(4).tolist(),
     )

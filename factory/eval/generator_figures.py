@@ -101,3 +101,33 @@ def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, 
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path
+
+
+def trajectory_png(timesteps: Sequence[int], trajectory: Sequence[Sequence[float]],
+                   m_values: Sequence[float], num_train_timesteps: int, path: str,
+                   handoff: float | None = None) -> str:
+    """Where along DDIM sampling the similarity is decided: per requested m, the mean
+    similarity of each step's x0 estimate to the inquiry (solid) against L_SimMat's optimum
+    at that noise level, ``(1 - t/T) + (t/T) m`` (dashed); the hand-off as a vertical line."""
+    figure = agg_figure(6.5, 4.5)
+    axes = figure.add_subplot()
+    gamma = np.asarray(timesteps, float) / num_train_timesteps
+    from matplotlib import colormaps
+
+    for row, m in enumerate(m_values):
+        colour = colormaps["coolwarm_r"]((m + 1) / 2)
+        axes.plot(gamma, trajectory[row], marker="o", markersize=3, color=colour,
+                  label=f"m = {m:+g}")
+        axes.plot(gamma, (1 - gamma) + gamma * m, linestyle="--", linewidth=1, color=colour)
+    if handoff is not None:
+        axes.axvline(handoff, color="gray", linestyle=":", label=f"hand-off at t/T = {handoff:g}")
+    axes.set_xlim(1.0, 0.0)
+    axes.set_ylim(-1.05, 1.05)
+    axes.set_xlabel("t / T (sampling runs left to right)")
+    axes.set_ylabel("cos(E_id(inquiry), E_id(x0_hat))")
+    axes.set_title("x0 estimates along the trajectory (dashed: L_SimMat optimum)", fontsize=9)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

@@ -7,6 +7,8 @@ into the checkpoint, which may be the shipped one):
 * ``compliance.json``: mean and std of the measured similarity per requested m, Spearman,
   monotonicity, the between-identity similarity, and which checkpoint and code made them;
 * ``compliance.png``: requested m against measured similarity, with spread;
+* ``trajectory.png``: per m, the similarity of each DDIM step's x0 estimate, against the
+  L_SimMat optimum at that noise level (where along sampling the similarity is decided);
 * ``cemiface_grid.png``: rows identities (inquiry first), columns m from 1 to -1, one noise per
   row;
 
@@ -23,13 +25,13 @@ import numpy as np
 import torch
 
 from factory import storage
-from factory.config import FactoryConfig
+from factory.config import FactoryConfig, SamplingConfig
 from factory.eval.compliance import (
     Compliance,
     first_image_per_identity,
     measure_compliance,
 )
-from factory.eval.generator_figures import compliance_png, similarity_grid_png
+from factory.eval.generator_figures import compliance_png, similarity_grid_png, trajectory_png
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
 from factory.models.sampling import ddim_sample
@@ -42,8 +44,8 @@ from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 GRID_SEED = 77
 
 
-def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: int, steps: int,
-                  path: str) -> str:
+def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: int,
+                  sampling: SamplingConfig, path: str) -> str:
     """The CemiFace figure: each row one identity at m = 1 .. -1, the same noise along a row."""
     m_values = np.linspace(1.0, -1.0, columns)
     images = inquiry_tensor(inquiries, generator.image_size)
@@ -55,7 +57,8 @@ def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: in
             identity.repeat_interleave(columns, dim=0),
             torch.tensor(np.tile(m_values, rows), dtype=torch.float32),
             [GRID_SEED + row for row in range(rows) for _ in range(columns)],
-            generator.image_size, steps)
+            generator.image_size, sampling.steps, sampling.eta, sampling.identity_handoff,
+            generator.encoder)
     return similarity_grid_png(samples, columns, path, [f"{m:+.2f}" for m in m_values],
                                inquiries=images)
 
@@ -76,13 +79,12 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     inquiries = first_image_per_identity(dataset, compliance_cfg.identities)
     with torch.no_grad():
         result = measure_compliance(generator, inquiries, compliance_cfg.m_values,
-                                    compliance_cfg.seeds, cfg.sampling.steps, cfg.sampling.eta,
-                                    cfg.sampling.batch_size)
+                                    compliance_cfg.seeds, cfg.sampling)
     out = config.evaluate.out or storage.join(config.workdir, "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
                 "code_version": code_version(), "inquiries": config.inquiry_data_uri(),
-                "seeds_per_m": compliance_cfg.seeds, "sampling": cfg.sampling.model_dump(),
+                "seeds_per_m": compliance_cfg.seeds,
                 **result.summary()}
     tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
     tracker.start(f"{cfg.run_name}-report", params={"checkpoint": uri},
@@ -98,9 +100,13 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
                 np.array(result.requested), np.array(result.measured),
                 result.between_identities, os.path.join(directory, "compliance.png"),
                 f"step {generator.meta.get('step')}: Spearman {result.spearman:.3f}"),
+            "trajectory.png": trajectory_png(
+                result.trajectory_t, result.trajectory, result.m_values,
+                generator.scheduler.config.num_train_timesteps,
+                os.path.join(directory, "trajectory.png"), cfg.sampling.identity_handoff),
             "cemiface_grid.png": cemiface_grid(
                 generator, inquiries[:compliance_cfg.grid_identities],
-                compliance_cfg.grid_columns, cfg.sampling.steps,
+                compliance_cfg.grid_columns, cfg.sampling,
                 os.path.join(directory, "cemiface_grid.png")),
         }
         with open(os.path.join(directory, "compliance.json"), "w") as stream:
@@ -114,11 +120,20 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     return result, out
 
 
+def sampler_text(sampling: dict) -> str:
+    """One line naming the sampler, e.g. for the report and the quickstart's results."""
+    handoff = sampling.get("identity_handoff")
+    return (f"DDIM {sampling['steps']} steps, eta {sampling['eta']:g}, "
+            + (f"identity hand-off below t/T = {handoff:g}" if handoff is not None
+               else "no identity hand-off (CemiFace's sampler)"))
+
+
 def report_text(result: Compliance, out: str) -> str:
     return "\n".join([
+        f"sampler: {sampler_text(result.sampling)}",
         compliance_table(result),
         f"Spearman(requested m, measured) = {result.spearman:.3f}; means fall monotonically "
         f"with m: {'yes' if result.monotonic else 'no'}; different identities: "
         f"{result.between_identities:.3f}",
-        f"written to {out}: compliance.json, compliance.png, cemiface_grid.png",
+        f"written to {out}: compliance.json, compliance.png, trajectory.png, cemiface_grid.png",
     ])

@@ -1,12 +1,24 @@
 """DDIM sampling from the generator, every sample seeded on its own.
 
-A sample is fully determined by (identity embedding, m, seed, steps, eta): its starting noise
-and, for ``eta > 0``, every step's fresh noise come from a CPU generator seeded with the
-sample's own seed, so a sample regenerates identically whatever batch it lands in and on
-whatever device the model runs.
+A sample is fully determined by (identity embedding, m, seed, steps, eta, handoff): its
+starting noise and, for ``eta > 0``, every step's fresh noise come from a CPU generator seeded
+with the sample's own seed, so a sample regenerates identically whatever batch it lands in and
+on whatever device the model runs.
+
+Identity hand-off (optional, off by default). The CemiFace objective asks the one-step
+estimate at noise level ``gamma = t / T`` for a similarity of ``(1 - gamma) + gamma * m`` to
+the inquiry: near 1 at small t whatever m is. Along a DDIM trajectory the model does just
+that, so the late steps pull a sample that was laid out at similarity m back towards the
+inquiry until the image stops changing. With ``handoff = h`` the sampler stops conditioning on
+the inquiry once ``t / T`` falls below h: it embeds its current estimate of the clean image
+once and, for the remaining steps, conditions on that embedding at m = 1, the training
+situation of an image denoised towards its own identity. The layout chosen under (inquiry, m)
+is kept and only refined.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -32,20 +44,42 @@ def seeded_noise(seeds: list[int], shape: tuple[int, ...], step: int = 0) -> tor
 @torch.no_grad()
 def ddim_sample(generator: CemiFaceGenerator, training: DDPMScheduler, identity: torch.Tensor,
                 m: torch.Tensor, seeds: list[int], image_size: int, steps: int = 20,
-                eta: float = 0.0) -> torch.Tensor:
-    """Images ``[B, 3, S, S]`` in [-1, 1] for each (identity, m, seed) row."""
+                eta: float = 0.0, handoff: float | None = None,
+                encoder: torch.nn.Module | None = None,
+                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Images ``[B, 3, S, S]`` in [-1, 1] for each (identity, m, seed) row.
+
+    ``handoff`` (a fraction of T, see the module docstring) needs ``encoder``, the identity
+    encoder the generator is conditioned on. ``on_step(t, x0_estimate)``, if given, sees every
+    step's estimate of the clean image, clipped to [-1, 1] (the trajectory diagnostic of
+    ``factory generator-report``).
+    """
     if not len(identity) == len(m) == len(seeds):
         raise ValueError("identity, m and seeds need one row per sample")
+    if handoff is not None and encoder is None:
+        raise ValueError("an identity hand-off needs the identity encoder")
     device = identity.device
     scheduler = ddim_scheduler(training, steps)
+    timesteps_left = [int(t) for t in scheduler.timesteps][1:] + [-1]
+    handoff_below = (handoff or 0.0) * training.config.num_train_timesteps
     shape = (3, image_size, image_size)
     sample = seeded_noise(seeds, shape).to(device)
     for index, t in enumerate(scheduler.timesteps):
         timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
         output = generator(sample, timesteps, identity, m).float()
         variance_noise = seeded_noise(seeds, shape, index + 1).to(device) if eta > 0 else None
-        sample = scheduler.step(output, t, sample, eta=eta,
-                                variance_noise=variance_noise).prev_sample
+        step = scheduler.step(output, t, sample, eta=eta, variance_noise=variance_noise)
+        sample = step.prev_sample
+        estimate = step.pred_original_sample.clamp(-1.0, 1.0)
+        if on_step is not None:
+            on_step(int(t), estimate)
+        # Hand off once, after the last step at or above h T (or after the first step when
+        # every step is below it): the estimate of the clean image becomes the identity.
+        next_t = timesteps_left[index]
+        if handoff is not None and 0 <= next_t < handoff_below and (
+                index == 0 or int(t) >= handoff_below):
+            identity = encoder(estimate)
+            m = torch.ones_like(m)
     return sample.clamp(-1.0, 1.0)
 
 

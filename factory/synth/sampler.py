@@ -78,7 +78,8 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
         samples = ddim_sample(
             generator.model, generator.scheduler, embeddings[positions],
             torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
-            generator.image_size, cfg.sampling.steps, cfg.sampling.eta)
+            generator.image_size, cfg.sampling.steps, cfg.sampling.eta,
+            cfg.sampling.identity_handoff, generator.encoder)
         measured.append(generator.encoder(samples))
         images.append(to_uint8(samples).numpy())
     sample_embeddings = torch.cat(measured)
@@ -91,7 +92,8 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     to_center = (sample_embeddings * centers[owner]).sum(-1).cpu().numpy()
 
     common = {"generator": checkpoint_id(generator), "sampler": "ddim",
-              "steps": cfg.sampling.steps, "eta": cfg.sampling.eta}
+              "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
+              "identity_handoff": cfg.sampling.identity_handoff}
     records: list[ShardSample] = []
     for row, (position, index) in enumerate(rows):
         identity = item.identities[position]

@@ -73,7 +73,7 @@ def _step_generator(cfg: GeneratorConfig, rank: int, step: int) -> torch.Generat
     return torch.Generator().manual_seed((cfg.seed * 1_000_003 + rank) * 1_000_003 + step)
 
 
-def preview_samples(model: CemiFaceGenerator, scheduler, identity: torch.Tensor,
+def preview_samples(model: CemiFaceGenerator, scheduler, encoder, identity: torch.Tensor,
                     cfg: GeneratorConfig) -> torch.Tensor:
     """EMA samples for the preview grid: each identity at every m in PREVIEW_M, one noise per
     row. Returns ``[identities * len(PREVIEW_M), 3, S, S]``, row-major."""
@@ -82,7 +82,7 @@ def preview_samples(model: CemiFaceGenerator, scheduler, identity: torch.Tensor,
     m = torch.tensor(PREVIEW_M * count, device=identity.device)
     seeds = [PREVIEW_SEED + row for row in range(count) for _ in PREVIEW_M]
     return ddim_sample(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
-                       cfg.sampling.eta)
+                       cfg.sampling.eta, cfg.sampling.identity_handoff, encoder)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -197,7 +197,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 window_steps, window_start = 0, time.perf_counter()
                 checkpoint_due = step % cfg.checkpoint_every == 0 or final
                 _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, scaler,
-                        scheduler, history, run_id, preview_identity, loop_config, tracker)
+                        scheduler, encoder, history, run_id, preview_identity, loop_config, tracker)
         epoch += 1
     progress.close()
     tracker.end()
@@ -210,7 +210,7 @@ def _log_line(metrics: dict[str, Any]) -> str:
 
 
 def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, scaler, scheduler,
-            history, run_id, preview_identity, loop_config, tracker) -> None:
+            encoder, history, run_id, preview_identity, loop_config, tracker) -> None:
     """Report metrics; when due, rank 0 attaches a checkpoint (the call is a barrier)."""
     import ray.train
 
@@ -228,7 +228,7 @@ def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, sc
     ema.copy_to(core.parameters())
     try:
         core.eval()
-        preview = preview_samples(core, scheduler, preview_identity, cfg)
+        preview = preview_samples(core, scheduler, encoder, preview_identity, cfg)
         with tempfile.TemporaryDirectory() as directory:
             meta = {
                 "step": metrics["step"], "image_size": cfg.image_size,
