@@ -237,6 +237,23 @@ def test_dataset_labels_images_and_metadata(root):
         np.testing.assert_array_equal(image, decode_image(expected[key]))
 
 
+def test_dataset_keeps_at_most_max_open_shards_files_open(tmp_path, monkeypatch):
+    """Reading back and forth over more shards than the bound still returns every image, with
+    never more than the bound of files held open."""
+    parts = [range(0, 3), range(3, 6), range(6, 8)]
+    expected = {}
+    for shard, indices in enumerate(parts):
+        samples = _samples(indices, seed=shard)
+        write_shard(str(tmp_path / "data" / "shards" / shard_name(shard)), samples)
+        expected.update({sample.key: sample.jpg for sample in samples})
+    dataset = ShardDataset(str(tmp_path / "data"))
+    monkeypatch.setattr(dataset, "max_open_shards", 2)
+    for index in [0, 3, 6, 0, 7, 4, 1, 6, 3]:
+        assert dataset.raw(index) == expected[dataset.keys[index]]
+        assert len(dataset._handles) <= 2
+    assert list(dataset._handles) == [2, 1]  # the two most recently read shards
+
+
 def test_selection_by_m_and_similarity(root):
     by_m = ShardDataset(str(root), m_range=(0.3, 0.6))  # inclusive: m 0.3 and 0.6
     assert by_m.keys == ["000001", "000002", "000005", "000006"]

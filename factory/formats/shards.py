@@ -35,6 +35,7 @@ import operator
 import os
 import re
 import tarfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -252,8 +253,12 @@ class ShardDataset:
     identity mixup (json ``mixup`` set) are that share of them. The surviving labels are renumbered ``0 .. num_classes-1`` in
     ascending order of the stored label; ``original_labels``, ``metadata`` (the JSON objects)
     and ``keys`` are aligned with the indices. Picklable: copies reopen shards lazily in their
-    own process.
+    own process. At most ``max_open_shards`` files stay open per process (the least recently
+    read is dropped first), so a million-image set of a thousand shards stays under the usual
+    open-file limit in every DataLoader worker.
     """
+
+    max_open_shards = 64
 
     def __init__(self, root_uri: str, m_range: tuple[float, float] | None = None,
                  similarity_range: tuple[float, float] | None = None,
@@ -281,14 +286,14 @@ class ShardDataset:
         classes, relabelled = np.unique(self.original_labels, return_inverse=True)
         self.labels = relabelled.astype(np.int64)
         self.num_classes = len(classes)
-        self._handles: dict[int, Any] = {}
+        self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = 0
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}, "_pid": 0}
+        return {**self.__dict__, "_handles": OrderedDict(), "_pid": 0}
 
     def raw(self, index: int) -> bytes:
         """The JPEG bytes of sample ``index``."""
@@ -310,12 +315,17 @@ class ShardDataset:
         """The open file of ``shard`` in this process, opened on first use.
 
         Handles inherited through fork are not reused: pyarrow filesystem clients do not
-        survive fork. ``read_at`` moves no shared position, so threads can share a handle.
+        survive fork. ``read_at`` moves no shared position, so threads can share a handle; a
+        dropped handle is not closed here but released when its last reader lets go of it.
         """
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if shard not in self._handles:
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
             self._handles[shard] = storage.open_input(self.shard_uris[shard])
+            while len(self._handles) > self.max_open_shards:
+                self._handles.popitem(last=False)
         return self._handles[shard]
 
 
