@@ -109,11 +109,11 @@ def trajectory_png(timesteps: Sequence[int], trajectory: Sequence[Sequence[float
     """Where along DDIM sampling the similarity is decided: per requested m, the mean
     similarity of each step's x0 estimate to the inquiry (solid) against L_SimMat's optimum
     at that noise level, ``(1 - t/T) + (t/T) m`` (dashed); the hand-off as a vertical line."""
+    from matplotlib import colormaps
+
     figure = agg_figure(6.5, 4.5)
     axes = figure.add_subplot()
     gamma = np.asarray(timesteps, float) / num_train_timesteps
-    from matplotlib import colormaps
-
     for row, m in enumerate(m_values):
         colour = colormaps["coolwarm_r"]((m + 1) / 2)
         axes.plot(gamma, trajectory[row], marker="o", markersize=3, color=colour,
