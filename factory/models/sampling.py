@@ -60,8 +60,7 @@ def ddim_sample(generator: CemiFaceGenerator, training: DDPMScheduler, identity:
         raise ValueError("an identity hand-off needs the identity encoder")
     device = identity.device
     scheduler = ddim_scheduler(training, steps)
-    timesteps_left = [int(t) for t in scheduler.timesteps][1:] + [-1]
-    handoff_below = (handoff or 0.0) * training.config.num_train_timesteps
+    handoff_after = _handoff_index(scheduler, training, handoff)
     shape = (3, image_size, image_size)
     sample = seeded_noise(seeds, shape).to(device)
     for index, t in enumerate(scheduler.timesteps):
@@ -73,14 +72,23 @@ def ddim_sample(generator: CemiFaceGenerator, training: DDPMScheduler, identity:
         estimate = step.pred_original_sample.clamp(-1.0, 1.0)
         if on_step is not None:
             on_step(int(t), estimate)
-        # Hand off once, after the last step at or above h T (or after the first step when
-        # every step is below it): the estimate of the clean image becomes the identity.
-        next_t = timesteps_left[index]
-        if handoff is not None and 0 <= next_t < handoff_below and (
-                index == 0 or int(t) >= handoff_below):
+        if index == handoff_after:  # the estimate of the clean image becomes the identity
             identity = encoder(estimate)
             m = torch.ones_like(m)
     return sample.clamp(-1.0, 1.0)
+
+
+def _handoff_index(scheduler: DDIMScheduler, training: DDPMScheduler,
+                   handoff: float | None) -> int | None:
+    """The step after which the sampler hands off: the last one at or above ``handoff * T``
+    (the first when every step is below it); None without a hand-off or when that is the final
+    step, after which nothing is left to condition."""
+    if handoff is None:
+        return None
+    threshold = handoff * training.config.num_train_timesteps
+    at_or_above = [i for i, t in enumerate(scheduler.timesteps) if int(t) >= threshold]
+    index = at_or_above[-1] if at_or_above else 0
+    return index if index + 1 < len(scheduler.timesteps) else None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
