@@ -255,6 +255,10 @@ class SimilarityMatchingConfig(StrictModel):
     m_interval: float = Field(0.04, gt=0.0, le=1.0, description="Grid step (CemiFace: 0.04)")
     m_low: float = Field(-1.0, ge=-1.0, le=1.0)
     m_high: float = Field(1.0, ge=-1.0, le=1.0)
+    target_schedule: Literal["linear", "constant"] = Field(
+        "linear", description="How L_SimMat's target moves with the noise level: 'linear' is "
+        "CemiFace's gamma = t/T (target 1 at t = 0, m at t = T); 'constant' is gamma = 1 (target m "
+        "at every t), so the late sampling steps no longer pull a sample back to its inquiry")
 
     @model_validator(mode="after")
     def _ordered(self) -> SimilarityMatchingConfig:
@@ -299,6 +303,12 @@ class ComplianceConfig(StrictModel):
                                   min_length=2)
     grid_identities: int = Field(6, ge=1, description="Rows of the CemiFace figure")
     grid_columns: int = Field(9, ge=2, description="m values from 1 to -1 in the figure")
+    shuffled_m_control: bool = Field(
+        True, description="Also report the same samples' seeds with m shuffled across samples at "
+                          "sampling time: a control that should show no m dependence")
+    lambda0_checkpoint: Uri = Field(
+        "", description="A generator trained with the same recipe at lambda = 0 (CemiFace's "
+                        "no-similarity-matching ablation), reported as a control; empty: none")
 
 
 class GeneratorConfig(StrictModel):
@@ -376,6 +386,10 @@ class InquiryConfig(StrictModel):
                                                        "inquiry embeddings")
     mixup_phi: list[float] = Field(default_factory=lambda: list(MIXUP_GRID), min_length=1,
                                    description="phi drawn from these (default: the 21-grid)")
+    mixup_labels: Literal["soft", "new_class"] = Field(
+        "soft", description="How a recognizer trains on a mixed identity: 'soft' is SynFace's "
+        "two-hot label (phi on the first parent's class, 1 - phi on the second's) whenever both "
+        "parents are classes of the training set; 'new_class' gives it a class of its own")
 
 
 class ActorsConfig(StrictModel):
@@ -415,6 +429,16 @@ class SynthesisConfig(StrictModel):
                            "the manifest records it")
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+
+class JudgeConfig(StrictModel):
+    """An independent recognizer that measures what the generator made (generator-report,
+    analyze). It must share nothing with E_id (architecture, width, seed, training run) and is
+    never used in training or sampling, so its similarities are evidence, not the objective."""
+
+    checkpoint: Uri = Field("", description="Recognizer checkpoint dir or arcface model.pt; "
+                                            "empty: no judge (E_id's figures only)")
+    backbone: BackboneConfig | None = Field(None, description="Needed for a plain model.pt")
 
 
 class EvaluateConfig(StrictModel):
@@ -535,6 +559,7 @@ class FactoryConfig(StrictModel):
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)

@@ -39,6 +39,18 @@ class FaceDataset(Protocol):
         ...
 
 
+def training_targets(dataset: FaceDataset, index: int) -> tuple[tuple[int, int],
+                                                              tuple[float, float]]:
+    """Image ``index``'s two training targets with their weights: the dataset's own where it
+    defines ``targets`` (shards with SynFace's soft identity-mixup labels), else the hard label
+    as ``((y, y), (1, 0))``."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return targets(index)
+    label = int(dataset.labels[index])
+    return (label, label), (1.0, 0.0)
+
+
 def open_dataset(uri: str, m_range: tuple[float, float] | None = None,
                  similarity_range: tuple[float, float] | None = None,
                  mixup_share: float | None = None) -> FaceDataset:

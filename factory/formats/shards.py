@@ -14,9 +14,10 @@ its shard), in this order:
 * ``{key}.jpg``: the face, JPEG bytes;
 * ``{key}.json``: a UTF-8 JSON object with at least ``label`` (int), ``inquiry`` (str), ``m``
   (float, the requested similarity), ``similarity_inquiry`` and ``similarity_center`` (floats),
-  ``seed`` (int), ``mixup`` (null or ``{"partner": str, "phi": float}``), ``generator``,
-  ``sampler`` (str) and ``steps`` (int). Only ``m`` and ``similarity_center`` are interpreted
-  here, to select samples; the whole object is passed through.
+  ``seed`` (int), ``mixup`` (null or ``{"partner": str, "phi": float, "parents": [int, int],
+  "labels": "soft" | "new_class"}``), ``generator``, ``sampler`` (str) and ``steps`` (int).
+  ``m`` and ``similarity_center`` are interpreted here to select samples, and ``mixup`` to give
+  SynFace's soft labels; the whole object is passed through.
 
 Shards are built in memory with fixed member metadata (mtime 0, uid/gid 0, no user or group
 names, mode 0644) and JSON with sorted keys, so identical samples give byte-identical shards,
@@ -250,9 +251,14 @@ class ShardDataset:
     locating each ``.jpg``; :meth:`image` then reads one JPEG at its byte offset. ``m_range``
     and ``similarity_range`` keep only samples whose ``m`` / ``similarity_center`` lie within
     (inclusive; None keeps all); ``mixup_share`` then keeps identities so that those made by
-    identity mixup (json ``mixup`` set) are that share of them. The surviving labels are renumbered ``0 .. num_classes-1`` in
-    ascending order of the stored label; ``original_labels``, ``metadata`` (the JSON objects)
-    and ``keys`` are aligned with the indices. Picklable: copies reopen shards lazily in their
+    identity mixup (json ``mixup`` set) are that share of them.
+
+    Classes. A mixed identity labelled ``soft`` whose two parents both survive the selection is
+    not a class: :meth:`targets` gives its samples SynFace's two-hot target (phi on the first
+    parent's class, 1 - phi on the second's) and ``labels`` the heavier parent's class. Every
+    other identity is a class; classes are renumbered ``0 .. num_classes-1`` in ascending order
+    of the stored label. ``original_labels``, ``metadata`` (the JSON objects) and ``keys`` are
+    aligned with the indices. Picklable: copies reopen shards lazily in their
     own process. At most ``max_open_shards`` files stay open per process (the least recently
     read is dropped first), so a million-image set of a thousand shards stays under the usual
     open-file limit in every DataLoader worker.
@@ -283,8 +289,16 @@ class ShardDataset:
         self._offsets = np.array([sample.offset for _, sample in kept], dtype=np.int64)
         self._sizes = np.array([sample.size for _, sample in kept], dtype=np.int64)
         self.original_labels = np.array([sample.label for _, sample in kept], dtype=np.int64)
-        classes, relabelled = np.unique(self.original_labels, return_inverse=True)
-        self.labels = relabelled.astype(np.int64)
+        soft = _soft_parents(self.metadata, self.original_labels)
+        own_class = np.array([index not in soft for index in range(len(kept))], dtype=bool)
+        classes = np.unique(self.original_labels[own_class])
+        relabel = {int(label): index for index, label in enumerate(classes)}
+        self._soft = {index: ((relabel[first], relabel[second]), (phi, 1.0 - phi))
+                      for index, (first, second, phi) in soft.items()}
+        self.labels = np.array([
+            relabel[int(label)] if index not in soft
+            else self._soft[index][0][0 if self._soft[index][1][0] >= 0.5 else 1]
+            for index, label in enumerate(self.original_labels)], dtype=np.int64)
         self.num_classes = len(classes)
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = 0
@@ -294,6 +308,12 @@ class ShardDataset:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": OrderedDict(), "_pid": 0}
+
+    def targets(self, index: int) -> tuple[tuple[int, int], tuple[float, float]]:
+        """Sample ``index``'s two training targets and their weights: SynFace's two-hot label
+        for a soft-labelled mixed identity, ``((y, y), (1, 0))`` for every other sample."""
+        label = int(self.labels[index])
+        return self._soft.get(index, ((label, label), (1.0, 0.0)))
 
     def raw(self, index: int) -> bytes:
         """The JPEG bytes of sample ``index``."""
@@ -370,6 +390,19 @@ def _within(uri: str, sample: _Located, field: str, bounds: tuple[float, float] 
         raise FormatError(f"{uri}: sample {sample.key!r}: expected a number in json field "
                           f"{field!r} to select by, found {value!r}")
     return bounds[0] <= value <= bounds[1]
+
+
+def _soft_parents(metadata: list[dict], labels: np.ndarray) -> dict[int, tuple[int, int, float]]:
+    """Index -> (first parent's label, second parent's label, phi) for every sample of a mixed
+    identity labelled ``soft`` whose parents are both plain identities among ``labels``."""
+    plain = {int(label) for label, meta in zip(labels, metadata) if not meta.get("mixup")}
+    soft = {}
+    for index, meta in enumerate(metadata):
+        mixup = meta.get("mixup") or {}
+        parents = mixup.get("parents")
+        if mixup.get("labels") == "soft" and parents and all(int(p) in plain for p in parents):
+            soft[index] = (int(parents[0]), int(parents[1]), float(mixup["phi"]))
+    return soft
 
 
 def _with_mixup_share(kept: list[tuple[int, _Located]], share: float) -> list[tuple[int, _Located]]:

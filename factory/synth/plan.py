@@ -28,6 +28,8 @@ class PlannedIdentity:
     partner: str | None = None
     phi: float | None = None
     image_index: int | None = None
+    parents: list[int] | None = None  # labels of the two mixed identities (first gets phi)
+    mixup_labels: str | None = None  # "soft" or "new_class" (InquiryConfig.mixup_labels)
 
 
 def m_candidates(cfg: MValuesConfig) -> list[float]:
@@ -101,7 +103,8 @@ def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[st
                                               cfg.inquiry.mixup_phi, cfg.seed):
         identities.append(PlannedIdentity(
             len(identities), identities[i].inquiry, vector.astype(float).tolist(),
-            partner=identities[j].inquiry, phi=phi))
+            partner=identities[j].inquiry, phi=phi, parents=[i, j],
+            mixup_labels=cfg.inquiry.mixup_labels))
     return identities
 
 

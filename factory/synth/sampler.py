@@ -51,9 +51,11 @@ def checkpoint_id(generator: LoadedGenerator) -> str:
 
 
 def _mixup(identity: PlannedIdentity) -> dict | None:
+    """The json ``mixup`` record: the partner, phi, both parents' labels and the labelling."""
     if identity.partner is None:
         return None
-    return {"partner": identity.partner, "phi": identity.phi}
+    return {"partner": identity.partner, "phi": identity.phi, "parents": identity.parents,
+            "labels": identity.mixup_labels}
 
 
 @torch.no_grad()

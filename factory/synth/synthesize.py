@@ -244,6 +244,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any]) -> d
         "generator_uri": config.synthesis_checkpoint_uri(),
         "counts": {"identities": record["identities"],
                    "mixup_identities": config.synthesis.inquiry.mixup_identities,
+                   "mixup_labels": config.synthesis.inquiry.mixup_labels,
                    "samples": samples, "synthetic_images": samples - real,
                    "real_images": real, "shards": len(shards)},
         "contains_real_images": real > 0,

@@ -1,9 +1,11 @@
 """Training samples for the recognizer: augmented images with (labels, weights) targets.
 
-Every sample carries K = 2 targets with weights summing to 1, the form the margin classifier
-takes for soft labels. A plain sample is (y, y) with weights (1, 0). With SynFace domain mixup a
-real image is blended in: x = psi x_syn + (1 - psi) x_real, targets (y_syn, C_syn + y_real) with
-weights (psi, 1 - psi), the real classes numbered after the synthetic ones. ``real_fraction``
+Every sample carries K targets with weights summing to 1, the form the margin classifier takes
+for soft labels. Without domain mixup K = 2: a plain sample is (y, y) with weights (1, 0), a
+sample of a SynFace identity-mixup identity (soft-labelled shards) is (y_i, y_j) with weights
+(phi, 1 - phi). With SynFace domain mixup a real image is blended in, x = psi x_syn +
+(1 - psi) x_real, and K = 3: the synthetic targets scaled by psi, then C_syn + y_real with weight
+1 - psi, the real classes numbered after the synthetic ones. ``real_fraction``
 mixes in only the first share of the real identities (by label), SynFace's real-data budget.
 """
 
@@ -17,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from factory.config import MIXUP_GRID, AugmentConfig
-from factory.formats.dataset import FaceDataset
+from factory.formats.dataset import FaceDataset, training_targets
 from factory.train.augment import augment
 
 
@@ -63,15 +65,14 @@ class TrainingSamples(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self._view(self.primary, index, rng)
-        label = int(self.primary.labels[index])
-        if self.real is None:
-            labels, weights = (label, label), (1.0, 0.0)
-        else:
+        labels, weights = training_targets(self.primary, index)
+        if self.real is not None:
             psi = float(rng.choice(MIXUP_GRID)) if self.psi == "grid" else float(self.psi)
             real_index = int(self.real_indices[rng.integers(len(self.real_indices))])
             image = psi * image + (1.0 - psi) * self._view(self.real, real_index, rng)
             real_label = self.primary.num_classes + int(self.real.labels[real_index])
-            labels, weights = (label, real_label), (psi, 1.0 - psi)
+            labels = (*labels, real_label)
+            weights = (psi * weights[0], psi * weights[1], 1.0 - psi)
         return (
             torch.from_numpy(image),
             torch.tensor(labels, dtype=torch.long),
