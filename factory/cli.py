@@ -52,6 +52,14 @@ def _generator_report(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(report_text(*generator_report(config)))
 
 
+def _generator_progress(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.eval.progress import generator_progress
+
+    rows, out = generator_progress(config, storage.absolute(args.folder) if args.folder else None)
+    print(f"{len(rows)} measurements written to {out}: progress.json, progress.png")
+
+
 def _evaluate(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.eval.evaluate import evaluate_checkpoint, print_evaluation
 
@@ -72,6 +80,15 @@ def _analyze(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.synth.analyze import analyze
 
     print(analyze(config, storage.absolute(args.dataset))[1])
+
+
+def _publish_backbone(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.train.checkpoint import publish_backbone
+
+    target = storage.absolute(args.target)
+    files = publish_backbone(storage.absolute(args.checkpoint), target)
+    print(f"published {', '.join(files)} to {target}")
 
 
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -115,11 +132,15 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "train-generator": ("train the CemiFace generator under Ray Train", _train_generator),
     "generator-report": ("m-compliance and the CemiFace grid of a generator checkpoint",
                          _generator_report),
+    "generator-progress": ("m-compliance of every checkpoint of a generator run, both samplers",
+                           _generator_progress),
     "evaluate": ("10-fold verification of a recognizer on .bin benchmarks", _evaluate),
     "synthesize": ("sample a synthetic dataset into WebDataset shards (Ray Data actors)",
                    _synthesize),
     "analyze": ("similarity statistics, m compliance and the privacy check of a dataset",
                 _analyze),
+    "publish-backbone": ("copy a recognizer checkpoint's backbone without its training state "
+                         "(the shipped judge)", _publish_backbone),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
@@ -144,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", default=".", help="folder for accuracy_vs_m.png")
         if name == "analyze":
             sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
+        if name == "generator-progress":
+            sub.add_argument("folder", nargs="?", metavar="DIR",
+                             help="folder of checkpoints (default: this config's run folder)")
+        if name == "publish-backbone":
+            sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a recognizer checkpoint")
+            sub.add_argument("target", metavar="OUT", help="the folder to publish to")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 

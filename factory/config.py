@@ -306,6 +306,9 @@ class ComplianceConfig(StrictModel):
     shuffled_m_control: bool = Field(
         True, description="Also report the same samples' seeds with m shuffled across samples at "
                           "sampling time: a control that should show no m dependence")
+    progress_handoff: float | None = Field(
+        0.75, ge=0.0, le=1.0, description="The identity hand-off generator-progress measures "
+                                          "beside CemiFace's sampler; null: CemiFace's only")
     lambda0_checkpoint: Uri = Field(
         "", description="A generator trained with the same recipe at lambda = 0 (CemiFace's "
                         "no-similarity-matching ablation), reported as a control; empty: none")
@@ -337,6 +340,9 @@ class GeneratorConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints")
+    keep_checkpoints: int | None = Field(
+        2, ge=1, description="Latest checkpoints kept in the run folder; null keeps every one "
+                             "(factory generator-progress measures each)")
     log_every: int = Field(50, ge=1, description="Steps between logged losses")
     max_failures: int = Field(2, ge=0)
 

@@ -175,3 +175,19 @@ def test_unet_levels_are_validated():
         load_config(None, ["generator.unet.cross_attention=[true]"])
     with pytest.raises(ConfigError, match="multiple of 4"):
         load_config(None, ["generator.image_size=34"])
+
+
+def test_a_generator_checkpoint_as_identity_encoder_lends_its_own_e_id():
+    """A control (the lambda = 0 generator) trains against the very E_id of the generator it
+    controls: naming that generator as generator.identity_encoder takes its encoder record."""
+    from pathlib import Path
+
+    from factory.config import load_config
+    from factory.train.generator import _encoder_state
+    from factory.train.generator_checkpoint import read_encoder_record
+
+    shipped = str(Path(__file__).resolve().parent.parent / "assets" / "faceworld-generator")
+    record = _encoder_state(load_config(None, [f"generator.identity_encoder={shipped}"]))
+    expected = read_encoder_record(shipped)
+    assert record["backbone_args"] == expected["backbone_args"]
+    assert all(torch.equal(record["backbone"][k], v) for k, v in expected["backbone"].items())

@@ -15,6 +15,7 @@ import torch
 
 from factory.config import FactoryConfig, load_config
 from factory.eval.generator_report import generator_report
+from factory.eval.progress import generator_progress
 from factory.models.iresnet import build_backbone
 from factory.models.sampling import ddim_sample
 from factory.train.checkpoint import save_checkpoint
@@ -24,15 +25,19 @@ from factory.train.generator_checkpoint import load_generator
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def encoder_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("encoder")
-    torch.manual_seed(0)
+def _random_encoder(directory, seed: int):
+    """A randomly initialised ir-tiny in the recognizer checkpoint layout."""
+    torch.manual_seed(seed)
     backbone = build_backbone("ir-tiny", 32, 16)
     state = {"backbone": backbone.state_dict(), "backbone_args": dict(backbone.config),
              "code_version": "test", "config": {}}
     save_checkpoint(str(directory), state, backbone)
     return directory
+
+
+@pytest.fixture(scope="module")
+def encoder_checkpoint(tmp_path_factory):
+    return _random_encoder(tmp_path_factory.mktemp("encoder"), seed=0)
 
 
 def _config(world, encoder, tmp_path, **overrides) -> FactoryConfig:
@@ -92,19 +97,39 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
 
     # The report measures compliance on the held-out inquiry set and draws the figures.
+    # It is also a lambda = 0 control here, and a second random encoder plays the judge.
+    judge = _random_encoder(tmp_path / "judge", seed=1)
     report_config = _config(world, encoder_checkpoint, tmp_path, **{
         "generator.compliance.identities": 3, "generator.compliance.seeds": 1,
         "generator.compliance.grid_identities": 2, "generator.compliance.grid_columns": 3,
-        "evaluate.out": str(tmp_path / "report")})
+        "generator.compliance.lambda0_checkpoint": run.checkpoint,
+        "judge.checkpoint": str(judge), "evaluate.out": str(tmp_path / "report")})
     result, out = generator_report(report_config)
-    assert len(result.requested) == 3 * 5 and -1.0 <= result.spearman <= 1.0
+    assert len(result.requested) == 3 * 5
+    assert result.headline.recognizer == "judge" and set(result.by) == {"E_id", "judge"}
+    assert set(result.controls) == {"shuffled m", "lambda = 0"}
+    assert set(result.controls["shuffled m"]) == {"E_id", "judge"}
+    assert result.frechet["real_vs_real"] >= 0 and result.frechet["synthetic_vs_real"] >= 0
     steps = report_config.generator.sampling.steps
     assert len(result.trajectory_t) == steps
     assert result.trajectory_t == sorted(result.trajectory_t, reverse=True)
     assert [len(row) for row in result.trajectory] == [steps] * 5
     assert all(-1.0 <= value <= 1.0 for row in result.trajectory for value in row)
-    for name in ("compliance.json", "compliance.png", "trajectory.png", "cemiface_grid.png"):
+    for name in ("compliance.json", "compliance.png", "compliance-e_id.png", "controls.png",
+                 "trajectory.png", "cemiface_grid.png"):
         assert (tmp_path / "report" / name).is_file(), name
+    document = json.loads((tmp_path / "report" / "compliance.json").read_text())
+    assert document["headline"] == "judge" and document["judge"] == str(judge)
+    assert document["config"]["generator"]["compliance"]["lambda0_checkpoint"] == run.checkpoint
+
+    # generator-progress measures each kept checkpoint of the run with both samplers.
+    rows, _ = generator_progress(report_config)
+    steps = sorted({row["step"] for row in rows})
+    assert steps == [4, 6]  # the two latest checkpoints are kept by default
+    assert {(row["sampler"], row["recognizer"]) for row in rows} == {
+        (sampler, recognizer) for sampler in ("CemiFace's sampler", "hand-off 0.75")
+        for recognizer in ("E_id", "judge")}
+    assert (tmp_path / "report" / "progress.png").is_file()
 
 
 def test_the_quickstart_config_continues_the_shipped_generator(ray_two_cpus, world, tmp_path):

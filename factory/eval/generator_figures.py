@@ -78,7 +78,7 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: str) -> str:
 
 
 def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, path: str,
-                   title: str = "") -> str:
+                   title: str = "", recognizer: str = "E_id") -> str:
     """Requested m against measured similarity to the inquiry: mean and std per m, every
     sample as a dot, the identity line, and the between-identity similarity for reference."""
     figure = agg_figure(5.5, 5)
@@ -94,7 +94,7 @@ def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, 
     axes.set_xlim(-1.05, 1.05)
     axes.set_ylim(-1.05, 1.05)
     axes.set_xlabel("requested m")
-    axes.set_ylabel("cos(E_id(inquiry), E_id(sample))")
+    axes.set_ylabel(f"cos({recognizer}(inquiry), {recognizer}(sample))")
     axes.set_title(title, fontsize=9)
     axes.legend(loc="upper left", fontsize=8)
     axes.grid(True, alpha=0.3)
@@ -103,12 +103,34 @@ def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, 
     return path
 
 
+def controls_png(m_values: Sequence[float], curves: dict[str, Sequence[float]], between: float,
+                 path: str, recognizer: str) -> str:
+    """Mean measured similarity per requested m for the generator and its m-blind controls
+    (shuffled m, lambda = 0): the controls' curves should be flat."""
+    figure = agg_figure(5.5, 4.2)
+    axes = figure.add_subplot()
+    for (name, means), marker in zip(curves.items(), "osd^v"):
+        axes.plot(m_values, means, marker=marker, label=name)
+    axes.axhline(between, color="tab:green", linestyle=":", label="different identities")
+    axes.set_xlim(1.05, -1.05)
+    axes.set_ylim(-1.05, 1.05)
+    axes.set_xlabel("requested m")
+    axes.set_ylabel(f"mean cos({recognizer}(inquiry), {recognizer}(sample))")
+    axes.set_title("generator against its m-blind controls", fontsize=9)
+    axes.legend(fontsize=8)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
 def trajectory_png(timesteps: Sequence[int], trajectory: Sequence[Sequence[float]],
                    m_values: Sequence[float], num_train_timesteps: int, path: str,
-                   handoff: float | None = None) -> str:
+                   handoff: float | None = None, constant_target: bool = False) -> str:
     """Where along DDIM sampling the similarity is decided: per requested m, the mean
     similarity of each step's x0 estimate to the inquiry (solid) against L_SimMat's optimum
-    at that noise level, ``(1 - t/T) + (t/T) m`` (dashed); the hand-off as a vertical line."""
+    at that noise level (dashed): ``(1 - t/T) + (t/T) m`` for CemiFace's schedule, m for the
+    constant one; the hand-off as a vertical line."""
     from matplotlib import colormaps
 
     figure = agg_figure(6.5, 4.5)
@@ -118,7 +140,8 @@ def trajectory_png(timesteps: Sequence[int], trajectory: Sequence[Sequence[float
         colour = colormaps["coolwarm_r"]((m + 1) / 2)
         axes.plot(gamma, trajectory[row], marker="o", markersize=3, color=colour,
                   label=f"m = {m:+g}")
-        axes.plot(gamma, (1 - gamma) + gamma * m, linestyle="--", linewidth=1, color=colour)
+        optimum = np.full_like(gamma, m) if constant_target else (1 - gamma) + gamma * m
+        axes.plot(gamma, optimum, linestyle="--", linewidth=1, color=colour)
     if handoff is not None:
         axes.axvline(handoff, color="gray", linestyle=":", label=f"hand-off at t/T = {handoff:g}")
     axes.set_xlim(1.0, 0.0)

@@ -4,15 +4,19 @@ For a generator checkpoint (default: this config's published ``final/``) and the
 inquiry identities, writes to ``<workdir>/generator-report/`` (or to ``evaluate.out``; never
 into the checkpoint, which may be the shipped one):
 
-* ``compliance.json``: mean and std of the measured similarity per requested m, Spearman,
-  monotonicity, the between-identity similarity, and which checkpoint and code made them;
-* ``compliance.png``: requested m against measured similarity, with spread;
+* ``compliance.json``: per recognizer (E_id and the independent judge, ``judge.checkpoint``):
+  mean and std of the measured similarity per requested m, rank-1 identification and
+  intra-identity spread per m, Spearman, monotonicity, the between-identity similarity; the
+  m-blind controls (shuffled m, a lambda = 0 generator); the Frechet distance to real images in
+  the judge's features; and which checkpoint, config and code made them;
+* ``compliance.png``: requested m against measured similarity by the judge (E_id's in
+  ``compliance-e_id.png``), with spread; ``controls.png``: the controls' curves;
 * ``trajectory.png``: per m, the similarity of each DDIM step's x0 estimate, against the
   L_SimMat optimum at that noise level (where along sampling the similarity is decided);
 * ``cemiface_grid.png``: rows identities (inquiry first), columns m from 1 to -1, one noise per
   row;
 
-and logs all three to an MLflow run.
+and logs them all to an MLflow run.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ from factory.eval.compliance import (
     first_image_per_identity,
     measure_compliance,
 )
-from factory.eval.generator_figures import compliance_png, similarity_grid_png, trajectory_png
+from factory.eval.generator_figures import (
+    compliance_png,
+    controls_png,
+    similarity_grid_png,
+    trajectory_png,
+)
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
 from factory.models.sampling import ddim_sample
@@ -39,6 +48,7 @@ from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
+from factory.train.checkpoint import load_identity_encoder
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
 GRID_SEED = 77
@@ -64,9 +74,25 @@ def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: in
 
 
 def compliance_table(result: Compliance) -> str:
-    rows = [[f"{m:+.2f}", mean, std] for m, mean, std in
-            zip(result.m_values, result.mean, result.std)]
-    return format_table(["requested m", "measured cos (mean)", "std"], rows)
+    """Per requested m: the judge's figures (when there is one), then E_id's."""
+    views = [result.by[name] for name in ("judge", "E_id") if name in result.by]
+    headers = ["requested m"]
+    for view in views:
+        headers += [f"{view.recognizer} mean", "std", "rank-1", "spread"]
+    rows = []
+    for column, m in enumerate(result.m_values):
+        row: list = [f"{m:+.2f}"]
+        for view in views:
+            row += [view.mean[column], view.std[column], f"{100 * view.rank1[column]:.0f}%",
+                    view.spread[column]]
+        rows.append(row)
+    return format_table(headers, rows)
+
+
+def load_controls(config: FactoryConfig) -> dict[str, LoadedGenerator]:
+    """The other generators the report samples under the same protocol as controls."""
+    uri = config.generator.compliance.lambda0_checkpoint
+    return {"lambda = 0": load_generator(uri)} if uri else {}
 
 
 def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
@@ -77,38 +103,56 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     compliance_cfg = cfg.compliance
     dataset = open_dataset(config.inquiry_data_uri())
     inquiries = first_image_per_identity(dataset, compliance_cfg.identities)
+    judge = (load_identity_encoder(config.judge.checkpoint, config.judge.backbone)
+             if config.judge.checkpoint else None)
     with torch.no_grad():
-        result = measure_compliance(generator, inquiries, compliance_cfg.m_values,
-                                    compliance_cfg.seeds, cfg.sampling)
+        result = measure_compliance(
+            generator, inquiries, compliance_cfg.m_values, compliance_cfg.seeds, cfg.sampling,
+            judge=judge, shuffled_control=compliance_cfg.shuffled_m_control,
+            control_generators=load_controls(config),
+            real=open_dataset(config.generator_data_uri()))
     out = config.evaluate.out or storage.join(config.workdir, "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
                 "code_version": code_version(), "inquiries": config.inquiry_data_uri(),
-                "seeds_per_m": compliance_cfg.seeds,
+                "judge": config.judge.checkpoint or None,
+                "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
+                "seeds_per_m": compliance_cfg.seeds, "config": config.model_dump(mode="json"),
                 **result.summary()}
     tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
-    tracker.start(f"{cfg.run_name}-report", params={"checkpoint": uri},
+    tracker.start(f"{cfg.run_name}-report", params={"checkpoint": uri,
+                                                    "judge": config.judge.checkpoint},
                   tags={"code_version": code_version(), "stage": "generator-report"})
-    tracker.log_metrics({"spearman": result.spearman, "between_identities":
-                         result.between_identities, "monotonic": float(result.monotonic),
-                         **{f"similarity_at_m_{m:+.2f}": v
-                            for m, v in zip(result.m_values, result.mean)}})
+    tracker.log_metrics(report_metrics(result))
+    headline = result.headline
+    constant = cfg.similarity_matching.target_schedule == "constant"
     with tempfile.TemporaryDirectory() as directory:
         files = {
             "compliance.json": None,
-            "compliance.png": compliance_png(
-                np.array(result.requested), np.array(result.measured),
-                result.between_identities, os.path.join(directory, "compliance.png"),
-                f"step {generator.meta.get('step')}: Spearman {result.spearman:.3f}"),
             "trajectory.png": trajectory_png(
                 result.trajectory_t, result.trajectory, result.m_values,
                 generator.scheduler.config.num_train_timesteps,
-                os.path.join(directory, "trajectory.png"), cfg.sampling.identity_handoff),
+                os.path.join(directory, "trajectory.png"), cfg.sampling.identity_handoff,
+                constant),
             "cemiface_grid.png": cemiface_grid(
                 generator, inquiries[:compliance_cfg.grid_identities],
                 compliance_cfg.grid_columns, cfg.sampling,
                 os.path.join(directory, "cemiface_grid.png")),
         }
+        for name, view in result.by.items():
+            png = "compliance.png" if view is headline else f"compliance-{name.lower()}.png"
+            files[png] = compliance_png(
+                np.array(result.requested), np.array(view.measured), view.between_identities,
+                os.path.join(directory, png),
+                f"step {generator.meta.get('step')}, measured by {name}: Spearman "
+                f"{view.spearman:.3f}", recognizer=name)
+        if result.controls:
+            files["controls.png"] = controls_png(
+                result.m_values, {"generator": headline.mean, **{
+                    control: views[headline.recognizer].mean
+                    for control, views in result.controls.items()}},
+                headline.between_identities, os.path.join(directory, "controls.png"),
+                headline.recognizer)
         with open(os.path.join(directory, "compliance.json"), "w") as stream:
             json.dump(document, stream, indent=2)
         for name in files:
@@ -120,6 +164,25 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     return result, out
 
 
+def report_metrics(result: Compliance) -> dict[str, float]:
+    """The MLflow metrics of a report: per recognizer and control, Spearman and per-m means."""
+    metrics: dict[str, float] = {}
+    views = {name: view for name, view in result.by.items()}
+    for control, control_views in result.controls.items():
+        views.update({f"{control}/{name}": view for name, view in control_views.items()})
+    for name, view in views.items():
+        prefix = name.replace(" ", "_").replace("=", "").replace("__", "_")
+        metrics[f"{prefix}/spearman"] = view.spearman
+        metrics[f"{prefix}/monotonic"] = float(view.monotonic)
+        metrics.update({f"{prefix}/similarity_at_m_{m:+.2f}": mean
+                        for m, mean in zip(view.m_values, view.mean)})
+        metrics.update({f"{prefix}/rank1_at_m_{m:+.2f}": rank1
+                        for m, rank1 in zip(view.m_values, view.rank1)})
+    if result.frechet:
+        metrics.update({f"frechet/{key}": value for key, value in result.frechet.items()})
+    return metrics
+
+
 def sampler_text(sampling: dict) -> str:
     """One line naming the sampler, e.g. for the report and the quickstart's results."""
     handoff = sampling.get("identity_handoff")
@@ -128,12 +191,27 @@ def sampler_text(sampling: dict) -> str:
                else "no identity hand-off (CemiFace's sampler)"))
 
 
+def _spearman_line(view) -> str:
+    return (f"{view.recognizer}: Spearman(requested m, measured) = {view.spearman:.3f}; means "
+            f"fall monotonically with m: {'yes' if view.monotonic else 'no'}; different "
+            f"identities: {view.between_identities:.3f}")
+
+
 def report_text(result: Compliance, out: str) -> str:
-    return "\n".join([
-        f"sampler: {sampler_text(result.sampling)}",
-        compliance_table(result),
-        f"Spearman(requested m, measured) = {result.spearman:.3f}; means fall monotonically "
-        f"with m: {'yes' if result.monotonic else 'no'}; different identities: "
-        f"{result.between_identities:.3f}",
-        f"written to {out}: compliance.json, compliance.png, trajectory.png, cemiface_grid.png",
-    ])
+    lines = [f"sampler: {sampler_text(result.sampling)}; figures led by "
+             f"{result.headline.recognizer}",
+             compliance_table(result)]
+    lines += [_spearman_line(result.by[name]) for name in ("judge", "E_id") if name in result.by]
+    for control, views in result.controls.items():
+        lines.append(f"control {control}: " + "; ".join(
+            f"{name} Spearman {view.spearman:+.3f}, means "
+            + " ".join(f"{mean:+.2f}" for mean in view.mean)
+            for name, view in views.items()))
+    if result.frechet:
+        frechet = result.frechet
+        lines.append(f"Frechet distance to {frechet['images']} real training images in "
+                     f"{result.headline.recognizer}'s features: {frechet['synthetic_vs_real']:.3f}"
+                     f" (two real sets of that size: {frechet['real_vs_real']:.3f})")
+    lines.append(f"written to {out}: compliance.json, compliance*.png, controls.png, "
+                 "trajectory.png, cemiface_grid.png")
+    return "\n".join(lines)

@@ -8,13 +8,17 @@ inquiry: with ``s = cos(E_id(x), E_id(x0_hat))`` and ``gamma = t / T``,
     L_SimMat = (1 - gamma) (1 - s)^2 + gamma (m - s)^2
 
 so at small t (x0_hat is nearly x) the sample must keep the identity, and at large t it must
-land at the requested similarity m. m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
+land at the requested similarity m. The ``constant`` target schedule sets gamma = 1 at every t
+(target m throughout): a DDIM trajectory follows the per-noise-level optimum closely, and under
+CemiFace's gamma that optimum climbs back to 1 in the late steps, which pulls a sample laid out at
+similarity m back towards its inquiry (measured on the face world, see the README). m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
 continuous m is known to collapse the model to one image for every m.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler
@@ -83,9 +87,14 @@ def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float 
 
 
 def similarity_matching(similarity: torch.Tensor, m: torch.Tensor, timesteps: torch.Tensor,
-                        num_train_timesteps: int) -> torch.Tensor:
-    """Per-sample ``(1 - t/T)(1 - s)^2 + (t/T)(m - s)^2``."""
-    gamma = timesteps.float() / num_train_timesteps
+                        num_train_timesteps: int,
+                        target_schedule: Literal["linear", "constant"] = "linear") -> torch.Tensor:
+    """Per-sample ``(1 - gamma)(1 - s)^2 + gamma (m - s)^2`` with gamma = t/T (``linear``,
+    CemiFace) or 1 (``constant``)."""
+    if target_schedule == "constant":
+        gamma = torch.ones_like(similarity)
+    else:
+        gamma = timesteps.float() / num_train_timesteps
     return (1 - gamma) * (1 - similarity) ** 2 + gamma * (m - similarity) ** 2
 
 
@@ -102,7 +111,8 @@ class LossTerms:
 def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Tensor,
                   identity: torch.Tensor, m: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor, weight: float,
-                  min_snr_gamma: float | None = None) -> LossTerms:
+                  min_snr_gamma: float | None = None,
+                  target_schedule: Literal["linear", "constant"] = "linear") -> LossTerms:
     """One batch of the CemiFace objective.
 
     ``clean`` are training images in [-1, 1] (each its own inquiry), ``identity`` their frozen
@@ -114,8 +124,12 @@ def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Ten
     per_sample = ((output.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     mse = (snr_weights(scheduler, timesteps, min_snr_gamma, clean) * per_sample).mean()
     estimate = estimate_x0(scheduler, noisy.float(), timesteps, output.float())
-    similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
-    simmat = similarity_matching(similarity, m, timesteps,
-                                 scheduler.config.num_train_timesteps).mean()
+    if weight == 0:  # lambda = 0 (the ablation): s is only a diagnostic, no gradient through E_id
+        with torch.no_grad():
+            similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
+    else:
+        similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
+    simmat = similarity_matching(similarity, m, timesteps, scheduler.config.num_train_timesteps,
+                                 target_schedule).mean()
     return LossTerms(mse + weight * simmat, mse.detach(), simmat.detach(),
                      similarity.detach().mean())

@@ -10,7 +10,9 @@ centers were measured when the shards were written) and reports
 * a montage of the first identities' samples (``samples.png``, rows identities);
 * the privacy check: each synthetic identity's maximum similarity to any real training identity
   center (E_id of the generator's own training data, or ``synthesis.privacy.real_data``), with
-  identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``).
+  identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``);
+* with ``judge.checkpoint`` set, the same figures as the independent judge measures them
+  (``factory.synth.judged``): those lead, since the shards' similarities are E_id's.
 
 Everything goes to ``DIR/report/`` and to an MLflow run.
 """
@@ -39,6 +41,7 @@ from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.models.identity import embedding_batches
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
+from factory.synth.judged import judged_dataset, judged_text
 from factory.synth.synthesize import (
     MANIFEST_FILE,
     centers_uri,
@@ -47,6 +50,7 @@ from factory.synth.synthesize import (
     stats_uri,
 )
 from factory.tracking import RunTracker
+from factory.train.checkpoint import load_identity_encoder
 from factory.train.generator_checkpoint import load_generator
 
 REPORT_DIR = "report"
@@ -188,15 +192,19 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     # inquiries drawn from the training set itself are no reference: they are training people
     reference = None if inquiry_uri == real_uri else unseen_real_maxima(generator, inquiry_uri,
                                                                         real)
+    threshold = config.synthesis.privacy.threshold
     similarity = centers @ real.T
     maxima, nearest = similarity.max(1), similarity.argmax(1)
-    threshold = config.synthesis.privacy.threshold
     flagged = [{"label": labels[i], "nearest_real_label": int(nearest[i]),
                 "similarity": round(float(maxima[i]), 4)}
                for i in np.argsort(-maxima) if maxima[i] >= threshold]
     cross = centers @ centers.T
     between = float(cross[~np.eye(len(cross), dtype=bool)].mean()) if len(cross) > 1 else 0.0
     table = statistics_rows(samples.to_center[synthetic])
+    judged = None
+    if config.judge.checkpoint:
+        judge = load_identity_encoder(config.judge.checkpoint, config.judge.backbone)
+        judged = judged_dataset(judge, dataset, manifest, inquiry_uri, real_uri, threshold)
     report = {
         "dataset": dataset,
         "counts": {"samples": int(len(samples.labels)), "synthetic": int(synthetic.sum()),
@@ -217,6 +225,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                         "max_similarity": float(reference.max()),
                         "mean_max_similarity": float(reference.mean()),
                         "at_or_above_threshold": int((reference >= threshold).sum())}},
+        "judge": None if judged is None else {"checkpoint": config.judge.checkpoint, **judged},
     }
     out = storage.join(dataset, REPORT_DIR)
     text = _report_text(report, table, out)
@@ -242,7 +251,9 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                       tags={"stage": "analyze", "code_version": manifest["code_version"]})
         tracker.log_metrics({**report["counts"], "m_spearman": report["m_spearman"],
                              "privacy_flagged": len(flagged),
-                             "privacy_max_similarity": report["privacy"]["max_similarity"]})
+                             "privacy_max_similarity": report["privacy"]["max_similarity"],
+                             **({} if judged is None or judged["m_spearman"] is None else
+                                {"judge_m_spearman": judged["m_spearman"]})})
         for name, path in files.items():
             with open(path, "rb") as stream:
                 storage.write_bytes(storage.join(out, name), stream.read())
@@ -268,6 +279,9 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
         "samples.png",
     ]
+    if report["judge"] is not None:
+        lines.insert(0, judged_text(report["judge"]))
+        lines.insert(1, "E_id (as recorded in the shards):")
     return "\n".join(lines)
 
 

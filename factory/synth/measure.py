@@ -23,7 +23,7 @@ from factory.formats.shards import SHARD_DIR, ShardSample, shard_name, write_sha
 from factory.models.identity import IdentityEncoder, embedding_batches
 from factory.provenance import code_version
 from factory.synth.synthesize import MANIFEST_FILE
-from factory.train.checkpoint import load_backbone
+from factory.train.checkpoint import load_identity_encoder
 
 JPEG_QUALITY = 95
 
@@ -46,9 +46,8 @@ def measure_pool(config: FactoryConfig, out: str) -> dict:
     if not storage.exists(encoder_uri):
         raise UserError(f"{encoder_uri}: identity encoder not found (train the recognizer "
                         "first, or set sweep.measure.encoder)")
-    backbone = load_backbone(encoder_uri, cfg.encoder_backbone)
-    size = int(backbone.config["input_size"])
-    encoder = IdentityEncoder(backbone, size)
+    encoder = load_identity_encoder(encoder_uri, cfg.encoder_backbone)
+    size = encoder.input_size
     dataset = open_dataset(cfg.data)
     print(f"== measuring {len(dataset)} images of {cfg.data} against their identity centers "
           f"({encoder_uri})")

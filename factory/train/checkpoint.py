@@ -9,6 +9,10 @@ A checkpoint directory holds
   ``model.pt``, so insightface tooling reads it as it is;
 * ``config.yaml``: the resolved config and code version, for people.
 
+``publish_backbone`` writes the slim form of a finished checkpoint for shipping (the face
+world's judge in ``assets/``): ``recognizer.pt`` with the backbone, its constructor arguments,
+config and code version only, which is all that rebuilding the model needs.
+
 Loading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain values, and
 never runs code from the file.
 """
@@ -25,11 +29,14 @@ import yaml
 from factory import storage
 from factory.config import BackboneConfig
 from factory.errors import FormatError, UserError
+from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet, build_backbone
 
 STATE_FILE = "recognizer.pt"
 BACKBONE_FILE = "backbone.pt"
 CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+PUBLISHED_KEYS = ("backbone", "backbone_args", "config", "code_version", "epoch")
 
 
 def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Module) -> None:
@@ -80,3 +87,29 @@ def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
     except RuntimeError as exc:
         raise FormatError(f"{uri}: weights do not fit the backbone ({str(exc).splitlines()[0]})") from None
     return model.eval()
+
+
+def load_identity_encoder(uri: str, backbone: BackboneConfig | None = None) -> IdentityEncoder:
+    """A recognizer checkpoint as a frozen encoder of images in [-1, 1] (E_id, the judge)."""
+    model = load_backbone(uri, backbone)
+    return IdentityEncoder(model, int(model.config["input_size"]))
+
+
+def publish_backbone(source_uri: str, target_uri: str) -> list[str]:
+    """Copy a recognizer checkpoint's backbone, config and metrics to ``target_uri`` without the
+    head, optimizer and scheduler state; returns the files written."""
+    state = load_state(source_uri)
+    missing = [key for key in PUBLISHED_KEYS if key not in state]
+    if missing:
+        raise FormatError(f"{source_uri}: not a facefactory recognizer checkpoint (no "
+                          f"{', '.join(missing)})")
+    buffer = io.BytesIO()
+    torch.save({key: state[key] for key in PUBLISHED_KEYS}, buffer)
+    written = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(
+        {"code_version": state["code_version"], "config": state["config"]},
+        sort_keys=False).encode()}
+    if storage.exists(storage.join(source_uri, METRICS_FILE)):
+        written[METRICS_FILE] = storage.read_bytes(storage.join(source_uri, METRICS_FILE))
+    for name, data in written.items():
+        storage.write_bytes(storage.join(target_uri, name), data)
+    return sorted(written)

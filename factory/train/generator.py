@@ -39,6 +39,7 @@ from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_backbone
 from factory.train.generator_checkpoint import (
+    META_FILE,
     encoder_record,
     load_encoder,
     load_generator,
@@ -168,7 +169,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             with autocast():
                 terms = cemiface_loss(model, encoder, scheduler, clean, identity, m, noise,
                                       timesteps, cfg.similarity_matching.weight,
-                                      cfg.diffusion.min_snr_gamma)
+                                      cfg.diffusion.min_snr_gamma,
+                                      cfg.similarity_matching.target_schedule)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.unscale_(optimizer)
@@ -263,13 +265,16 @@ class GeneratorRun:
 
 
 def _encoder_state(config: FactoryConfig) -> dict[str, Any]:
-    """E_id for this run: ``generator.identity_encoder`` if set; else, when starting from
-    another generator, the encoder that generator was conditioned on; else this config's
-    recognizer."""
+    """E_id for this run: ``generator.identity_encoder`` if set (a recognizer checkpoint, or a
+    generator checkpoint whose E_id is taken, so a control trains against the very encoder of
+    the model it controls); else, when starting from another generator, the encoder that
+    generator was conditioned on; else this config's recognizer."""
     cfg = config.generator
     if cfg.init_from and not cfg.identity_encoder:
         return read_encoder_record(cfg.init_from)
     uri = config.identity_encoder_uri()
+    if storage.exists(storage.join(uri, META_FILE)):
+        return read_encoder_record(uri)
     if not storage.exists(uri):
         raise UserError(f"{uri}: identity encoder not found (train the recognizer first, or "
                         "set generator.identity_encoder to a recognizer checkpoint)")
@@ -314,6 +319,7 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
             "code_version": code_version(),
         },
         cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
     result = trainer.fit()
     final = config.generator_final_uri()

@@ -21,10 +21,11 @@ from factory.errors import UserError
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
                  workers: WorkersConfig, run_name: str, storage_uri: str, max_failures: int,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), keep_checkpoints: int | None = 2):
     """A ``TorchTrainer`` running ``loop`` on the configured workers, checkpointing to
-    ``storage_uri/run_name`` (the two latest checkpoints kept) and restarting failed worker
-    groups up to ``max_failures`` times from the latest one; ``callbacks`` go to its run."""
+    ``storage_uri/run_name`` (the ``keep_checkpoints`` latest kept, None: all) and restarting
+    failed worker groups up to ``max_failures`` times from the latest one; ``callbacks`` go to
+    its run."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -41,7 +42,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=list(callbacks),
         ),
     )

@@ -1,0 +1,129 @@
+"""A synthetic dataset as the independent judge sees it (``factory analyze`` with a judge).
+
+The shards record similarities measured by E_id, the encoder the generator was conditioned on
+and trained against. The judge (``judge.checkpoint``) shares nothing with E_id, so its figures
+are the evidence: it re-embeds every synthetic image and every inquiry image and reports
+Spearman(requested m, similarity to the inquiry) over samples of plain (not mixed) identities,
+similarity to the judge's own identity centers, and the privacy check in its own space
+(each synthetic identity's maximum similarity to any real training identity, beside the level
+held-out real identities reach).
+
+Memory: one float32 judge embedding per sample is kept (1 KiB per sample at 256-d).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from factory import storage
+from factory.eval.compliance import spearman
+from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.images import decode_image
+from factory.formats.shards import SHARD_DIR, iter_shard
+from factory.models.identity import inquiry_tensor
+from factory.synth.synthesize import first_index_per_identity, identity_name
+
+BATCH = 256
+
+
+@torch.no_grad()
+def _embed(judge: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    return judge(inquiry_tensor(np.stack(images), judge.input_size)).numpy()
+
+
+def _stream_embeddings(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any]
+                       ) -> tuple[np.ndarray, list[dict]]:
+    """Judge embeddings of every synthetic sample, with its json, in shard order."""
+    embeddings, metadata, pending = [], [], []
+    for shard in manifest["shards"]:
+        uri = storage.join(dataset, SHARD_DIR, shard["shard"])
+        for sample in iter_shard(uri):
+            if sample["json"].get("real"):
+                continue
+            pending.append(decode_image(sample["jpg"], f"{uri}:{sample['__key__']}"))
+            metadata.append(sample["json"])
+            if len(pending) == BATCH:
+                embeddings.append(_embed(judge, pending))
+                pending = []
+    if pending:
+        embeddings.append(_embed(judge, pending))
+    return np.concatenate(embeddings), metadata
+
+
+def _centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-length mean embedding per label, and the labels in row order."""
+    unique, rows = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(unique), embeddings.shape[1]))
+    np.add.at(sums, rows, embeddings)
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), unique
+
+
+def _real_centers(judge: torch.nn.Module, real: FaceDataset) -> np.ndarray:
+    embeddings = np.concatenate([
+        _embed(judge, [real.image(i) for i in range(start, min(start + BATCH, len(real)))])
+        for start in range(0, len(real), BATCH)])
+    return _centers(embeddings, np.asarray(real.labels))[0]
+
+
+def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
+                   inquiry_uri: str, real_uri: str, threshold: float) -> dict[str, Any]:
+    """The judge's figures for one dataset (see the module docstring)."""
+    embeddings, metadata = _stream_embeddings(judge, dataset, manifest)
+    labels = np.array([int(meta["label"]) for meta in metadata])
+    requested = np.array([float(meta["m"]) for meta in metadata])
+    inquiry = open_dataset(inquiry_uri)
+    firsts = {identity_name(inquiry, label): index
+              for label, index in first_index_per_identity(inquiry).items()}
+    plain = np.array([not meta.get("mixup") and meta["inquiry"] in firsts for meta in metadata])
+    names = sorted({meta["inquiry"] for meta, keep in zip(metadata, plain) if keep})
+    inquiry_rows = {name: row for row, name in enumerate(names)}
+    inquiry_embeddings = _embed(judge, [inquiry.image(firsts[name]) for name in names])
+    to_inquiry = np.array([
+        float(embeddings[i] @ inquiry_embeddings[inquiry_rows[metadata[i]["inquiry"]]])
+        for i in np.flatnonzero(plain)])
+    centers, center_labels = _centers(embeddings, labels)
+    rows = np.searchsorted(center_labels, labels)
+    to_center = (embeddings * centers[rows]).sum(1)
+    real = _real_centers(judge, open_dataset(real_uri))
+    maxima = (centers @ real.T).max(1)
+    reference = None
+    if storage.absolute(inquiry_uri) != storage.absolute(real_uri):
+        held_out = _embed(judge, [inquiry.image(i) for i in firsts.values()])
+        reference = (held_out @ real.T).max(1)
+    return {
+        "m_spearman": spearman(requested[plain], to_inquiry) if len(to_inquiry) > 1 else None,
+        "similarity_to_inquiry_per_m": {
+            f"{m:+.2f}": float(to_inquiry[requested[plain] == m].mean())
+            for m in np.unique(requested[plain])},
+        "similarity_to_center": {"mean": float(to_center.mean()), "std": float(to_center.std())},
+        "privacy": {"threshold": threshold, "max_similarity": float(maxima.max()),
+                    "mean_max_similarity": float(maxima.mean()),
+                    "flagged": int((maxima >= threshold).sum()),
+                    "held_out_reference": None if reference is None else {
+                        "identities": len(reference), "max_similarity": float(reference.max()),
+                        "mean_max_similarity": float(reference.mean())}},
+    }
+
+
+def judged_text(judged: dict[str, Any]) -> str:
+    """The judge's lines of the analysis printout."""
+    per_m = ", ".join(f"m {m}: {value:.3f}" for m, value in
+                      judged["similarity_to_inquiry_per_m"].items())
+    privacy = judged["privacy"]
+    reference = privacy["held_out_reference"]
+    spearman_text = ("n/a" if judged["m_spearman"] is None
+                     else f"{judged['m_spearman']:.3f}")
+    return "\n".join([
+        f"judge: Spearman(requested m, similarity to inquiry) = {spearman_text}; mean "
+        f"similarity to inquiry {per_m}",
+        f"judge: similarity to own identity center {judged['similarity_to_center']['mean']:.3f}"
+        f" +- {judged['similarity_to_center']['std']:.3f}; privacy: max similarity of a "
+        f"synthetic identity to a real one {privacy['max_similarity']:.3f} (mean of maxima "
+        f"{privacy['mean_max_similarity']:.3f}), {privacy['flagged']} at or above "
+        f"{privacy['threshold']:g}" + ("" if reference is None else
+                                        f"; held-out real identities: mean of maxima "
+                                        f"{reference['mean_max_similarity']:.3f}"),
+    ])
