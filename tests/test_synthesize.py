@@ -53,7 +53,8 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
                for s in iter_shard(os.path.join(run.out, "shards", shard))]
     assert [s["__key__"] for s in samples] == expected
     assert run.manifest["counts"] == {"identities": 6, "mixup_identities": 2, "samples": 18,
-                                      "synthetic_images": 18, "real_images": 0, "shards": 3}
+                                      "synthetic_images": 18, "real_images": 0, "shards": 3,
+                                      "mixup_labels": "soft"}
     assert run.manifest["contains_real_images"] is False
     assert sum(run.manifest["histograms"]["similarity_center"]) == 18
     for sample in samples:
@@ -64,6 +65,8 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     mixed = [s["json"] for s in samples if s["json"]["label"] >= 4]
     assert all(m["mixup"]["partner"] and m["mixup"]["phi"] in
                [round(0.05 * i, 2) for i in range(21)] for m in mixed)
+    assert all(m["mixup"]["labels"] == "soft" and len(m["mixup"]["parents"]) == 2
+               and all(0 <= p < 4 for p in m["mixup"]["parents"]) for m in mixed)
     # the manifest's checksums are the files' checksums
     import hashlib
 
@@ -72,7 +75,8 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     # and the training interface reads them, selecting by metadata
     everything = open_dataset(run.out)
-    assert len(everything) == 18 and everything.num_classes == 6
+    # the 2 mixed identities train with SynFace's soft labels over their parents' classes
+    assert len(everything) == 18 and everything.num_classes == 4
     assert everything.image(0).shape == (32, 32, 3)
     only_m1 = open_dataset(run.out, m_range=(0.5, 1.0))
     assert len(only_m1) == 6 and all(meta["m"] == 1.0 for meta in only_m1.metadata)
