@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
 
@@ -91,6 +93,32 @@ def _publish_backbone(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(f"published {', '.join(files)} to {target}")
 
 
+def _export(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.config import ShardSelectionConfig, describe_validation_error
+    from factory.errors import ConfigError
+    from factory.formats.export import describe, export_dataset
+
+    try:
+        select = ShardSelectionConfig(m=_bounds(args.m, "--m"),
+                                      similarity=_bounds(args.similarity, "--similarity"),
+                                      mixup_share=args.mixup_share)
+    except ValidationError as exc:
+        raise ConfigError(f"selection: {describe_validation_error(exc)}") from None
+    print(describe(export_dataset(storage.absolute(args.dataset), storage.absolute(args.out),
+                                  args.format, **select.as_kwargs())))
+
+
+def _bounds(values: list[float] | None, flag: str) -> tuple[float, float] | None:
+    """``--m 0.5`` selects m = 0.5 exactly, ``--m 0.4 0.6`` the inclusive range."""
+    if values is None:
+        return None
+    if len(values) > 2 or values[0] > values[-1]:
+        raise UserError(f"{flag}: expected one value or LOW HIGH with LOW <= HIGH, got "
+                        f"{' '.join(map(str, values))}")
+    return values[0], values[-1]
+
+
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.sweep.run import run_sweep
 
@@ -141,6 +169,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                 _analyze),
     "publish-backbone": ("copy a recognizer checkpoint's backbone without its training state "
                          "(the shipped judge)", _publish_backbone),
+    "export": ("write a dataset as insightface RecordIO or an image folder, with its metadata",
+               _export),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
@@ -171,8 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "publish-backbone":
             sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a recognizer checkpoint")
             sub.add_argument("target", metavar="OUT", help="the folder to publish to")
+        if name == "export":
+            _export_arguments(sub)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def _export_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("dataset", metavar="DIR",
+                     help="a dataset the factory reads: shards, RecordIO or an image folder")
+    sub.add_argument("--format", required=True, metavar="{rec,folder}",
+                     help="rec: train.rec/train.idx/property; folder: OUT/<identity>/<n>.jpg")
+    sub.add_argument("--out", required=True, help="output directory (new or empty, or an "
+                                                  "earlier export of the same to resume)")
+    selection = sub.add_argument_group("selection (shards only, as recognizer.select)")
+    selection.add_argument("--m", nargs="+", type=float, metavar="M",
+                           help="requested m: one value, or LOW HIGH (inclusive)")
+    selection.add_argument("--similarity", nargs="+", type=float, metavar="S",
+                           help="measured similarity to the identity center: LOW HIGH")
+    selection.add_argument("--mixup-share", type=float, metavar="SHARE",
+                           help="share of identity-mixup identities among those kept")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
