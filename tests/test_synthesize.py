@@ -78,6 +78,15 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     assert len(only_m1) == 6 and all(meta["m"] == 1.0 for meta in only_m1.metadata)
 
 
+def test_manifest_records_the_generator_and_the_requested_m(synthesized, world):
+    config, run = synthesized
+    m_bins = run.manifest["histograms"]["m"]  # m 1.0, 0.0, -0.5 for each of 6 identities
+    assert {index: count for index, count in enumerate(m_bins) if count} == {5: 6, 10: 6, 19: 6}
+    assert run.manifest["generator_checkpoint"] == {
+        "step": 0, "image_size": 32, "identity_encoder": None,
+        "data": str(world / "faceworld" / "train"), "code_version": "test"}
+
+
 def test_the_same_config_gives_identical_shards(synthesized, world, tiny_generator, tmp_path):
     config, run = synthesized
     again = synthesize(synthesis_config(world, tiny_generator, tmp_path / "again",
