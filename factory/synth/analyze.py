@@ -14,7 +14,8 @@ centers were measured when the shards were written) and reports
 * with ``judge.checkpoint`` set, the same figures as the independent judge measures them
   (``factory.synth.judged``): those lead, since the shards' similarities are E_id's.
 
-Everything goes to ``DIR/report/`` and to an MLflow run.
+Everything goes to ``DIR/report/`` and to an MLflow run, and the dataset card ``DIR/README.md``
+is rewritten with these figures.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.models.identity import embedding_batches
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
+from factory.synth.card import write_card
 from factory.synth.judged import judged_dataset, judged_text
 from factory.synth.layout import (
     ANALYSIS_FILE,
+    CARD_FILE,
     COMPLIANCE_FIGURE,
     MANIFEST_FILE,
     PRIVACY_FIGURE,
@@ -267,6 +270,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                 storage.write_bytes(storage.join(out, name), stream.read())
             tracker.log_artifact(path)
         tracker.end()
+    write_card(dataset)
     return report, text
 
 
@@ -285,7 +289,7 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
         _reference_line(privacy["held_out_reference"]),
         f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
-        "samples.png",
+        f"samples.png; the dataset card {storage.join(report['dataset'], CARD_FILE)} updated",
     ]
     if report["judge"] is not None:
         lines.insert(0, judged_text(report["judge"]))

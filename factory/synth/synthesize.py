@@ -20,6 +20,7 @@ Output layout under ``synthesis.out``::
                                     per-shard counts and checksums, histograms of the
                                     requested m and the measured similarities
     similarity_histogram.png        similarity to inquiry and to center, all samples
+    README.md                       the dataset card (factory.synth.card), rewritten by analyze
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_s
 from factory.models.identity import embedding_batches
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
 from factory.synth.layout import HISTOGRAM_FILE, MANIFEST_FILE, PLAN_FILE, STATS_DIR
 from factory.synth.plan import (
@@ -319,4 +321,5 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         tracker.log_artifact(manifest_path)
         tracker.log_artifact(histogram)
         tracker.end()
+    write_card(out)
     return SynthesisRun(out, manifest, images, rate)
