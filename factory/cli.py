@@ -17,7 +17,8 @@ from factory.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-Handler = Callable[[FactoryConfig, argparse.Namespace], None]
+Handler = Callable[[FactoryConfig, argparse.Namespace], int | None]
+"""Runs one command; returns its exit code, or None for 0."""
 
 
 def _faceworld(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -153,6 +154,15 @@ def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
     run_pipeline(config, cli_address=args.address)
 
 
+def _doctor(config: FactoryConfig, args: argparse.Namespace) -> int:
+    from factory.doctor import run_doctor
+
+    checks = run_doctor(config, args.address)
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
+
+
 COMMANDS: dict[str, tuple[str, Handler]] = {
     "faceworld": ("render the built-in face world (RecordIO + .bin benchmarks)", _faceworld),
     "baseline": ("raw-pixel cosine baseline on the face-world benchmarks", _baseline),
@@ -176,11 +186,27 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
                 _compare),
     "pipeline": ("run every stage end to end from one config", _pipeline),
+    "doctor": ("check Python, torch, Ray, MLflow and storage, one line each (starts nothing)",
+               _doctor),
 }
+
+
+class _Version(argparse.Action):
+    """``--version``: the code version every artefact records, computed only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from factory.provenance import code_version
+
+        print(code_version())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -227,14 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        COMMANDS[args.command][1](config, args)
+        code = COMMANDS[args.command][1](config, args)
     except UserError as exc:
         print(f"factory {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
