@@ -44,7 +44,7 @@ from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_shard
 from factory.models.identity import embedding_batches
 from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
 from factory.synth.layout import HISTOGRAM_FILE, MANIFEST_FILE, PLAN_FILE, STATS_DIR
@@ -214,6 +214,7 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
 
     cfg = config.synthesis
     init_ray(config.runtime, cli_address)
+    quiet_ray_data()  # the tqdm bar below is this stage's one progress display
     dataset = ray.data.from_items([item.to_row() for item in todo],
                                   override_num_blocks=len(todo))
     resources = {"num_cpus": cfg.actors.cpus_per_actor}
