@@ -38,7 +38,8 @@ def _manifest(dataset, real_images=0) -> dict:
         "generator": "/ckpt/final@step900", "generator_uri": "/ckpt/final",
         "generator_checkpoint": {"step": 900, "image_size": 8, "identity_encoder": "/rec/final",
                                  "data": "/world/train", "code_version": "facefactory 0.1.0"},
-        "counts": {"identities": 3, "mixup_identities": 1, "samples": 9 + real_images,
+        "counts": {"identities": 3, "mixup_identities": 1, "mixup_labels": "soft",
+                   "samples": 9 + real_images,
                    "synthetic_images": 9, "real_images": real_images, "shards": 2},
         "contains_real_images": real_images > 0,
         "shards": [],
@@ -86,7 +87,8 @@ def test_every_section_with_the_manifests_numbers(dataset):
     assert [line for line in card.splitlines() if line.startswith("## ")] == SECTIONS
     assert card.startswith("# Synthetic face dataset `tiny`\n\n3 identities, 9 images in 2 "
                            "WebDataset shards, made by facefactory 0.1.0 git abc123.")
-    for fact in ("**identities**: 3 (1 made by identity mixup",
+    for fact in ("**identities**: 3 (1 made by identity mixup of two inquiry identities; "
+                 "`mixup_labels: soft`, each trained with SynFace's two-hot label",
                  "**images**: 9 (9 synthetic, 0 real), 3 synthetic per identity",
                  "**shards**: 2, `shards/shard-{000000..000001}.tar`", "8 x 8 px",
                  "`/ckpt/final@step900` (checkpoint `/ckpt/final`)",
@@ -125,7 +127,28 @@ def test_analysis_adds_statistics_privacy_and_the_figures(dataset):
                  "](report/m_vs_similarity.png)", "](report/samples.png)",
                  "](report/privacy.png)"):
         assert fact in card, fact
-    assert "Not checked yet" not in card
+    assert "Not checked yet" not in card and "independent judge" not in card
+
+
+def test_the_independent_judges_figures_are_shown(dataset):
+    _with_analysis(dataset)
+    analysis = json.loads((dataset / "report" / "analysis.json").read_text())
+    analysis["judge"] = {
+        "checkpoint": "/judge/final", "m_spearman": 0.4321,
+        "similarity_to_inquiry_per_m": {"-0.50": 0.1111, "+1.00": 0.7777},
+        "similarity_to_center": {"mean": 0.6543, "std": 0.0321},
+        "privacy": {"threshold": 0.6, "max_similarity": 0.5111, "mean_max_similarity": 0.2999,
+                    "flagged": 0, "held_out_reference": {"identities": 4, "max_similarity": 0.4,
+                                                         "mean_max_similarity": 0.2555}}}
+    (dataset / "report" / "analysis.json").write_text(json.dumps(analysis))
+    card = open(write_card(str(dataset))).read()
+    for fact in ("**The independent judge** (`/judge/final`",
+                 "Spearman(requested m, similarity to inquiry) = 0.432 over plain identities",
+                 "mean similarity to inquiry m -0.50: 0.111, m +1.00: 0.778",
+                 "similarity to its own identity centers 0.654 +- 0.032",
+                 "The independent judge: at most 0.511, mean of the maxima 0.300, 0 identities "
+                 "at or above 0.6; held-out real identities: mean of maxima 0.256."):
+        assert fact in card, fact
 
 
 def test_a_rerun_regenerates_the_card(dataset):

@@ -175,6 +175,25 @@ def test_selection_is_the_recognizers_and_labels_stay_contiguous(shards, tmp_pat
     assert (mixup.images, mixup.classes) == (len(kept), kept.num_classes) == (6, 2)
 
 
+def test_a_soft_labelled_mixup_identity_is_a_class_of_its_own(tmp_path):
+    """Training gives its samples two-hot targets over the parents' classes; an export can
+    hold one hard label, so the mixed identity is its own class and its parents are recorded."""
+    rng = np.random.default_rng(0)
+    soft = {"partner": "real-1", "phi": 0.3, "parents": [0, 1], "labels": "soft"}
+    write_shard(str(tmp_path / "synthetic" / "shards" / shard_name(0)), [
+        ShardSample(f"{label}{index}", encode_jpeg(rng.integers(0, 256, (8, 8, 3), np.uint8)),
+                    label, {"label": label, "m": 0.5, "similarity_center": 0.5,
+                            "mixup": soft if label == 2 else None})
+        for label in (0, 1, 2) for index in range(2)])
+    source = ShardDataset(str(tmp_path / "synthetic"))
+    assert source.num_classes == 2 and source.targets(4) == ((0, 1), (0.3, 0.7))
+    out = tmp_path / "rec"
+    assert export_dataset(str(tmp_path / "synthetic"), str(out), "rec").classes == 3
+    assert InsightFaceRecordDataset(str(out)).labels.tolist() == [0, 0, 1, 1, 2, 2]
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [row["meta"]["mixup"] for row in rows[4:]] == [soft, soft]
+
+
 def test_other_sources_export_too_with_names_and_png_kept(tmp_path):
     source = tmp_path / "faces"
     for name, data in {"zoe/a.jpg": encode_jpeg(np.full((8, 8, 3), 10, np.uint8)),

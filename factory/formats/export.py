@@ -22,7 +22,11 @@ Layout of the output directory:
   first and checked by every rerun, with the code version that began it.
 
 Labels are renumbered ``0..C-1`` in ascending order of the source label, every one used, and
-images are ordered by label, then by source order: both follow from the source alone.
+images are ordered by label, then by source order: both follow from the source alone. Every
+stored identity of a shard dataset is a class, identity-mixup ones included: RecordIO and
+folders hold one hard label per image, so a mixed identity that training gives SynFace's soft
+two-hot target (``mixup.labels: soft``) is exported as a class of its own, SynFace's
+``new_class`` form, with its parents and phi in its ``meta`` in ``metadata.jsonl``.
 
 Every file is written under a temporary name and renamed when complete, and ``metadata.jsonl``
 is written last, so it marks a complete export: a rerun of a complete export reads and writes

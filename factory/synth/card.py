@@ -86,7 +86,7 @@ def _contents(manifest: dict[str, Any]) -> str:
     size = manifest.get("generator_checkpoint", {}).get("image_size")
     return _items("Contents", [
         ("identities", f"{counts['identities']} ({counts['mixup_identities']} made by identity "
-                       "mixup of two inquiry identities)"),
+                       f"mixup of two inquiry identities{_mixup_labels(counts)})"),
         ("images", f"{counts['samples']} ({counts['synthetic_images']} synthetic, "
                    f"{counts['real_images']} real), {synthesis['images_per_identity']} "
                    "synthetic per identity"),
@@ -97,6 +97,16 @@ def _contents(manifest: dict[str, Any]) -> str:
                        "similarity_inquiry, similarity_center, seed, mixup, generator, "
                        "sampler, steps, real)"),
     ])
+
+
+def _mixup_labels(counts: dict[str, Any]) -> str:
+    """How the factory's recognizer trains on mixed identities, when the manifest says."""
+    mode = counts.get("mixup_labels")
+    if not counts["mixup_identities"] or mode is None:
+        return ""
+    meaning = ("SynFace's two-hot label over its parents' classes" if mode == "soft"
+               else "a class of its own")
+    return f"; `mixup_labels: {mode}`, each trained with {meaning}"
 
 
 def _real_images(manifest: dict[str, Any]) -> str:
@@ -172,11 +182,26 @@ def _similarity(manifest: dict[str, Any], analysis: dict[str, Any] | None,
                      f"{spread['mean']:.3f} +- {spread['std']:.3f}; Spearman(requested m, "
                      f"similarity to inquiry) = {analysis['m_spearman']:.3f}; mean similarity "
                      f"between identity centers {analysis['between_identity_centers']:.3f}.")
+        if analysis.get("judge"):
+            parts.append(_judged_similarity(analysis["judge"]))
     else:
         parts.append(f"Run `factory analyze DIR` for the per-bin statistics, the m-compliance "
                      "curve and the privacy check.")
     parts += [_figure(name) for name in figures if name != f"{REPORT_DIR}/{PRIVACY_FIGURE}"]
     return "\n\n".join(parts)
+
+
+def _judged_similarity(judge: dict[str, Any]) -> str:
+    """The independent judge's figures: E_id generated and measured the data, the judge only
+    measures it, so its numbers are the evidence."""
+    spearman = "n/a" if judge["m_spearman"] is None else f"{judge['m_spearman']:.3f}"
+    per_m = ", ".join(f"m {m}: {value:.3f}"
+                      for m, value in judge["similarity_to_inquiry_per_m"].items())
+    spread = judge["similarity_to_center"]
+    return (f"**The independent judge** (`{judge['checkpoint']}`, sharing nothing with E_id; "
+            f"its figures are the evidence): Spearman(requested m, similarity to inquiry) = "
+            f"{spearman} over plain identities; mean similarity to inquiry {per_m}; similarity "
+            f"to its own identity centers {spread['mean']:.3f} +- {spread['std']:.3f}.")
 
 
 def _privacy(analysis: dict[str, Any] | None, figures: list[str]) -> str:
@@ -198,6 +223,15 @@ def _privacy(analysis: dict[str, Any] | None, figures: list[str]) -> str:
                      f"(`{reference['data']}`) reach {reference['max_similarity']:.3f} at most "
                      f"(mean of maxima {reference['mean_max_similarity']:.3f}), "
                      f"{reference['at_or_above_threshold']} of them at or above the threshold.")
+    if analysis.get("judge"):
+        judged = analysis["judge"]["privacy"]
+        held_out = judged["held_out_reference"]
+        lines.append(f"The independent judge: at most {judged['max_similarity']:.3f}, mean of "
+                     f"the maxima {judged['mean_max_similarity']:.3f}, {judged['flagged']} "
+                     f"identities at or above {judged['threshold']}" + (
+                         "." if held_out is None else
+                         f"; held-out real identities: mean of maxima "
+                         f"{held_out['mean_max_similarity']:.3f}."))
     if f"{REPORT_DIR}/{PRIVACY_FIGURE}" in figures:
         lines.append(_figure(f"{REPORT_DIR}/{PRIVACY_FIGURE}"))
     return "\n\n".join(lines)
