@@ -10,12 +10,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-Handler = Callable[[FactoryConfig, argparse.Namespace], None]
+Handler = Callable[[FactoryConfig, argparse.Namespace], int | None]
+"""Runs one command; returns its exit code, or None for 0."""
 
 
 def _faceworld(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -91,6 +94,32 @@ def _publish_backbone(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(f"published {', '.join(files)} to {target}")
 
 
+def _export(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.config import ShardSelectionConfig, describe_validation_error
+    from factory.errors import ConfigError
+    from factory.formats.export import describe, export_dataset
+
+    try:
+        select = ShardSelectionConfig(m=_bounds(args.m, "--m"),
+                                      similarity=_bounds(args.similarity, "--similarity"),
+                                      mixup_share=args.mixup_share)
+    except ValidationError as exc:
+        raise ConfigError(f"selection: {describe_validation_error(exc)}") from None
+    print(describe(export_dataset(storage.absolute(args.dataset), storage.absolute(args.out),
+                                  args.format, **select.as_kwargs())))
+
+
+def _bounds(values: list[float] | None, flag: str) -> tuple[float, float] | None:
+    """``--m 0.5`` selects m = 0.5 exactly, ``--m 0.4 0.6`` the inclusive range."""
+    if values is None:
+        return None
+    if len(values) > 2 or values[0] > values[-1]:
+        raise UserError(f"{flag}: expected one value or LOW HIGH with LOW <= HIGH, got "
+                        f"{' '.join(map(str, values))}")
+    return values[0], values[-1]
+
+
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.sweep.run import run_sweep
 
@@ -125,6 +154,15 @@ def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
     run_pipeline(config, cli_address=args.address)
 
 
+def _doctor(config: FactoryConfig, args: argparse.Namespace) -> int:
+    from factory.doctor import run_doctor
+
+    checks = run_doctor(config, args.address)
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
+
+
 COMMANDS: dict[str, tuple[str, Handler]] = {
     "faceworld": ("render the built-in face world (RecordIO + .bin benchmarks)", _faceworld),
     "baseline": ("raw-pixel cosine baseline on the face-world benchmarks", _baseline),
@@ -141,16 +179,34 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                 _analyze),
     "publish-backbone": ("copy a recognizer checkpoint's backbone without its training state "
                          "(the shipped judge)", _publish_backbone),
+    "export": ("write a dataset as insightface RecordIO or an image folder, with its metadata",
+               _export),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
                 _compare),
     "pipeline": ("run every stage end to end from one config", _pipeline),
+    "doctor": ("check Python, torch, Ray, MLflow and storage, one line each (starts nothing)",
+               _doctor),
 }
+
+
+class _Version(argparse.Action):
+    """``--version``: the code version every artefact records, computed only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from factory.provenance import code_version
+
+        print(code_version())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -171,22 +227,40 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "publish-backbone":
             sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a recognizer checkpoint")
             sub.add_argument("target", metavar="OUT", help="the folder to publish to")
+        if name == "export":
+            _export_arguments(sub)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def _export_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("dataset", metavar="DIR",
+                     help="a dataset the factory reads: shards, RecordIO or an image folder")
+    sub.add_argument("--format", required=True, metavar="{rec,folder}",
+                     help="rec: train.rec/train.idx/property; folder: OUT/<identity>/<n>.jpg")
+    sub.add_argument("--out", required=True, help="output directory (new or empty, or an "
+                                                  "earlier export of the same to resume)")
+    selection = sub.add_argument_group("selection (shards only, as recognizer.select)")
+    selection.add_argument("--m", nargs="+", type=float, metavar="M",
+                           help="requested m: one value, or LOW HIGH (inclusive)")
+    selection.add_argument("--similarity", nargs="+", type=float, metavar="S",
+                           help="measured similarity to the identity center: LOW HIGH")
+    selection.add_argument("--mixup-share", type=float, metavar="SHARE",
+                           help="share of identity-mixup identities among those kept")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        COMMANDS[args.command][1](config, args)
+        code = COMMANDS[args.command][1](config, args)
     except UserError as exc:
         print(f"factory {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,20 @@ def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
                  dashboard_host="127.0.0.1", **common)
 
 
+def quiet_ray_data() -> None:
+    """Turn off Ray Data's own progress output for the datasets this process runs.
+
+    A stage that runs a dataset shows one progress bar of its own; Ray Data would add its
+    execution plan at the start and, when stdout is not a terminal (a log file, ``tee``), a
+    "Total Progress" block every 10 seconds. Both stay in the session's ``ray-data.log``.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
 def mlflow_tracking_uri(runtime: RuntimeConfig) -> str:
     """The tracking URI every process of a run must agree on."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or runtime.mlflow_tracking_uri

@@ -47,6 +47,12 @@ def test_labels_order_and_images(folder):
         assert abs(int(image.mean()) - value) <= 2
 
 
+def test_raw_is_the_stored_file(folder):
+    dataset = ImageFolderDataset(str(folder))
+    assert dataset.raw(2) == (folder / "bob" / "b.PNG").read_bytes()
+    assert dataset.raw(0) == (folder / "alice" / "z.jpeg").read_bytes()
+
+
 def test_pickled_copy_reads_the_same(folder):
     dataset = ImageFolderDataset(str(folder))
     copy = pickle.loads(pickle.dumps(dataset))

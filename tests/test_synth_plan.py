@@ -10,6 +10,7 @@ from factory.synth.plan import (
     mixup_identities,
     plan_identities,
     planned_keys,
+    planned_m,
     sample_m,
     sample_seed,
     select_inquiries,
@@ -86,3 +87,6 @@ def test_plan_labels_shards_and_keys():
     keys = planned_keys(cfg, identities)
     assert len(keys) == len(set(keys)) == 13 * 3 + 10
     assert all("." not in key for key in keys)
+    # the requested m of every synthetic sample (the 10 real copies are not planned samples)
+    cfg.m = MValuesConfig(values=[1.0, 0.0])
+    assert planned_m(cfg, identities) == [1.0, 0.0, 1.0] * 13

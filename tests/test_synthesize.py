@@ -82,6 +82,18 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     assert len(only_m1) == 6 and all(meta["m"] == 1.0 for meta in only_m1.metadata)
 
 
+def test_manifest_and_card_record_the_generator_and_the_requested_m(synthesized, world):
+    config, run = synthesized
+    m_bins = run.manifest["histograms"]["m"]  # m 1.0, 0.0, -0.5 for each of 6 identities
+    assert {index: count for index, count in enumerate(m_bins) if count} == {5: 6, 10: 6, 19: 6}
+    assert run.manifest["generator_checkpoint"] == {
+        "step": 0, "image_size": 32, "identity_encoder": None,
+        "data": str(world / "faceworld" / "train"), "code_version": "test"}
+    card = open(os.path.join(run.out, "README.md")).read()
+    assert "6 identities, 18 images in 3 WebDataset shards" in card
+    assert "| [+0.9, +1.0] | 6 |" in card and "](similarity_histogram.png)" in card
+
+
 def test_the_same_config_gives_identical_shards(synthesized, world, tiny_generator, tmp_path):
     config, run = synthesized
     again = synthesize(synthesis_config(world, tiny_generator, tmp_path / "again",
@@ -123,6 +135,9 @@ def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):
                  "samples.png"):
         assert os.path.getsize(os.path.join(run.out, "report", name)) > 0
     assert "similarity to center" in text
+    card = open(os.path.join(run.out, "README.md")).read()
+    assert f"at most {privacy['max_similarity']:.3f}" in card and "Not checked yet" not in card
+    assert "](report/privacy.png)" in card and card.count("## Privacy") == 1
 
 
 def test_inquiry_copies_are_off_by_default_and_recorded_when_on(ray_two_cpus, world,

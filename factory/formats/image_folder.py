@@ -53,10 +53,13 @@ class ImageFolderDataset:
         """The URI of image ``index``."""
         return storage.join(self.root_uri, *self._files[index])
 
+    def raw(self, index: int) -> bytes:
+        """The encoded bytes (JPEG or PNG) of image ``index``, as stored."""
+        return storage.read_bytes(self.uri(index))
+
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` decoded to HxWx3 uint8 RGB."""
-        uri = self.uri(index)
-        return decode_image(storage.read_bytes(uri), uri)
+        return decode_image(self.raw(index), self.uri(index))
 
 
 def _image_entries(root_uri: str) -> list[tuple[str, str]]:

@@ -36,7 +36,7 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FRAME = struct.Struct("<II")
 _IR = struct.Struct("<IfQQ")
 _MAX_LENGTH = (1 << 29) - 1
-_MAX_EXACT_LABEL = 2**24  # float32 holds every integer below this exactly, not above
+MAX_EXACT_LABEL = 2**24  # float32 holds every integer below this exactly, not above
 
 
 class IRHeader(NamedTuple):
@@ -64,7 +64,7 @@ def pack_record(header: IRHeader, data: bytes) -> bytes:
         prefix = _IR.pack(len(labels), 0.0, header.id, header.id2)
         prefix += np.asarray(labels, dtype="<f4").tobytes()
     for value in labels:
-        if abs(value) >= _MAX_EXACT_LABEL:
+        if abs(value) >= MAX_EXACT_LABEL:
             raise ValueError(f"label {value} is not exactly representable as float32 (limit 2**24)")
     return prefix + data
 

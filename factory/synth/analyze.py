@@ -14,7 +14,8 @@ centers were measured when the shards were written) and reports
 * with ``judge.checkpoint`` set, the same figures as the independent judge measures them
   (``factory.synth.judged``): those lead, since the shards' similarities are E_id's.
 
-Everything goes to ``DIR/report/`` and to an MLflow run.
+Everything goes to ``DIR/report/`` and to an MLflow run, and the dataset card ``DIR/README.md``
+is rewritten with these figures.
 """
 
 from __future__ import annotations
@@ -41,9 +42,19 @@ from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.models.identity import embedding_batches
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
+from factory.synth.card import write_card
 from factory.synth.judged import judged_dataset, judged_text
-from factory.synth.synthesize import (
+from factory.synth.layout import (
+    ANALYSIS_FILE,
+    CARD_FILE,
+    COMPLIANCE_FIGURE,
     MANIFEST_FILE,
+    PRIVACY_FIGURE,
+    REPORT_DIR,
+    SAMPLES_FIGURE,
+    STATISTICS_FILE,
+)
+from factory.synth.synthesize import (
     centers_uri,
     embed_inquiries,
     first_index_per_identity,
@@ -53,7 +64,6 @@ from factory.tracking import RunTracker
 from factory.train.checkpoint import load_identity_encoder
 from factory.train.generator_checkpoint import load_generator
 
-REPORT_DIR = "report"
 BIN_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
 
 
@@ -231,16 +241,17 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     text = _report_text(report, table, out)
     with tempfile.TemporaryDirectory() as scratch:
         files = {
-            "m_vs_similarity.png": compliance_png(
+            COMPLIANCE_FIGURE: compliance_png(
                 np.round(samples.requested[synthetic] * 20) / 20,
                 samples.to_inquiry[synthetic], between,
-                os.path.join(scratch, "m_vs_similarity.png"), title=dataset),
-            "privacy.png": privacy_png(maxima, threshold, os.path.join(scratch, "privacy.png"),
-                                       reference),
-            "samples.png": samples_png(samples.montage_rows, os.path.join(scratch, "samples.png")),
+                os.path.join(scratch, COMPLIANCE_FIGURE), title=dataset),
+            PRIVACY_FIGURE: privacy_png(maxima, threshold, os.path.join(scratch, PRIVACY_FIGURE),
+                                        reference),
+            SAMPLES_FIGURE: samples_png(samples.montage_rows,
+                                        os.path.join(scratch, SAMPLES_FIGURE)),
         }
-        for name, text_value in (("analysis.json", json.dumps(report, indent=2)),
-                                 ("statistics.txt", text + "\n")):
+        for name, text_value in ((ANALYSIS_FILE, json.dumps(report, indent=2)),
+                                 (STATISTICS_FILE, text + "\n")):
             files[name] = os.path.join(scratch, name)
             with open(files[name], "w") as stream:
                 stream.write(text_value)
@@ -259,6 +270,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                 storage.write_bytes(storage.join(out, name), stream.read())
             tracker.log_artifact(path)
         tracker.end()
+    write_card(dataset)
     return report, text
 
 
@@ -277,7 +289,7 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
         _reference_line(privacy["held_out_reference"]),
         f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
-        "samples.png",
+        f"samples.png; the dataset card {storage.join(report['dataset'], CARD_FILE)} updated",
     ]
     if report["judge"] is not None:
         lines.insert(0, judged_text(report["judge"]))

@@ -141,6 +141,12 @@ def planned_keys(cfg: SynthesisConfig, identities: list[PlannedIdentity]) -> lis
     return keys
 
 
+def planned_m(cfg: SynthesisConfig, identities: list[PlannedIdentity]) -> list[float]:
+    """The requested m of every synthetic sample the plan will write (real copies excluded)."""
+    return [sample_m(cfg.m, cfg.seed, identity.label, index)
+            for identity in identities for index in range(cfg.images_per_identity)]
+
+
 def sample_key(label: int, index: int) -> str:
     return f"{label:08d}_{index:05d}"
 

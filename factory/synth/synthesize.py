@@ -16,9 +16,11 @@ Output layout under ``synthesis.out``::
     stats/shard-000000.json         count, sha256, labels, similarity histograms of a shard
     stats/shard-000000.centers.npy  the synthetic identity centers (for the privacy check)
     plan.json                       what this directory is a dataset of (checked on rerun)
-    manifest.json                   config, code version, counts, per-shard counts and
-                                    checksums, similarity histograms
+    manifest.json                   config, code version, generator and E_id, counts,
+                                    per-shard counts and checksums, histograms of the
+                                    requested m and the measured similarities
     similarity_histogram.png        similarity to inquiry and to center, all samples
+    README.md                       the dataset card (factory.synth.card), rewritten by analyze
 """
 
 from __future__ import annotations
@@ -42,15 +44,21 @@ from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_shard
 from factory.models.identity import embedding_batches
 from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri
+from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
+from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
-from factory.synth.plan import PlannedIdentity, ShardItem, plan_identities, shard_items
+from factory.synth.layout import HISTOGRAM_FILE, MANIFEST_FILE, PLAN_FILE, STATS_DIR
+from factory.synth.plan import (
+    PlannedIdentity,
+    ShardItem,
+    plan_identities,
+    planned_m,
+    shard_items,
+)
 from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
-STATS_DIR, PLAN_FILE, MANIFEST_FILE = "stats", "plan.json", "manifest.json"
-HISTOGRAM_FILE = "similarity_histogram.png"
 
 
 def stats_uri(out: str, shard: int) -> str:
@@ -206,6 +214,7 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
 
     cfg = config.synthesis
     init_ray(config.runtime, cli_address)
+    quiet_ray_data()  # the tqdm bar below is this stage's one progress display
     dataset = ray.data.from_items([item.to_row() for item in todo],
                                   override_num_blocks=len(todo))
     resources = {"num_cpus": cfg.actors.cpus_per_actor}
@@ -228,8 +237,11 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
     return images, time.perf_counter() - started
 
 
-def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The dataset's manifest, assembled from every shard's stats file."""
+def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
+                   generator: LoadedGenerator,
+                   identities: list[PlannedIdentity]) -> dict[str, Any]:
+    """The dataset's manifest, assembled from every shard's stats file, the generator's record
+    (its E_id and training data) and the plan's requested m."""
     shards = [json.loads(storage.read_text(stats_uri(out, index)))
               for index in range(record["shards"])]
     inquiry = np.sum([s["histogram_inquiry"] for s in shards], axis=0).astype(int).tolist()
@@ -242,6 +254,8 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any]) -> d
         "code_version": code_version(),
         "generator": record["generator"],
         "generator_uri": config.synthesis_checkpoint_uri(),
+        "generator_checkpoint": {key: generator.meta.get(key) for key in (
+            "step", "image_size", "identity_encoder", "data", "code_version")},
         "counts": {"identities": record["identities"],
                    "mixup_identities": config.synthesis.inquiry.mixup_identities,
                    "mixup_labels": config.synthesis.inquiry.mixup_labels,
@@ -251,7 +265,9 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any]) -> d
         "shards": [{k: s[k] for k in ("shard", "count", "sha256", "size_bytes")}
                    for s in shards],
         "histograms": {"edges": HISTOGRAM_EDGES.tolist(), "similarity_inquiry": inquiry,
-                       "similarity_center": center},
+                       "similarity_center": center,
+                       "m": np.histogram(planned_m(config.synthesis, identities),
+                                         HISTOGRAM_EDGES)[0].tolist()},
         "config": config.model_dump(mode="json"),
     }
 
@@ -287,7 +303,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     if images:
         print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
               f"{cfg.actors.num_actors} actor(s))")
-    manifest = build_manifest(config, out, record)
+    manifest = build_manifest(config, out, record, generator, identities)
     storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
     with tempfile.TemporaryDirectory() as scratch:
         histogram = similarity_histogram_png(manifest["histograms"],
@@ -306,4 +322,5 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         tracker.log_artifact(manifest_path)
         tracker.log_artifact(histogram)
         tracker.end()
+    write_card(out)
     return SynthesisRun(out, manifest, images, rate)

@@ -25,8 +25,14 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
     """A ``TorchTrainer`` running ``loop`` on the configured workers, checkpointing to
     ``storage_uri/run_name`` (the ``keep_checkpoints`` latest kept, None: all) and restarting
     failed worker groups up to ``max_failures`` times from the latest one; ``callbacks`` go to
-    its run."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    its run. Ray Train logs to the console at WARNING and above only."""
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": workers.cpus_per_worker}
@@ -44,6 +50,9 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (a "Checkpoint successfully created" per report) go to the
+            # session's logs/train files only; its warnings and errors still reach the console.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 

@@ -1,0 +1,158 @@
+"""``factory --version`` and ``factory doctor``: the version every artefact records, and one
+bounded line per dependency that starts nothing and fails (exit 1) where a run would."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from factory.cli import main
+from factory.doctor import Check, bounded
+from factory.provenance import code_version
+
+LABELS = ["version", "python", "torch", "ray", "mlflow", "storage"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No cluster, MLflow server, endpoint or Ray token from the machine running the tests."""
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                 "RAY_AUTH_TOKEN_PATH", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def _doctor(capsys, *overrides) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Exit code and ``{label: (status, detail)}`` in printed order."""
+    code = main(["doctor", *overrides])
+    lines = capsys.readouterr().out.splitlines()
+    parsed = {}
+    for line in lines:
+        label, status, detail = line.split(maxsplit=2)
+        parsed[label] = (status, detail)
+    assert list(parsed) == LABELS and len(lines) == len(LABELS)
+    return code, parsed
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_version_prints_the_code_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == code_version() + "\n"
+
+
+def test_version_from_a_fresh_process_names_the_commit():
+    result = subprocess.run([sys.executable, "-m", "factory.cli", "--version"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0 and result.stderr == ""
+    sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert re.fullmatch(rf"facefactory \S+ git {sha[:12]}(-dirty)?\n", result.stdout)
+
+
+def test_doctor_on_a_local_setup_is_all_ok_and_starts_no_ray(clean_env, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "secret-key-id")
+    code, report = _doctor(capsys, f"workdir={clean_env}/runs", "runtime.num_cpus=3",
+                           f"runtime.mlflow_tracking_uri=sqlite:///{clean_env}/mlflow.db")
+    assert code == 0 and all(status == "ok" for status, _ in report.values()), report
+    assert report["version"][1] == code_version()
+    assert report["python"][1].startswith(f"{sys.version_info[0]}.{sys.version_info[1]}.")
+    assert "CPU only" in report["torch"][1] or "CUDA" in report["torch"][1]
+    assert f"{ray.__version__}, local: each run starts its own cluster (3 CPUs)" in \
+        report["ray"][1]
+    assert "RAY_AUTH_MODE unset" in report["ray"][1] and "no token" in report["ray"][1]
+    assert report["mlflow"][1] == (f"sqlite:///{clean_env}/mlflow.db "
+                                   "(runtime.mlflow_tracking_uri): created on first use")
+    assert report["storage"][1] == (f"workdir {clean_env}/runs: created on first use; "
+                                    "AWS_ENDPOINT_URL=http://127.0.0.1:9000; "
+                                    "AWS_ACCESS_KEY_ID set")
+    assert not ray.is_initialized()
+
+
+def test_unreachable_ray_and_mlflow_fail_with_exit_1(clean_env, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    code, report = _doctor(capsys, f"workdir={clean_env}")
+    assert code == 1
+    assert report["ray"][0] == "FAIL" and "(RAY_ADDRESS): cannot connect" in report["ray"][1]
+    assert report["mlflow"][0] == "FAIL" and "(MLFLOW_TRACKING_URI): no answer" in \
+        report["mlflow"][1]
+    assert report["storage"][0] == "ok"
+
+
+def test_a_reachable_cluster_and_mlflow_server_are_ok(clean_env, capsys, monkeypatch):
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        code, report = _doctor(capsys, f"workdir={clean_env}",
+                               f"runtime.ray_address=ray://127.0.0.1:{port}",
+                               f"runtime.mlflow_tracking_uri=http://127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+    assert code == 0, report
+    assert f"ray://127.0.0.1:{port} (runtime.ray_address): reachable" in report["ray"][1]
+    assert report["mlflow"][1].endswith("/health answered 200")
+
+
+def test_token_mode_without_a_token_fails_and_a_token_is_never_printed(clean_env, capsys,
+                                                                      monkeypatch):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    try:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        code, report = _doctor(capsys, f"workdir={clean_env}", "--address", address)
+        assert code == 1 and report["ray"][0] == "FAIL"
+        assert f"{address} (--address): reachable" in report["ray"][1]
+        assert "RAY_AUTH_MODE=token, no token (set RAY_AUTH_TOKEN" in report["ray"][1]
+
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "do-not-print-me")
+        code, report = _doctor(capsys, f"workdir={clean_env}", "--address", address)
+        assert code == 0 and "token in RAY_AUTH_TOKEN" in report["ray"][1]
+        assert "do-not-print-me" not in str(report)
+    finally:
+        server.close()
+
+
+def test_a_check_that_hangs_or_raises_is_one_failed_line():
+    started = time.perf_counter()
+    hung = bounded("slow", lambda: time.sleep(5) or Check("slow", True, ""), timeout_s=0.2)
+    assert time.perf_counter() - started < 2
+    assert (hung.ok, hung.detail) == (False, "no answer within 0.2 s")
+
+    def broken():
+        raise OSError("endpoint refused\nsecond line")
+
+    failed = bounded("storage", broken)
+    assert (failed.ok, failed.detail) == (False, "OSError: endpoint refused")
+    assert failed.line().startswith("storage     FAIL  OSError")
