@@ -14,6 +14,9 @@ stages (the face world, the recognizer's and generator's checkpoints).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +35,28 @@ from factory.synth.analyze import analyze
 from factory.synth.synthesize import synthesize
 from factory.train.generator import train_generator
 from factory.train.recognizer import train_recognizer
+
+
+class StageClock:
+    """Wall time per pipeline stage, printed as a table at the end (where the minutes went)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def table(self) -> str:
+        total = sum(self.seconds.values())
+        rows = [[name, f"{value:.0f}", f"{100 * value / total:.0f}%"]
+                for name, value in self.seconds.items()]
+        rows.append(["total", f"{total:.0f}", "100%"])
+        return format_table(["stage", "seconds", "share"], rows)
 
 
 def random_init_results(config: FactoryConfig) -> list[VerificationResult]:
@@ -56,7 +81,8 @@ def results_table(columns: dict[str, list[VerificationResult]]) -> str:
     return format_table(["benchmark (10-fold acc %)", *columns], rows)
 
 
-def run_generator_stage(config: FactoryConfig, cli_address: str | None) -> dict:
+def run_generator_stage(config: FactoryConfig, cli_address: str | None,
+                        clock: StageClock) -> dict:
     """A short training run continued from ``generator.init_from`` (when set), then the
     m-compliance report of ``generator.checkpoint``. Skipped when no checkpoint is named."""
     if not config.generator.checkpoint:
@@ -65,13 +91,15 @@ def run_generator_stage(config: FactoryConfig, cli_address: str | None) -> dict:
     document = {}
     if config.generator.init_from:
         print(f"== train generator, continuing {config.generator.init_from} (Ray Train)")
-        short_run = train_generator(config, cli_address)
+        with clock.stage("generator training"):
+            short_run = train_generator(config, cli_address)
         document["short_run"] = short_run.checkpoint
         print(f"continued run: step {short_run.metrics.get('step')}, loss "
               f"{short_run.metrics.get('loss', float('nan')):.4f}; loss curve "
               f"{storage.join(short_run.checkpoint, 'loss_curve.png')}")
     print(f"== generator m-compliance: {config.generator.checkpoint}")
-    compliance, report_dir = generator_report(config)
+    with clock.stage("generator report"):
+        compliance, report_dir = generator_report(config)
     document.update(checkpoint=config.generator.checkpoint, report=report_dir,
                     compliance=compliance.summary(), printed=report_text(compliance, report_dir))
     return document
@@ -88,17 +116,22 @@ def synthetic_recognizer_config(config: FactoryConfig, dataset: str) -> FactoryC
     return synthetic
 
 
-def run_synthetic_stage(config: FactoryConfig, cli_address: str | None) -> tuple[dict, Evaluation]:
+def run_synthetic_stage(config: FactoryConfig, cli_address: str | None,
+                        clock: StageClock) -> tuple[dict, Evaluation]:
     """Synthesise with the generator checkpoint, analyse, train and evaluate on the result."""
     print(f"== synthesize with {config.synthesis_checkpoint_uri()} (Ray Data actors)")
-    run = synthesize(config, cli_address)
+    with clock.stage("synthesis"):
+        run = synthesize(config, cli_address)
     print("== analyze the synthetic dataset")
-    report, text = analyze(config, run.out)
+    with clock.stage("analysis"):
+        report, text = analyze(config, run.out)
     print(text)
     synthetic = synthetic_recognizer_config(config, run.out)
     print(f"== train recognizer on the synthetic dataset ({synthetic.recognizer.run_name})")
-    trained = train_recognizer(synthetic, cli_address)
-    evaluation = evaluate_checkpoint(synthetic, trained.checkpoint)
+    with clock.stage("synthetic-trained recognizer"):
+        trained = train_recognizer(synthetic, cli_address)
+    with clock.stage("evaluation"):
+        evaluation = evaluate_checkpoint(synthetic, trained.checkpoint)
     document = {"dataset": run.out, "counts": run.manifest["counts"],
                 "images_per_s": run.images_per_s, "analysis": report,
                 "recognizer_checkpoint": trained.checkpoint}
@@ -108,21 +141,26 @@ def run_synthetic_stage(config: FactoryConfig, cli_address: str | None) -> tuple
 
 def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     """Run every stage; returns the printed results table (also saved under ``workdir``)."""
+    clock = StageClock()
     print(f"== face world ({code_version()})")
-    print_summary(build_faceworld(config))
+    with clock.stage("face world"):
+        print_summary(build_faceworld(config))
 
     print("== raw-pixel baseline")
-    columns = {"raw pixels": run_pixel_baseline(config)}
-    columns["random init"] = random_init_results(config)
+    with clock.stage("baselines"):
+        columns = {"raw pixels": run_pixel_baseline(config)}
+        columns["random init"] = random_init_results(config)
 
     print(f"== train recognizer on the face world ({config.recognizer.backbone.name}, Ray Train)")
-    real_run = train_recognizer(config, cli_address)
-    columns["real-trained"] = evaluate_checkpoint(config, real_run.checkpoint).results
+    with clock.stage("real-trained recognizer"):
+        real_run = train_recognizer(config, cli_address)
+    with clock.stage("evaluation"):
+        columns["real-trained"] = evaluate_checkpoint(config, real_run.checkpoint).results
 
-    generator_document = run_generator_stage(config, cli_address)
+    generator_document = run_generator_stage(config, cli_address, clock)
     synthetic_document: dict = {}
     if generator_document:
-        synthetic_document, evaluation = run_synthetic_stage(config, cli_address)
+        synthetic_document, evaluation = run_synthetic_stage(config, cli_address, clock)
         columns["synthetic-trained"] = evaluation.results
         synthetic_document["gtr"] = average(columns["real-trained"]) - average(evaluation.results)
 
@@ -139,7 +177,10 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     if generator_document:
         print(f"\ngenerator checkpoint used downstream: {generator_document['checkpoint']}")
         print(generator_document.pop("printed"))
+    print("\n== where the time went (wall clock)")
+    print(clock.table())
     document = {
+        "stage_seconds": clock.seconds,
         "code_version": code_version(),
         "recognizer_checkpoint": real_run.checkpoint,
         "generator": generator_document,
