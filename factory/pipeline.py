@@ -28,6 +28,7 @@ from factory.eval.evaluate import Evaluation, evaluate_checkpoint
 from factory.eval.generator_report import generator_report, report_text, sampler_text
 from factory.eval.verification import VerificationResult
 from factory.faceworld.build import build_faceworld, print_summary
+from factory.formats.dataset import open_dataset
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
 from factory.report import format_table
@@ -169,10 +170,13 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     print(table)
     if synthetic_document:
         counts = synthetic_document["counts"]
+        real = open_dataset(config.recognizer_data_uri())
         print(f"synthetic-trained: {counts['synthetic_images']} synthetic images of "
               f"{counts['identities']} identities "
-              f"({sampler_text(config.synthesis.sampling.model_dump())}); "
-              f"GtR (gap to real, AVG) = {synthetic_document['gtr']:.2f} points")
+              f"({sampler_text(config.synthesis.sampling.model_dump())}); real-trained: "
+              f"{len(real)} real images of {real.num_classes} identities; GtR (gap to real, "
+              f"AVG) = {synthetic_document['gtr']:.2f} points at these unequal volumes, not "
+              "CemiFace's volume-matched GtR")
         table += f"\nGtR (real-trained AVG - synthetic-trained AVG): {synthetic_document['gtr']:.2f}"
     if generator_document:
         print(f"\ngenerator checkpoint used downstream: {generator_document['checkpoint']}")
