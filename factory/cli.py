@@ -14,6 +14,8 @@ from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
 
 EXIT_USER_ERROR = 2
+MAX_ERROR_CHARS = 500
+"""The longest error line the CLI prints: a message may quote input of any size."""
 
 Handler = Callable[[FactoryConfig, argparse.Namespace], None]
 
@@ -148,13 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(command: str, exc: UserError) -> str:
+    """``factory <command>: error: <message>`` on one line of at most :data:`MAX_ERROR_CHARS`
+    characters, whatever the message holds (line breaks from a library, a huge quoted value)."""
+    line = f"factory {command}: error: {' '.join(str(exc).split())}"
+    if len(line) <= MAX_ERROR_CHARS:
+        return line
+    cut = f" ... ({len(line) - MAX_ERROR_CHARS} more characters)"
+    return line[:MAX_ERROR_CHARS - len(cut)] + cut
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         COMMANDS[args.command][1](config, args)
     except UserError as exc:
-        print(f"factory {args.command}: error: {exc}", file=sys.stderr)
+        print(error_line(args.command, exc), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)
