@@ -49,7 +49,8 @@ from factory.formats.images import decode_image
 SHARD_DIR = "shards"
 _MEMBER_MODE = 0o644
 _END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
-_DECIMAL = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+"""A ``.cls`` label: a decimal integer that fits int64 (labels are renumbered when read)."""
 
 
 def shard_name(index: int) -> str:
@@ -88,7 +89,7 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     """Write ``samples`` as one tar at ``uri``, replacing any file there atomically.
 
     ValueError, before anything is written, for a key that is empty, holds a ``.`` or ``/`` or
-    repeats within the shard, for a negative label, or for metadata that is not strict JSON
+    repeats within the shard, for a negative label or one of more than 18 digits, or for metadata that is not strict JSON
     (NaN, infinity); TypeError for a label that is not an int or metadata JSON cannot hold.
     """
     _check_samples(samples)
@@ -98,7 +99,8 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
 
 
 def _check_samples(samples: Sequence[ShardSample]) -> None:
-    """ValueError for a bad or repeated key or a negative label; TypeError for a non-int label."""
+    """ValueError for a bad or repeated key or a label out of range; TypeError for a non-int
+    label."""
     seen: set[str] = set()
     for sample in samples:
         if not sample.key or "." in sample.key or "/" in sample.key:
@@ -106,8 +108,9 @@ def _check_samples(samples: Sequence[ShardSample]) -> None:
                              "'.' or '/'")
         if sample.key in seen:
             raise ValueError(f"shard key {sample.key!r} appears twice in one shard")
-        if operator.index(sample.label) < 0:
-            raise ValueError(f"shard key {sample.key!r}: label {sample.label} is negative")
+        if not 0 <= operator.index(sample.label) < 10**18:
+            raise ValueError(f"shard key {sample.key!r}: label {sample.label} is negative or "
+                             "has more than 18 digits")
         seen.add(sample.key)
 
 
@@ -228,8 +231,8 @@ def iter_shard(uri: str) -> Iterator[dict[str, Any]]:
 def _parse_label(uri: str, key: str, data: bytes) -> int:
     text = data.decode("ascii", errors="replace").strip()
     if not _DECIMAL.fullmatch(text):
-        raise FormatError(f"{uri}: member '{key}.cls': expected a decimal integer label, "
-                          f"found {text[:40]!r}")
+        raise FormatError(f"{uri}: member '{key}.cls': expected a decimal integer label of at "
+                          f"most 18 digits, found {text[:40]!r}")
     return int(text)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from factory import storage
 from factory.config import FactoryConfig
-from factory.errors import UserError
+from factory.errors import FormatError, UserError
 from factory.provenance import code_version
 from factory.runtime import init_ray, ray_address, setup_mlflow
 from factory.sweep.compare import (
@@ -68,10 +68,10 @@ def reference_avg(config: FactoryConfig) -> float | None:
             raise UserError(f"{uri}: not found (sweep.reference must be a finished recognizer "
                             "run's final checkpoint)")
         return None
-    metrics = json.loads(storage.read_text(uri))
-    if "avg_acc" not in metrics:
-        raise UserError(f"{uri}: expected an avg_acc entry (was the run evaluated?)")
-    return float(metrics["avg_acc"])
+    average = storage.read_json_object(uri).get("avg_acc")
+    if isinstance(average, bool) or not isinstance(average, (int, float)):
+        raise UserError(f"{uri}: expected a numeric avg_acc entry (was the run evaluated?)")
+    return float(average)
 
 
 def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
@@ -110,7 +110,10 @@ def _parent_run(config: FactoryConfig, directory: str, reference: float | None) 
     client = mlflow.MlflowClient()
     state_uri = storage.join(directory, STATE_FILE)
     if storage.exists(state_uri):
-        run_id = json.loads(storage.read_text(state_uri))["parent_run_id"]
+        run_id = storage.read_json_object(state_uri).get("parent_run_id")
+        if not isinstance(run_id, str):
+            raise FormatError(f"{state_uri}: expected the sweep's parent_run_id (an MLflow run "
+                              "id); remove the sweep's folder to start it afresh")
         client.update_run(run_id, status="RUNNING")
         return run_id
     experiment = client.get_experiment_by_name(config.runtime.experiment)

@@ -166,7 +166,7 @@ def claim_output(out: str, record: dict[str, Any]) -> None:
     """Write the plan record, or check the one a previous run left matches it."""
     uri = storage.join(out, PLAN_FILE)
     if storage.exists(uri):
-        previous = json.loads(storage.read_text(uri))
+        previous = storage.read_json_object(uri)
         if previous != record:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
