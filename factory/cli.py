@@ -76,6 +76,17 @@ def _analyze(config: FactoryConfig, args: argparse.Namespace) -> None:
     print(analyze(config, storage.absolute(args.dataset))[1])
 
 
+def _verify(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.synth.verify import damage_message, verify_dataset
+
+    verification = verify_dataset(storage.absolute(args.dataset))
+    if verification.damaged:
+        raise UserError(damage_message(verification))
+    print(f"dataset {verification.dataset}: {verification.shards} shards, "
+          f"{verification.samples} samples; every shard's size and sha256 as recorded")
+
+
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.sweep.run import run_sweep
 
@@ -122,6 +133,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                    _synthesize),
     "analyze": ("similarity statistics, m compliance and the privacy check of a dataset",
                 _analyze),
+    "verify": ("check a synthesised dataset's shards against its manifest (size, sha256)",
+               _verify),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
@@ -144,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "runtime.experiment)")
             sub.add_argument("--sweep", help="only this sweep's trials (default: all sweeps)")
             sub.add_argument("--out", default=".", help="folder for accuracy_vs_m.png")
-        if name == "analyze":
+        if name in ("analyze", "verify"):
             sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser

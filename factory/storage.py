@@ -9,6 +9,7 @@ half-written file under a final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -94,6 +95,24 @@ def is_dir(uri: str) -> bool:
     return _file_info(uri).type == pafs.FileType.Directory
 
 
+def file_size(uri: str) -> int | None:
+    """Size in bytes of the file at ``uri``; None when there is no file there."""
+    info = _file_info(uri)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def file_sha256(uri: str) -> str:
+    """Hex sha256 of the file at ``uri``, read in 4 MiB chunks (never whole in memory)."""
+    digest = hashlib.sha256()
+    with open_input(uri) as stream:
+        try:
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(chunk)
+        except FILESYSTEM_ERRORS as exc:
+            raise UserError(f"{uri}: cannot read ({_reason(exc)})") from None
+    return digest.hexdigest()
+
+
 def listdir(uri: str) -> list[str]:
     """Names (not paths) of the entries directly inside a directory, sorted."""
     return sorted(info.base_name for info in _file_info(uri, selector=True))
@@ -174,6 +193,15 @@ def atomic_output(uri: str) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             filesystem.delete_file(temp_path)
         raise
+
+
+def delete(uri: str) -> None:
+    """Remove the file at ``uri``; a :class:`UserError` naming it if that is not allowed."""
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_file(path)
+    except FILESYSTEM_ERRORS as exc:
+        raise UserError(f"{uri}: cannot delete ({_reason(exc)})") from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -23,8 +23,10 @@ import torch
 
 from factory import storage
 from factory.cli import MAX_ERROR_CHARS, main
+from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.verification_bin import write_bin
+from factory.synth import synthesize as synthesize_module
 
 
 @dataclass
@@ -58,6 +60,37 @@ def generator(tmp_path_factory):
     from conftest import save_tiny_generator
 
     return save_tiny_generator(str(tmp_path_factory.mktemp("generator")), "unused")
+
+
+def synthesis_overrides(world: Path, generator: Path, out: Path) -> list[str]:
+    """A 2-shard synthesis (4 identities x 2 images) of the tiny world with ``generator``."""
+    return [f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
+            "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
+            "synthesis.images_per_identity=2", "synthesis.identities_per_shard=2",
+            "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=4",
+            "synthesis.m.values=[1.0, 0.0]", "synthesis.actors.threads_per_actor=1",
+            f"runtime.mlflow_tracking_uri=sqlite:///{out.parent}/mlflow.db"]
+
+
+def shards_in_this_process(config, todo, checkpoint, out, cli_address):
+    """The actor pool's work without Ray: the same actor class, one shard at a time."""
+    actor = synthesize_module.ShardSynthesizer(config.synthesis.model_dump(mode="json"),
+                                               checkpoint, out, config.synthesis_inquiry_uri())
+    images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
+                     ["images"][0]) for item in todo)
+    return images, 1.0
+
+
+@pytest.fixture(scope="module")
+def dataset(world, tiny_generator, tmp_path_factory):
+    """A complete synthesised dataset of 2 shards (its MLflow store beside it)."""
+    out = tmp_path_factory.mktemp("synthesis") / "dataset"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out.parent)
+        patch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+        synthesize_module.synthesize(load_config(None, synthesis_overrides(world, tiny_generator,
+                                                                           out)))
+    return out
 
 
 def tiny_bin(path: Path, pairs: int, same: bool | None = None) -> Path:
@@ -189,6 +222,64 @@ def s3_uri_with_an_empty_region(inputs: Inputs) -> Case:
                  f"workdir={inputs.tmp_path / 'run'}"], (uri, "cannot look it up"))
 
 
+# -- datasets: analysis, a synthesis rerun, verification ------------------------------------------
+
+def _damaged_dataset(inputs: Inputs, name: str, content: bytes) -> Path:
+    dataset = inputs.copy("dataset", "dataset")
+    (dataset / name).write_bytes(content)
+    return dataset
+
+
+def analyze_corrupt_manifest(inputs: Inputs) -> Case:
+    dataset = _damaged_dataset(inputs, "manifest.json", b'{"shards": [{"shard": "shard-0')
+    return Case(["analyze", str(dataset)], ("manifest.json", "not valid JSON"))
+
+
+def analyze_manifest_naming_a_shard_outside_the_dataset(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["shards"][0]["shard"] = "../../../etc/passwd"
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    return Case(["analyze", str(dataset)], ("manifest.json", "shard-NNNNNN.tar"))
+
+
+def analyze_corrupt_centers(inputs: Inputs) -> Case:
+    dataset = _damaged_dataset(inputs, "stats/shard-000001.centers.npy", b"\x93NUMPY junk")
+    return Case(["analyze", str(dataset)], ("shard-000001.centers.npy",))
+
+
+def _rerun(inputs: Inputs, dataset: Path) -> list[str]:
+    return ["synthesize", *synthesis_overrides(inputs.fixture("world"),
+                                               inputs.fixture("tiny_generator"), dataset)]
+
+
+def synthesis_rerun_over_a_corrupt_plan(inputs: Inputs) -> Case:
+    dataset = _damaged_dataset(inputs, "plan.json", b"\x00\x01 not a plan")
+    return Case(_rerun(inputs, dataset), ("plan.json", "not valid JSON"))
+
+
+def synthesis_rerun_over_a_corrupt_stats_file(inputs: Inputs) -> Case:
+    dataset = _damaged_dataset(inputs, "stats/shard-000000.json", b'{"count": "many"}')
+    return Case(_rerun(inputs, dataset), ("shard-000000.json", "count", "written again"))
+
+
+def verify_a_truncated_shard(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    shard = dataset / "shards" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    return Case(["verify", str(dataset)], ("1 of 2 shards damaged", "shard-000001.tar",
+                                           "bytes, expected"))
+
+
+def verify_a_shard_with_one_byte_changed(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    shard = dataset / "shards" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 1
+    shard.write_bytes(bytes(data))
+    return Case(["verify", str(dataset)], ("shard-000000.tar", "sha256 differs"))
+
+
 CASES: list[Callable[[Inputs], Case]] = [
     binary_config, yaml_alias_bomb, yaml_alias_bomb_in_an_override, yaml_nested_too_deeply,
     yaml_self_containing_alias, huge_value_in_the_error,
@@ -196,6 +287,10 @@ CASES: list[Callable[[Inputs], Case]] = [
     recognizer_checkpoint_without_backbone_args, generator_json_not_json,
     generator_json_without_image_size, unet_config_not_json, unet_config_of_the_wrong_shape,
     s3_uri_with_an_empty_region,
+    analyze_corrupt_manifest, analyze_manifest_naming_a_shard_outside_the_dataset,
+    analyze_corrupt_centers, synthesis_rerun_over_a_corrupt_plan,
+    synthesis_rerun_over_a_corrupt_stats_file, verify_a_truncated_shard,
+    verify_a_shard_with_one_byte_changed,
 ]
 
 
@@ -205,6 +300,7 @@ def test_bad_input_gives_one_short_line_and_changes_nothing(make_case, tmp_path,
     monkeypatch.chdir(tmp_path)
     case = make_case(Inputs(tmp_path, request))
     before = snapshot(tmp_path)
+    capsys.readouterr()  # what building the fixtures printed
     code = main(case.argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -259,3 +355,36 @@ def test_an_all_genuine_benchmark_gives_strict_json_with_null_tars(tmp_path, mon
     summary = results["benchmarks"][0]
     assert summary["tar@far=1e-3"] is None and "impostor" in summary["note"]
     assert 0.0 <= summary["acc"] <= 1.0 and "same/tar_far_1e-3" not in results["metrics"]
+
+
+# -- a rerun checks what it trusts ----------------------------------------------------------------
+
+def test_a_rerun_rewrites_a_damaged_shard_and_verify_then_passes(dataset, world, tiny_generator,
+                                                                   tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+    copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
+    shard = copy / "shards" / "shard-000001.tar"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:-1024])
+    assert main(["synthesize", *synthesis_overrides(world, tiny_generator, copy)]) == 0
+    out = capsys.readouterr().out
+    assert "shard-000001.tar is damaged" in out and "1 to write, 1 already complete" in out
+    assert shard.read_bytes() == original
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["shards"][1]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert main(["verify", str(copy)]) == 0
+    assert "2 shards, 8 samples" in capsys.readouterr().out
+
+
+def test_a_moved_dataset_resumes(dataset, world, tiny_generator, tmp_path, capsys, monkeypatch):
+    """The plan records what the dataset is, not where: a copy elsewhere, even one whose plan
+    an earlier version wrote with its location, resumes with nothing to write."""
+    monkeypatch.chdir(tmp_path)
+    moved = Path(shutil.copytree(dataset, tmp_path / "elsewhere" / "moved"))
+    plan = json.loads((moved / "plan.json").read_text())
+    assert "out" not in plan["synthesis"]
+    plan["synthesis"]["out"] = str(dataset)
+    (moved / "plan.json").write_text(json.dumps(plan))
+    assert main(["synthesize", *synthesis_overrides(world, tiny_generator, moved)]) == 0
+    assert "0 to write, 2 already complete" in capsys.readouterr().out

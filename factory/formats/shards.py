@@ -98,6 +98,20 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     return ShardWritten(len(samples), hashlib.sha256(data).hexdigest(), len(data))
 
 
+def shard_damage(uri: str, size_bytes: int | None, sha256: str | None) -> str | None:
+    """Why the shard file at ``uri`` is not the one recorded (missing, another size, another
+    sha256), or None when it is. The size comes from file metadata; the hash, only checked
+    when one was recorded, reads the file once."""
+    size = storage.file_size(uri)
+    if size is None:
+        return "missing"
+    if size_bytes is not None and size != size_bytes:
+        return f"{size} bytes, expected {size_bytes}"
+    if sha256 is not None and storage.file_sha256(uri) != sha256:
+        return f"sha256 differs from the recorded {sha256[:12]}.."
+    return None
+
+
 def _check_samples(samples: Sequence[ShardSample]) -> None:
     """ValueError for a bad or repeated key or a label out of range; TypeError for a non-int
     label."""
