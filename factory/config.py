@@ -11,6 +11,7 @@ paths, ``s3://``, ``gs://``); an empty stage location defaults to a folder under
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,21 @@ from factory.errors import ConfigError
 
 Uri = Annotated[str, AfterValidator(storage.absolute)]
 """A location: local paths become absolute when the config is loaded, URIs stay as given."""
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+
+
+def _folder_name(value: str) -> str:
+    """Refuse a name that would not stay one folder when joined to a storage URI."""
+    if not _FOLDER_NAME.fullmatch(value):
+        raise ValueError("expected a folder name of letters, digits, '_', '-' and '.', not "
+                         "starting with '.' (it names a folder under the storage: '..', '/' or "
+                         "an empty name would write elsewhere)")
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+"""A config value that becomes one path component (run and sweep names)."""
 
 FINAL_DIR = "final"
 """Where a training run publishes its last checkpoint: ``<storage>/<run_name>/final``."""
@@ -198,7 +214,7 @@ class RecognizerConfig(StrictModel):
     data: Uri = Field("", description="Training data URI; empty: the face world's training set")
     select: ShardSelectionConfig = Field(default_factory=ShardSelectionConfig)
     storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/recognizer")
-    run_name: str = Field("recognizer", pattern=r"^[A-Za-z0-9_.\-]+$")
+    run_name: FolderName = "recognizer"
     seed: int = 0
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -315,7 +331,7 @@ class GeneratorConfig(StrictModel):
     init_from: Uri = Field("", description="Generator checkpoint to start a new run from")
     checkpoint: Uri = Field("", description="Checkpoint to sample and report on; empty: this "
                                             "run's published final checkpoint")
-    run_name: str = Field("generator", pattern=r"^[A-Za-z0-9_.\-]+$")
+    run_name: FolderName = "generator"
     seed: int = 0
     image_size: int = Field(32, ge=16, le=256, description="Side of generated images")
     unet: UNetConfig = Field(default_factory=UNetConfig)
@@ -481,8 +497,7 @@ class SweepConfig(StrictModel):
     """``factory sweep``: Ray Tune trials, each a recognizer trained on a metadata selection of
     a synthesised pool (``select``) or on its own freshly synthesised data (``generate``)."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="Tune experiment and MLflow parent run name")
+    name: FolderName = Field("sweep", description="Tune experiment and MLflow parent run name")
     mode: Literal["select", "generate"] = "select"
     pool: Uri = Field("", description="select: the synthesised dataset the trials select from "
                                       "(synthesised from the synthesis section when missing); "

@@ -299,8 +299,31 @@ def test_bad_input_gives_one_short_line_and_changes_nothing(make_case, tmp_path,
                                                             monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     case = make_case(Inputs(tmp_path, request))
-    before = snapshot(tmp_path)
     capsys.readouterr()  # what building the fixtures printed
+    assert_refused(case, tmp_path, capsys)
+
+
+ESCAPES = ["..", ".", "", "../elsewhere", "a/b", "/tmp/abs", ".hidden", "a\\b"]
+
+
+@pytest.mark.parametrize("key, command", [("recognizer.run_name", "train-recognizer"),
+                                          ("generator.run_name", "train-generator"),
+                                          ("sweep.name", "sweep")])
+@pytest.mark.parametrize("name", ESCAPES, ids=repr)
+def test_names_that_become_folders_cannot_escape(key, command, name, tmp_path, capsys,
+                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    case = Case([command, f"workdir={work}", f"{key}={name!r}"], (key, "folder name"))
+    assert_refused(case, tmp_path, capsys)
+    assert not any(path.is_file() for path in tmp_path.rglob("*"))
+
+
+def assert_refused(case: Case, root: Path, capsys: pytest.CaptureFixture) -> None:
+    """``case`` exits 2 with one line of at most MAX_ERROR_CHARS naming its needles, without
+    a traceback, and every file under ``root`` is as it was."""
+    before = snapshot(root)
     code = main(case.argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -311,7 +334,7 @@ def test_bad_input_gives_one_short_line_and_changes_nothing(make_case, tmp_path,
     assert lines[0].startswith(f"factory {case.argv[0]}: error: ")
     for needle in case.needles:
         assert needle in lines[0], lines[0]
-    after = snapshot(tmp_path)
+    after = snapshot(root)
     assert {path: after.get(path) for path in before} == before
 
 
