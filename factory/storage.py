@@ -118,6 +118,18 @@ def listdir(uri: str) -> list[str]:
     return sorted(info.base_name for info in _file_info(uri, selector=True))
 
 
+def list_files(uri: str) -> list[str]:
+    """Paths (``/``-separated, relative to ``uri``) of every file below a directory, sorted."""
+    filesystem, path = resolve(uri)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    except FILESYSTEM_ERRORS as exc:
+        raise UserError(f"{uri}: cannot list it ({_reason(exc)})") from None
+    prefix = path.rstrip("/") + "/"
+    return sorted(info.path[len(prefix):] for info in infos
+                  if info.type == pafs.FileType.File)
+
+
 def makedirs(uri: str) -> None:
     """Create a directory and its parents; a clear :class:`UserError` if that is not allowed."""
     filesystem, path = resolve(uri)

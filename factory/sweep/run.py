@@ -7,7 +7,8 @@ synthesises its own dataset first, for parameters that only exist at generation 
 
 The sweep is an MLflow parent run and each trial a nested run. A rerun of the same sweep
 (same ``sweep.name`` and storage) restores the Tune experiment: finished trials are kept, and
-unfinished ones resume from their own latest checkpoints.
+unfinished ones resume from their own latest checkpoints. Only state this user's sweep sealed
+is restored (:mod:`factory.sweep.seal`): restoring unpickles it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from factory.sweep.compare import (
     comparison_table,
     sweep_rows,
 )
+from factory.sweep.seal import check_seal, seal
 from factory.sweep.space import (
     apply_params,
     corner_params,
@@ -49,6 +51,9 @@ CURVE_FILE = "accuracy_vs_m.png"
 STOPPED_EARLY_TAG = "facefactory.stopped_after_epochs"
 STATE_FILE = "sweep.json"
 """In the sweep's directory: the MLflow parent run id, so a rerun logs under the same parent."""
+COMPARISON_FILE = "comparison.txt"
+SWEEP_FILES = (STATE_FILE, COMPARISON_FILE, CURVE_FILE)
+"""What the sweep itself writes beside Tune's files (read back only as JSON, or never)."""
 
 
 @dataclass
@@ -169,6 +174,11 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     root = config.sweep_storage_uri()
     directory = storage.join(root, sweep.name)
     storage.ensure_writable(directory)
+    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
+    tune_path = storage.join(storage_path, sweep.name)
+    restoring = tune.Tuner.can_restore(tune_path)
+    if restoring:
+        check_seal(tune_path, SWEEP_FILES)  # before Ray, Tune or MLflow read anything of it
     init_ray(config.runtime, cli_address)
     pool = ensure_pool(config, cli_address) if sweep.mode == "select" else ""
     groups = similarity_groups(pool, sweep.similarity_groups) if sweep.similarity_groups else None
@@ -180,11 +190,9 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"CPU": sweep.trial_cpus})
     param_space = tune_space(sweep.space, groups)
-    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
-    tune_path = storage.join(storage_path, sweep.name)
     concurrent = concurrent_trials(config, local=ray_address(config.runtime, cli_address) is None)
     expected = grid_size(sweep.space, groups) * sweep.num_samples
-    if tune.Tuner.can_restore(tune_path):
+    if restoring:
         print(f"== sweep {sweep.name}: restoring {tune_path} (finished trials are kept)")
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space)
@@ -205,7 +213,10 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, verbose=1),
         )
-    results, interrupted = _fit(tuner)
+    try:
+        results, interrupted = _fit(tuner)
+    finally:
+        seal(tune_path, SWEEP_FILES)  # this run's state, finished or interrupted
     if interrupted:
         raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
     setup_mlflow(config.runtime)
@@ -215,7 +226,7 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     errors = [str(result.error).splitlines()[0] for result in results if result.error]
     rows = sweep_rows(config.runtime.experiment, sweep.name)
     table = comparison_table(rows)
-    storage.write_text(storage.join(directory, "comparison.txt"), table + "\n")
+    storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
     figure = _curve(rows, directory, parent_run_id)
     if errors:
         raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "
