@@ -169,7 +169,7 @@ def error_line(command: str, exc: UserError) -> str:
     line = f"factory {command}: error: {' '.join(str(exc).split())}"
     if len(line) <= MAX_ERROR_CHARS:
         return line
-    cut = f" ... ({len(line) - MAX_ERROR_CHARS} more characters)"
+    cut = f" ... (cut from {len(line)} characters)"
     return line[:MAX_ERROR_CHARS - len(cut)] + cut
 
 

@@ -75,14 +75,13 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
-def _file_info(uri: str, selector: bool = False) -> pafs.FileInfo | list[pafs.FileInfo]:
-    """What the filesystem knows of ``uri`` (of its entries, with ``selector``); a
-    :class:`UserError` naming the URI when the filesystem cannot be asked."""
+def _file_info(uri: str, recursive: bool | None = None) -> pafs.FileInfo | list[pafs.FileInfo]:
+    """What the filesystem knows of ``uri``, or with ``recursive`` set of the entries below it
+    (all levels when True); a :class:`UserError` naming the URI when it cannot be asked."""
     filesystem, path = resolve(uri)
+    target = path if recursive is None else pafs.FileSelector(path, recursive=recursive)
     try:
-        if selector:
-            return filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=False))
-        return filesystem.get_file_info(path)
+        return filesystem.get_file_info(target)
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot look it up ({_reason(exc)})") from None
 
@@ -115,18 +114,13 @@ def file_sha256(uri: str) -> str:
 
 def listdir(uri: str) -> list[str]:
     """Names (not paths) of the entries directly inside a directory, sorted."""
-    return sorted(info.base_name for info in _file_info(uri, selector=True))
+    return sorted(info.base_name for info in _file_info(uri, recursive=False))
 
 
 def list_files(uri: str) -> list[str]:
     """Paths (``/``-separated, relative to ``uri``) of every file below a directory, sorted."""
-    filesystem, path = resolve(uri)
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-    except FILESYSTEM_ERRORS as exc:
-        raise UserError(f"{uri}: cannot list it ({_reason(exc)})") from None
-    prefix = path.rstrip("/") + "/"
-    return sorted(info.path[len(prefix):] for info in infos
+    prefix = resolve(uri)[1].rstrip("/") + "/"
+    return sorted(info.path[len(prefix):] for info in _file_info(uri, recursive=True)
                   if info.type == pafs.FileType.File)
 
 

@@ -168,7 +168,8 @@ def shard_label_of_ten_to_the_26(inputs: Inputs) -> Case:
     (data / "shards").mkdir(parents=True)
     members = [("a.cls", b"1" + b"0" * 26), ("a.jpg", encode_jpeg(np.zeros((8, 8, 3), np.uint8))),
                ("a.json", b"{}")]
-    with tarfile.open(data / "shards" / "shard-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+    shard = data / "shards" / "shard-000000.tar"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, payload in members:
             info = tarfile.TarInfo(name)
             info.size = len(payload)

@@ -49,9 +49,10 @@ def test_join_keeps_a_query_last():
 
 
 def test_gcs_uris_get_a_retry_bound_unless_they_set_one():
-    assert storage._bounded("gs://b/x") == f"gs://b/x?retry_limit_seconds={storage.GCS_RETRY_SECONDS}"
+    limit = storage.GCS_RETRY_SECONDS
+    assert storage._bounded("gs://b/x") == f"gs://b/x?retry_limit_seconds={limit}"
     assert storage._bounded("gs://b/x?scheme=http") == \
-        f"gs://b/x?scheme=http&retry_limit_seconds={storage.GCS_RETRY_SECONDS}"
+        f"gs://b/x?scheme=http&retry_limit_seconds={limit}"
     assert storage._bounded("gs://b/x?retry_limit_seconds=5") == "gs://b/x?retry_limit_seconds=5"
     assert storage._bounded("s3://b/x") == "s3://b/x"
 

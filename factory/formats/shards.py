@@ -89,8 +89,9 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     """Write ``samples`` as one tar at ``uri``, replacing any file there atomically.
 
     ValueError, before anything is written, for a key that is empty, holds a ``.`` or ``/`` or
-    repeats within the shard, for a negative label or one of more than 18 digits, or for metadata that is not strict JSON
-    (NaN, infinity); TypeError for a label that is not an int or metadata JSON cannot hold.
+    repeats within the shard, for a negative label or one of more than 18 digits, or for
+    metadata that is not strict JSON (NaN, infinity); TypeError for a label that is not an int
+    or metadata JSON cannot hold.
     """
     _check_samples(samples)
     data = _tar_bytes(samples)

@@ -194,8 +194,8 @@ def complete_shards(out: str) -> set[int]:
     directory = storage.join(out, STATS_DIR)
     if not storage.is_dir(directory):
         return set()
-    return {int(match.group(1)) for match in map(_STATS_NAME.fullmatch, storage.listdir(directory))
-            if match}
+    names = storage.listdir(directory)
+    return {int(match.group(1)) for match in map(_STATS_NAME.fullmatch, names) if match}
 
 
 def damaged_shards(out: str, done: set[int]) -> dict[int, str]:
