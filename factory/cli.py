@@ -16,6 +16,8 @@ from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
 
 EXIT_USER_ERROR = 2
+MAX_ERROR_CHARS = 500
+"""The longest error line the CLI prints: a message may quote input of any size."""
 
 Handler = Callable[[FactoryConfig, argparse.Namespace], int | None]
 """Runs one command; returns its exit code, or None for 0."""
@@ -120,6 +122,17 @@ def _bounds(values: list[float] | None, flag: str) -> tuple[float, float] | None
     return values[0], values[-1]
 
 
+def _verify(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory import storage
+    from factory.synth.verify import damage_message, verify_dataset
+
+    verification = verify_dataset(storage.absolute(args.dataset))
+    if verification.damaged:
+        raise UserError(damage_message(verification))
+    print(f"dataset {verification.dataset}: {verification.shards} shards, "
+          f"{verification.samples} samples; every shard's size and sha256 as recorded")
+
+
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.sweep.run import run_sweep
 
@@ -181,6 +194,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                          "(the shipped judge)", _publish_backbone),
     "export": ("write a dataset as insightface RecordIO or an image folder, with its metadata",
                _export),
+    "verify": ("check a synthesised dataset's shards against its manifest (size, sha256)",
+               _verify),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
     "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
@@ -219,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "runtime.experiment)")
             sub.add_argument("--sweep", help="only this sweep's trials (default: all sweeps)")
             sub.add_argument("--out", default=".", help="folder for accuracy_vs_m.png")
-        if name == "analyze":
+        if name in ("analyze", "verify"):
             sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
         if name == "generator-progress":
             sub.add_argument("folder", nargs="?", metavar="DIR",
@@ -249,13 +264,23 @@ def _export_arguments(sub: argparse.ArgumentParser) -> None:
                            help="share of identity-mixup identities among those kept")
 
 
+def error_line(command: str, exc: UserError) -> str:
+    """``factory <command>: error: <message>`` on one line of at most :data:`MAX_ERROR_CHARS`
+    characters, whatever the message holds (line breaks from a library, a huge quoted value)."""
+    line = f"factory {command}: error: {' '.join(str(exc).split())}"
+    if len(line) <= MAX_ERROR_CHARS:
+        return line
+    cut = f" ... (cut from {len(line)} characters)"
+    return line[:MAX_ERROR_CHARS - len(cut)] + cut
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         code = COMMANDS[args.command][1](config, args)
     except UserError as exc:
-        print(f"factory {args.command}: error: {exc}", file=sys.stderr)
+        print(error_line(args.command, exc), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)

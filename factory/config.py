@@ -11,6 +11,8 @@ paths, ``s3://``, ``gs://``); an empty stage location defaults to a folder under
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -28,6 +30,21 @@ from factory.errors import ConfigError
 
 Uri = Annotated[str, AfterValidator(storage.absolute)]
 """A location: local paths become absolute when the config is loaded, URIs stay as given."""
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+
+
+def _folder_name(value: str) -> str:
+    """Refuse a name that would not stay one folder when joined to a storage URI."""
+    if not _FOLDER_NAME.fullmatch(value):
+        raise ValueError("expected a folder name of letters, digits, '_', '-' and '.', not "
+                         "starting with '.' (it names a folder under the storage: '..', '/' or "
+                         "an empty name would write elsewhere)")
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+"""A config value that becomes one path component (run and sweep names)."""
 
 FINAL_DIR = "final"
 """Where a training run publishes its last checkpoint: ``<storage>/<run_name>/final``."""
@@ -197,7 +214,7 @@ class RecognizerConfig(StrictModel):
     data: Uri = Field("", description="Training data URI; empty: the face world's training set")
     select: ShardSelectionConfig = Field(default_factory=ShardSelectionConfig)
     storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/recognizer")
-    run_name: str = Field("recognizer", pattern=r"^[A-Za-z0-9_.\-]+$")
+    run_name: FolderName = "recognizer"
     seed: int = 0
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -327,7 +344,7 @@ class GeneratorConfig(StrictModel):
     init_from: Uri = Field("", description="Generator checkpoint to start a new run from")
     checkpoint: Uri = Field("", description="Checkpoint to sample and report on; empty: this "
                                             "run's published final checkpoint")
-    run_name: str = Field("generator", pattern=r"^[A-Za-z0-9_.\-]+$")
+    run_name: FolderName = "generator"
     seed: int = 0
     image_size: int = Field(32, ge=16, le=256, description="Side of generated images")
     unet: UNetConfig = Field(default_factory=UNetConfig)
@@ -510,8 +527,7 @@ class SweepConfig(StrictModel):
     """``factory sweep``: Ray Tune trials, each a recognizer trained on a metadata selection of
     a synthesised pool (``select``) or on its own freshly synthesised data (``generate``)."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="Tune experiment and MLflow parent run name")
+    name: FolderName = Field("sweep", description="Tune experiment and MLflow parent run name")
     mode: Literal["select", "generate"] = "select"
     pool: Uri = Field("", description="select: the synthesised dataset the trials select from "
                                       "(synthesised from the synthesis section when missing); "
@@ -633,7 +649,10 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(storage.read_text(path))
+            loaded = load_yaml(storage.read_text(path))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a YAML text file (byte 0x{exc.object[exc.start]:02x} "
+                              f"at offset {exc.start} is not UTF-8)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -647,15 +666,61 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
+MAX_YAML_NODES = 100_000
+"""The most YAML nodes a config may hold with its aliases expanded. A real config has a few
+hundred; a 370-byte "billion laughs" file, nine aliases nested nine deep, expands to 10**9."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, before building any Python object, a document whose
+    aliases would expand it past :data:`MAX_YAML_NODES` or make it contain itself."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"aliases expand it to {size:.3g} nodes, more than the "
+                                 f"{MAX_YAML_NODES} a config may hold")
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes under ``node`` as if every alias were copied out; each shared node is counted once
+    per use but walked once (``sizes``), so the count is cheap however large it gets."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise yaml.YAMLError(f"an alias refers to a node that contains it "
+                             f"(line {node.start_mark.line + 1})")
+    open_nodes.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [item for pair in node.value for item in pair]
+    sizes[key] = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(key)
+    return sizes[key]
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML safely and boundedly: plain data only (no tags that build objects), no
+    alias bomb, no nesting deep enough to exhaust the interpreter's stack."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``3`` is an int)."""
     key, sep, text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {override!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(text) if text else ""
+        value = load_yaml(text) if text else ""
     except yaml.YAMLError:
-        value = text
+        value = text  # bounded: the text itself, which the schema then checks
     set_dotted(raw, key, value, source=f"override {override!r}")
 
 
@@ -671,6 +736,11 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+"""Quotes a bad value in an error at a bounded length, whatever its size."""
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """Pydantic's errors as one line: ``key: expected ...`` for each, joined with ``; ``."""
     parts = []
@@ -680,7 +750,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             parts.append(f"unknown key '{key}'")
             continue
         message = error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-        parts.append(f"{key}: {message}, got {error.get('input')!r}")
+        parts.append(f"{key}: {message}, got {_SHORT_REPR.repr(error.get('input'))}")
     return "; ".join(parts)
 
 

@@ -6,7 +6,8 @@ start actor pools must leave CPU for the tasks that feed them (fractional ``num_
 actor): on a 2-CPU machine a pool that takes both CPUs starves its read tasks and hangs.
 
 MLflow: ``MLFLOW_TRACKING_URI`` or ``runtime.mlflow_tracking_uri``, else a SQLite file in the
-current directory, made absolute so Ray workers (whose working directory differs) share it.
+current directory, made absolute so Ray workers (whose working directory differs) share it; a
+SQLite store's artifacts go to ``mlartifacts/`` beside it (:func:`factory.tracking.use_experiment`).
 """
 
 from __future__ import annotations
@@ -68,9 +69,8 @@ def mlflow_tracking_uri(runtime: RuntimeConfig) -> str:
 
 def setup_mlflow(runtime: RuntimeConfig) -> str:
     """Point mlflow at the run's tracking store and experiment; returns the tracking URI."""
-    import mlflow
+    from factory.tracking import use_experiment
 
     uri = mlflow_tracking_uri(runtime)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(runtime.experiment)
+    use_experiment(uri, runtime.experiment)
     return uri

@@ -9,17 +9,27 @@ half-written file under a final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import IO
 
+import pyarrow as pa
 from pyarrow import fs as pafs
 
-from factory.errors import UserError
+from factory.errors import FormatError, UserError
 
 TEMP_MARKER = ".tmp-"
+FILESYSTEM_ERRORS = (OSError, pa.ArrowException)
+"""What pyarrow filesystems raise for a file they cannot reach (cloud clients' own errors are
+ArrowException, local ones OSError, PermissionError among them)."""
+GCS_RETRY_SECONDS = 60
+"""How long a Google Cloud Storage call keeps retrying before it fails, unless the URI sets its
+own ``retry_limit_seconds``. The client's default is many minutes, so a missing credential or
+an unreachable endpoint looked like a hang."""
 
 
 def is_remote(uri: str) -> bool:
@@ -43,34 +53,75 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(_bounded(uri))
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
         raise UserError(f"{uri}: not a usable storage URI ({exc})") from None
 
 
+def _bounded(uri: str) -> str:
+    """``uri`` with a retry time limit for the filesystems whose clients retry for minutes."""
+    if not uri.startswith(("gs://", "gcs://")) or "retry_limit_seconds=" in uri:
+        return uri
+    separator = "&" if "?" in uri else "?"
+    return f"{uri}{separator}retry_limit_seconds={GCS_RETRY_SECONDS}"
+
+
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a URI, keeping its scheme."""
+    """Join path parts onto a URI, keeping its scheme and its query (``?region=..``) last."""
     if "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://{posixpath.join(rest, *parts)}"
+        base, question, query = uri.partition("?")
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}{question}{query}"
     return os.path.join(uri, *parts)
 
 
-def exists(uri: str) -> bool:
+def _file_info(uri: str, recursive: bool | None = None) -> pafs.FileInfo | list[pafs.FileInfo]:
+    """What the filesystem knows of ``uri``, or with ``recursive`` set of the entries below it
+    (all levels when True); a :class:`UserError` naming the URI when it cannot be asked."""
     filesystem, path = resolve(uri)
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    target = path if recursive is None else pafs.FileSelector(path, recursive=recursive)
+    try:
+        return filesystem.get_file_info(target)
+    except FILESYSTEM_ERRORS as exc:
+        raise UserError(f"{uri}: cannot look it up ({_reason(exc)})") from None
+
+
+def exists(uri: str) -> bool:
+    return _file_info(uri).type != pafs.FileType.NotFound
 
 
 def is_dir(uri: str) -> bool:
-    filesystem, path = resolve(uri)
-    return filesystem.get_file_info(path).type == pafs.FileType.Directory
+    return _file_info(uri).type == pafs.FileType.Directory
+
+
+def file_size(uri: str) -> int | None:
+    """Size in bytes of the file at ``uri``; None when there is no file there."""
+    info = _file_info(uri)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def file_sha256(uri: str) -> str:
+    """Hex sha256 of the file at ``uri``, read in 4 MiB chunks (never whole in memory)."""
+    digest = hashlib.sha256()
+    with open_input(uri) as stream:
+        try:
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(chunk)
+        except FILESYSTEM_ERRORS as exc:
+            raise UserError(f"{uri}: cannot read ({_reason(exc)})") from None
+    return digest.hexdigest()
 
 
 def listdir(uri: str) -> list[str]:
     """Names (not paths) of the entries directly inside a directory, sorted."""
-    filesystem, path = resolve(uri)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=False))
-    return sorted(info.base_name for info in infos)
+    return sorted(info.base_name for info in _file_info(uri, recursive=False))
+
+
+def list_files(uri: str) -> list[str]:
+    """Paths (``/``-separated, relative to ``uri``) of every file below a directory, sorted."""
+    prefix = resolve(uri)[1].rstrip("/") + "/"
+    return sorted(info.path[len(prefix):] for info in _file_info(uri, recursive=True)
+                  if info.type == pafs.FileType.File)
 
 
 def makedirs(uri: str) -> None:
@@ -78,7 +129,7 @@ def makedirs(uri: str) -> None:
     filesystem, path = resolve(uri)
     try:
         filesystem.create_dir(path, recursive=True)
-    except (OSError, PermissionError) as exc:
+    except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot create output directory ({_reason(exc)})") from None
 
 
@@ -91,7 +142,7 @@ def ensure_writable(uri: str) -> None:
         with filesystem.open_output_stream(path) as stream:
             stream.write(b"ok")
         filesystem.delete_file(path)
-    except (OSError, PermissionError) as exc:
+    except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: output location is not writable ({_reason(exc)})") from None
 
 
@@ -102,17 +153,31 @@ def open_input(uri: str) -> IO[bytes]:
         return filesystem.open_input_file(path)
     except FileNotFoundError:
         raise UserError(f"{uri}: file not found") from None
-    except (OSError, PermissionError) as exc:
+    except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot open for reading ({_reason(exc)})") from None
 
 
 def read_bytes(uri: str) -> bytes:
     with open_input(uri) as stream:
-        return stream.read()
+        try:
+            return stream.read()
+        except FILESYSTEM_ERRORS as exc:
+            raise UserError(f"{uri}: cannot read ({_reason(exc)})") from None
 
 
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
+
+
+def read_json_object(uri: str) -> dict:
+    """A file holding one JSON object; :class:`FormatError` naming the file if it does not."""
+    try:
+        document = json.loads(read_bytes(uri))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+        raise FormatError(f"{uri}: not valid JSON ({_reason(exc)})") from None
+    if not isinstance(document, dict):
+        raise FormatError(f"{uri}: expected a JSON object, found {type(document).__name__}")
+    return document
 
 
 @contextlib.contextmanager
@@ -124,7 +189,7 @@ def atomic_output(uri: str) -> Iterator[IO[bytes]]:
     try:
         filesystem.create_dir(parent, recursive=True)
         stream = filesystem.open_output_stream(temp_path)
-    except (OSError, PermissionError) as exc:
+    except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot write ({_reason(exc)})") from None
     try:
         with stream:
@@ -134,6 +199,15 @@ def atomic_output(uri: str) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             filesystem.delete_file(temp_path)
         raise
+
+
+def delete(uri: str) -> None:
+    """Remove the file at ``uri``; a :class:`UserError` naming it if that is not allowed."""
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_file(path)
+    except FILESYSTEM_ERRORS as exc:
+        raise UserError(f"{uri}: cannot delete ({_reason(exc)})") from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -159,7 +233,7 @@ def copy_tree(source: str, destination: str,
         destination_filesystem.create_dir(destination_path, recursive=True)
         pafs.copy_files(source, destination_path, source_filesystem=source_filesystem,
                         destination_filesystem=destination_filesystem)
-    except (OSError, PermissionError) as exc:
+    except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{destination}: cannot copy {source} there ({_reason(exc)})") from None
 
 
@@ -171,4 +245,4 @@ def local_path(uri: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    return getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]

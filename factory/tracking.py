@@ -7,8 +7,10 @@ tags, and resume by run id after a restart.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -42,6 +44,36 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+SQLITE_PREFIX = "sqlite:///"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where runs of a local SQLite store keep their artifacts: ``mlartifacts/`` beside the
+    database file, so they stay with it (MLflow's default is ``./mlruns`` of whatever
+    directory the creating process ran in). None for other stores, which decide themselves."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    database = os.path.abspath(tracking_uri[len(SQLITE_PREFIX):])
+    return Path(os.path.dirname(database), ARTIFACT_DIR).as_uri()
+
+
+def use_experiment(tracking_uri: str, experiment: str) -> None:
+    """Point mlflow at ``tracking_uri`` and make ``experiment`` active, creating it with its
+    artifacts beside a local store (:func:`artifact_root`) when it does not exist yet."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    root = artifact_root(tracking_uri)
+    if root is not None and mlflow.get_experiment_by_name(experiment) is None:
+        try:
+            mlflow.create_experiment(experiment, artifact_location=root)
+        except MlflowException:  # another process (a Ray worker) created it first
+            pass
+    mlflow.set_experiment(experiment)
+
+
 class RunTracker:
     """One MLflow run, or nothing at all when ``enabled`` is False."""
 
@@ -49,10 +81,7 @@ class RunTracker:
         self.enabled = enabled
         self.run_id: str | None = None
         if enabled:
-            import mlflow
-
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_experiment(experiment)
+            use_experiment(tracking_uri, experiment)
 
     def start(
         self,

@@ -21,6 +21,13 @@ def isolated_mlflow_uri():
         os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+@pytest.fixture(autouse=True)
+def sweep_key(monkeypatch):
+    """Sweeps seal their Tune state with the user's key (factory.sweep.seal); tests use a fixed
+    one rather than create ~/.config/facefactory/sweep.key."""
+    monkeypatch.setenv("FACTORY_SWEEP_KEY", "test-sweep-key")
+
+
 @pytest.fixture(scope="module")
 def ray_two_cpus():
     """A local Ray cluster the size of the CI machine (2 CPUs), for one test module."""

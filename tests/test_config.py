@@ -78,3 +78,28 @@ def test_faceworld_generator_config_conditions_on_the_quickstart_outputs():
     assert generator.generator.data == quickstart.generator_data_uri()
     assert generator.generator.identity_encoder == quickstart.recognizer_final_uri()
     assert generator.inquiry_data_uri() == quickstart.inquiry_data_uri()
+
+
+def test_aliases_within_the_bound_still_load(tmp_path):
+    """Anchors and aliases are ordinary YAML; only their blow-up is refused."""
+    path = write(tmp_path, "backbone: &small {name: ir-tiny, input_size: 32}\n"
+                           "recognizer:\n  backbone: *small\n"
+                           "sweep:\n  measure:\n    encoder_backbone: *small\n")
+    with pytest.raises(ConfigError, match="unknown key 'backbone'"):
+        load_config(path)
+    path = write(tmp_path, "recognizer:\n  backbone: &small {name: ir-tiny, input_size: 32}\n"
+                           "sweep:\n  measure:\n    encoder_backbone: *small\n")
+    config = load_config(path)
+    assert config.sweep.measure.encoder_backbone.name == config.recognizer.backbone.name
+
+
+def test_alias_expansion_is_counted_not_performed():
+    from factory.config import MAX_YAML_NODES, load_yaml
+
+    levels = ["a: &a [" + ", ".join(["x"] * 10) + "]"]
+    levels += [f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 10)}]"
+               for i in range(1, 4)]
+    assert len(str(load_yaml("\n".join(levels)))) > 10_000  # 10**4 strings: loads
+    levels.append("e: [" + ", ".join(["*d"] * 10) + "]")  # 10**5 + nodes: refused at once
+    with pytest.raises(yaml.YAMLError, match=f"more than the {MAX_YAML_NODES}"):
+        load_yaml("\n".join(levels))

@@ -355,3 +355,15 @@ def test_fractional_label_without_header_is_a_format_error(tmp_path):
                                  1: (IRHeader(0, 1.5, 1, 0), jpeg)})
     with pytest.raises(FormatError, match="record 1: expected an integer label"):
         InsightFaceRecordDataset(str(out))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("3,16,16", r"says 3 classes, the records have labels 0 \.\. 1 \(2 classes\)"),
+    ("2,16,12", r"says 16x12 images, record 4 is 16x16"),
+    ("2,112,112", r"says 112x112 images, record 4 is 16x16"),
+])
+def test_property_that_disagrees_with_the_records_is_refused(dataset_dir, text, match):
+    (dataset_dir / "property").write_text(text)
+    with pytest.raises(FormatError, match=match) as info:
+        InsightFaceRecordDataset(str(dataset_dir))
+    assert str(info.value).startswith(str(dataset_dir / "property"))

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from factory import storage
-from factory.errors import UserError
+from factory.errors import FormatError, UserError
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
@@ -40,3 +40,30 @@ def test_file_uri_and_plain_path_agree(tmp_path):
     storage.write_text(str(tmp_path / "x.txt"), "hello")
     assert storage.read_text(f"file://{tmp_path}/x.txt") == "hello"
     assert storage.listdir(f"file://{tmp_path}") == ["x.txt"]
+
+
+def test_join_keeps_a_query_last():
+    assert storage.join("s3://bucket/data?region=eu-west-1", "shards", "a.tar") == \
+        "s3://bucket/data/shards/a.tar?region=eu-west-1"
+    assert storage.join("s3://bucket/data", "a") == "s3://bucket/data/a"
+
+
+def test_gcs_uris_get_a_retry_bound_unless_they_set_one():
+    limit = storage.GCS_RETRY_SECONDS
+    assert storage._bounded("gs://b/x") == f"gs://b/x?retry_limit_seconds={limit}"
+    assert storage._bounded("gs://b/x?scheme=http") == \
+        f"gs://b/x?scheme=http&retry_limit_seconds={limit}"
+    assert storage._bounded("gs://b/x?retry_limit_seconds=5") == "gs://b/x?retry_limit_seconds=5"
+    assert storage._bounded("s3://b/x") == "s3://b/x"
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\xff\xfe\x00junk", "not valid JSON"), (b'{"a": ', "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"), (b"[1, 2]", "expected a JSON object, found list"),
+])
+def test_read_json_object_names_the_file(tmp_path, content, match):
+    path = tmp_path / "x.json"
+    path.write_bytes(content)
+    with pytest.raises(FormatError, match=match) as info:
+        storage.read_json_object(str(path))
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)

@@ -181,3 +181,19 @@ def test_plot_roc_writes_a_png(tmp_path) -> None:
     path = plot_roc(results, str(tmp_path / "roc.png"))
     with open(path, "rb") as stream:
         assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_benchmark_of_one_kind_of_pair_has_null_tars_with_a_note() -> None:
+    """All genuine (or all impostor) pairs: accuracy is defined, TAR@FAR is not; the summary
+    says so in strict JSON instead of writing a bare NaN."""
+    from factory.eval.benchmarks import accuracy_metrics
+
+    embeddings, _ = _separable_embeddings(20)
+    for issame in (np.ones(20, bool), np.zeros(20, bool)):
+        result = evaluate_pairs(embeddings, issame, "one-kind")
+        summary = result.summary()
+        assert summary["tar@far=1e-3"] is None and summary["tar@far=1e-4"] is None
+        assert "genuine and impostor" in summary["note"]
+        json.dumps(summary, allow_nan=False)
+        assert not any(key.startswith("one-kind/tar") for key in accuracy_metrics([result]))
+    assert "note" not in evaluate_pairs(embeddings, _separable_embeddings(20)[1], "x").summary()

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from factory.errors import FormatError
 from factory.eval.verification import (
+    NUM_FOLDS,
     VerificationResult,
     evaluate_pairs,
     far_label,
@@ -35,10 +37,14 @@ class Benchmark:
 
 
 def load_benchmarks(uris: Sequence[str], size: int) -> list[Benchmark]:
-    """Read and decode .bin files at ``size`` x ``size`` (restricted unpickling, see formats)."""
+    """Read and decode .bin files at ``size`` x ``size`` (restricted unpickling, see formats);
+    FormatError for a benchmark with fewer pairs than the protocol has folds."""
     benchmarks = []
     for uri in uris:
         pairs = read_bin(uri)
+        if pairs.num_pairs < NUM_FOLDS:
+            raise FormatError(f"{uri}: {pairs.num_pairs} pairs; the {NUM_FOLDS}-fold "
+                              f"verification protocol needs at least {NUM_FOLDS}")
         benchmarks.append(Benchmark(pairs.name, pairs.decode(size), np.asarray(pairs.issame)))
     return benchmarks
 
@@ -69,6 +75,7 @@ def accuracy_metrics(results: Sequence[VerificationResult]) -> dict[str, float]:
     metrics = {f"{r.name}/acc": 100.0 * r.accuracy for r in results}
     for r in results:
         for far, tar in r.tar_at_far.items():
-            metrics[f"{r.name}/tar_far_{far_label(far)}"] = 100.0 * tar
+            if not np.isnan(tar):  # undefined without genuine or impostor pairs: no metric
+                metrics[f"{r.name}/tar_far_{far_label(far)}"] = 100.0 * tar
     metrics["avg_acc"] = float(np.mean([100.0 * r.accuracy for r in results]))
     return metrics

@@ -98,7 +98,8 @@ def _save(config: FactoryConfig, evaluation: Evaluation) -> None:
         "code_version": code_version(),
         "config": config.evaluate.model_dump(mode="json"),
     }
-    storage.write_text(storage.join(out, "results.json"), json.dumps(document, indent=2))
+    storage.write_text(storage.join(out, "results.json"),
+                       json.dumps(document, indent=2, allow_nan=False))
     tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
     tracker.start(
         "evaluate", params={"evaluate": document["config"], "checkpoint": checkpoint},

@@ -25,6 +25,7 @@ import numpy as np
 DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
 DEFAULT_THRESHOLDS.setflags(write=False)
 DEFAULT_FARS = (1e-3, 1e-4)
+NUM_FOLDS = 10
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     return np.sum(difference * difference, axis=1)
 
 
-def kfold_indices(n: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold_indices(n: int, n_folds: int = NUM_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index arrays of ``n_folds`` contiguous, unshuffled folds.
 
     Fold sizes are sklearn ``KFold(shuffle=False)``'s: ``n // n_folds`` each, and the first
@@ -81,7 +82,7 @@ def ten_fold_accuracy(
     distances: np.ndarray,
     issame: np.ndarray,
     thresholds: np.ndarray = DEFAULT_THRESHOLDS,
-    n_folds: int = 10,
+    n_folds: int = NUM_FOLDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-fold held-out accuracies and the threshold each fold chose (see the module doc).
 
@@ -172,15 +173,23 @@ class VerificationResult:
     fpr: np.ndarray
     tpr: np.ndarray
 
-    def summary(self) -> dict[str, str | int | float]:
-        """Plain JSON-ready values: name, ``acc``, ``acc_std``, ``num_pairs``, ``tar@far=..``."""
-        summary: dict[str, str | int | float] = {
+    def summary(self) -> dict[str, str | int | float | None]:
+        """Plain JSON-ready values: name, ``acc``, ``acc_std``, ``num_pairs``, ``tar@far=..``.
+
+        A TAR the benchmark cannot define (it has no genuine or no impostor pairs) is None,
+        JSON ``null``, with a ``note`` saying why: a bare NaN would make the file invalid JSON.
+        """
+        summary: dict[str, str | int | float | None] = {
             "name": self.name,
             "acc": float(self.accuracy),
             "acc_std": float(self.accuracy_std),
             "num_pairs": int(self.num_pairs),
         }
-        summary.update({far_key(far): float(tar) for far, tar in self.tar_at_far.items()})
+        summary.update({far_key(far): None if np.isnan(tar) else float(tar)
+                        for far, tar in self.tar_at_far.items()})
+        if any(np.isnan(tar) for tar in self.tar_at_far.values()):
+            summary["note"] = "TAR@FAR undefined: the benchmark needs both genuine and " \
+                              "impostor pairs"
         return summary
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from factory import storage
 from factory.config import BenchmarkSpec, FaceWorldConfig, FactoryConfig, save_config
+from factory.errors import FormatError
 from factory.faceworld.identity import lookalike, sample_identity
 from factory.faceworld.montage import montage
 from factory.faceworld.nuisance import Nuisance, same_scene, sample_nuisance
@@ -186,7 +187,11 @@ def load_summary(out: str) -> FaceWorldSummary | None:
     uri = storage.join(out, "summary.json")
     if not storage.exists(uri):
         return None
-    return FaceWorldSummary(**json.loads(storage.read_text(uri)))
+    try:
+        return FaceWorldSummary(**storage.read_json_object(uri))
+    except TypeError as exc:  # a key the summary does not have, or one it needs missing
+        raise FormatError(f"{uri}: not a face-world summary ({exc}); remove it to render the "
+                          "face world again") from None
 
 
 def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:

@@ -363,7 +363,8 @@ class InsightFaceRecordDataset:
 
     Everything that can be checked cheaply is checked at open, so a bad dataset fails on the
     driver with one line instead of inside a training worker: the three files exist, ``property``
-    parses, the labels are consistent, and the last image record is complete (a truncated copy).
+    parses and agrees with the records (class count, image size), the labels are consistent,
+    and the last image record is complete and decodes (a truncated copy).
     With the header record, labels come from the identity records only (one read per identity,
     not per image); without it, every record is read once for its label.
     """
@@ -391,11 +392,25 @@ class InsightFaceRecordDataset:
                                     for key in self._keys], dtype=np.int64)
         if len(self._keys) == 0:
             raise FormatError(f"{rec_uri}: expected at least one image record, found none")
-        self._header(self._keys[-1])  # reads the last image in full: catches a truncated copy
         if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
             raise FormatError(f"{rec_uri}: labels must lie in 0 .. {self.num_classes - 1} "
                               f"(num_classes from property), found {self.labels.min()} .. "
                               f"{self.labels.max()}")
+        self._check_property(property_uri)
+
+    def _check_property(self, property_uri: str) -> None:
+        """The records agree with ``property``: as many classes as it says (a classifier sized
+        from a wrong count trains silently wrong) and images of its size, judged by the last
+        image, read in full, which also catches a truncated copy."""
+        if self.labels.max() + 1 != self.num_classes:
+            raise FormatError(f"{property_uri}: says {self.num_classes} classes, the records "
+                              f"have labels 0 .. {self.labels.max()} "
+                              f"({self.labels.max() + 1} classes)")
+        last = len(self) - 1
+        height, width = self.image(last).shape[:2]
+        if (height, width) != self.image_size:
+            raise FormatError(f"{property_uri}: says {self.image_size[0]}x{self.image_size[1]} "
+                              f"images, record {self._keys[last]} is {height}x{width}")
 
     def _header(self, key: int) -> tuple[IRHeader, bytes]:
         source = f"{self._reader.rec_uri}: record {key}"

@@ -50,7 +50,8 @@ from factory.formats.images import decode_image
 SHARD_DIR = "shards"
 _MEMBER_MODE = 0o644
 _END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
-_DECIMAL = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+"""A ``.cls`` label: a decimal integer that fits int64 (labels are renumbered when read)."""
 
 
 def shard_name(index: int) -> str:
@@ -89,8 +90,9 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     """Write ``samples`` as one tar at ``uri``, replacing any file there atomically.
 
     ValueError, before anything is written, for a key that is empty, holds a ``.`` or ``/`` or
-    repeats within the shard, for a negative label, or for metadata that is not strict JSON
-    (NaN, infinity); TypeError for a label that is not an int or metadata JSON cannot hold.
+    repeats within the shard, for a negative label or one of more than 18 digits, or for
+    metadata that is not strict JSON (NaN, infinity); TypeError for a label that is not an int
+    or metadata JSON cannot hold.
     """
     _check_samples(samples)
     data = _tar_bytes(samples)
@@ -98,8 +100,23 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     return ShardWritten(len(samples), hashlib.sha256(data).hexdigest(), len(data))
 
 
+def shard_damage(uri: str, size_bytes: int | None, sha256: str | None) -> str | None:
+    """Why the shard file at ``uri`` is not the one recorded (missing, another size, another
+    sha256), or None when it is. The size comes from file metadata; the hash, only checked
+    when one was recorded, reads the file once."""
+    size = storage.file_size(uri)
+    if size is None:
+        return "missing"
+    if size_bytes is not None and size != size_bytes:
+        return f"{size} bytes, expected {size_bytes}"
+    if sha256 is not None and storage.file_sha256(uri) != sha256:
+        return f"sha256 differs from the recorded {sha256[:12]}.."
+    return None
+
+
 def _check_samples(samples: Sequence[ShardSample]) -> None:
-    """ValueError for a bad or repeated key or a negative label; TypeError for a non-int label."""
+    """ValueError for a bad or repeated key or a label out of range; TypeError for a non-int
+    label."""
     seen: set[str] = set()
     for sample in samples:
         if not sample.key or "." in sample.key or "/" in sample.key:
@@ -107,8 +124,9 @@ def _check_samples(samples: Sequence[ShardSample]) -> None:
                              "'.' or '/'")
         if sample.key in seen:
             raise ValueError(f"shard key {sample.key!r} appears twice in one shard")
-        if operator.index(sample.label) < 0:
-            raise ValueError(f"shard key {sample.key!r}: label {sample.label} is negative")
+        if not 0 <= operator.index(sample.label) < 10**18:
+            raise ValueError(f"shard key {sample.key!r}: label {sample.label} is negative or "
+                             "has more than 18 digits")
         seen.add(sample.key)
 
 
@@ -229,8 +247,8 @@ def iter_shard(uri: str) -> Iterator[dict[str, Any]]:
 def _parse_label(uri: str, key: str, data: bytes) -> int:
     text = data.decode("ascii", errors="replace").strip()
     if not _DECIMAL.fullmatch(text):
-        raise FormatError(f"{uri}: member '{key}.cls': expected a decimal integer label, "
-                          f"found {text[:40]!r}")
+        raise FormatError(f"{uri}: member '{key}.cls': expected a decimal integer label of at "
+                          f"most 18 digits, found {text[:40]!r}")
     return int(text)
 
 

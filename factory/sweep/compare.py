@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from factory.config import load_yaml
 from factory.errors import UserError
 from factory.report import format_table
 from factory.sweep.trial import CURVE_M, CURVE_SIMILARITY, SWEEP_TAG, SWEPT_PARAM_PREFIX
@@ -42,9 +43,10 @@ class TrialRow:
 
 
 def _value(text: str) -> Any:
-    """An MLflow param back to a value: ``"[0.9, 1.0]"`` -> ``[0.9, 1.0]``."""
+    """An MLflow param back to a value: ``"[0.9, 1.0]"`` -> ``[0.9, 1.0]`` (bounded, like a
+    config: a shared tracking store is input too)."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 

@@ -7,7 +7,8 @@ synthesises its own dataset first, for parameters that only exist at generation 
 
 The sweep is an MLflow parent run and each trial a nested run. A rerun of the same sweep
 (same ``sweep.name`` and storage) restores the Tune experiment: finished trials are kept, and
-unfinished ones resume from their own latest checkpoints.
+unfinished ones resume from their own latest checkpoints. Only state this user's sweep sealed
+is restored (:mod:`factory.sweep.seal`): restoring unpickles it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from factory import storage
 from factory.config import FactoryConfig
-from factory.errors import UserError
+from factory.errors import FormatError, UserError
 from factory.provenance import code_version
 from factory.runtime import init_ray, ray_address, setup_mlflow
 from factory.sweep.compare import (
@@ -32,6 +33,7 @@ from factory.sweep.compare import (
     comparison_table,
     sweep_rows,
 )
+from factory.sweep.seal import check_seal, seal
 from factory.sweep.space import (
     apply_params,
     corner_params,
@@ -49,6 +51,9 @@ CURVE_FILE = "accuracy_vs_m.png"
 STOPPED_EARLY_TAG = "facefactory.stopped_after_epochs"
 STATE_FILE = "sweep.json"
 """In the sweep's directory: the MLflow parent run id, so a rerun logs under the same parent."""
+COMPARISON_FILE = "comparison.txt"
+SWEEP_FILES = (STATE_FILE, COMPARISON_FILE, CURVE_FILE)
+"""What the sweep itself writes beside Tune's files (read back only as JSON, or never)."""
 
 
 @dataclass
@@ -68,10 +73,10 @@ def reference_avg(config: FactoryConfig) -> float | None:
             raise UserError(f"{uri}: not found (sweep.reference must be a finished recognizer "
                             "run's final checkpoint)")
         return None
-    metrics = json.loads(storage.read_text(uri))
-    if "avg_acc" not in metrics:
-        raise UserError(f"{uri}: expected an avg_acc entry (was the run evaluated?)")
-    return float(metrics["avg_acc"])
+    average = storage.read_json_object(uri).get("avg_acc")
+    if isinstance(average, bool) or not isinstance(average, (int, float)):
+        raise UserError(f"{uri}: expected a numeric avg_acc entry (was the run evaluated?)")
+    return float(average)
 
 
 def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
@@ -110,7 +115,10 @@ def _parent_run(config: FactoryConfig, directory: str, reference: float | None) 
     client = mlflow.MlflowClient()
     state_uri = storage.join(directory, STATE_FILE)
     if storage.exists(state_uri):
-        run_id = json.loads(storage.read_text(state_uri))["parent_run_id"]
+        run_id = storage.read_json_object(state_uri).get("parent_run_id")
+        if not isinstance(run_id, str):
+            raise FormatError(f"{state_uri}: expected the sweep's parent_run_id (an MLflow run "
+                              "id); remove the sweep's folder to start it afresh")
         client.update_run(run_id, status="RUNNING")
         return run_id
     experiment = client.get_experiment_by_name(config.runtime.experiment)
@@ -166,6 +174,11 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     root = config.sweep_storage_uri()
     directory = storage.join(root, sweep.name)
     storage.ensure_writable(directory)
+    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
+    tune_path = storage.join(storage_path, sweep.name)
+    restoring = tune.Tuner.can_restore(tune_path)
+    if restoring:
+        check_seal(tune_path, SWEEP_FILES)  # before Ray, Tune or MLflow read anything of it
     init_ray(config.runtime, cli_address)
     pool = ensure_pool(config, cli_address) if sweep.mode == "select" else ""
     groups = similarity_groups(pool, sweep.similarity_groups) if sweep.similarity_groups else None
@@ -177,11 +190,9 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"CPU": sweep.trial_cpus})
     param_space = tune_space(sweep.space, groups)
-    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
-    tune_path = storage.join(storage_path, sweep.name)
     concurrent = concurrent_trials(config, local=ray_address(config.runtime, cli_address) is None)
     expected = grid_size(sweep.space, groups) * sweep.num_samples
-    if tune.Tuner.can_restore(tune_path):
+    if restoring:
         print(f"== sweep {sweep.name}: restoring {tune_path} (finished trials are kept)")
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space)
@@ -202,7 +213,10 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, verbose=1),
         )
-    results, interrupted = _fit(tuner)
+    try:
+        results, interrupted = _fit(tuner)
+    finally:
+        seal(tune_path, SWEEP_FILES)  # this run's state, finished or interrupted
     if interrupted:
         raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
     setup_mlflow(config.runtime)
@@ -212,7 +226,7 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     errors = [str(result.error).splitlines()[0] for result in results if result.error]
     rows = sweep_rows(config.runtime.experiment, sweep.name)
     table = comparison_table(rows)
-    storage.write_text(storage.join(directory, "comparison.txt"), table + "\n")
+    storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
     figure = _curve(rows, directory, parent_run_id)
     if errors:
         raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "

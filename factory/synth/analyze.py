@@ -20,7 +20,6 @@ is rewritten with these figures.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -29,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from factory import storage
-from factory.config import FactoryConfig
+from factory.config import FactoryConfig, describe_validation_error
 from factory.errors import FormatError
 from factory.eval.compliance import spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
@@ -55,10 +55,11 @@ from factory.synth.layout import (
     STATISTICS_FILE,
 )
 from factory.synth.synthesize import (
-    centers_uri,
     embed_inquiries,
     first_index_per_identity,
-    stats_uri,
+    read_centers,
+    read_manifest,
+    read_stats,
 )
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_identity_encoder
@@ -82,14 +83,6 @@ class SampleTable:
     montage_rows: dict[int, list[np.ndarray]]
 
 
-def read_manifest(dataset: str) -> dict[str, Any]:
-    uri = storage.join(dataset, MANIFEST_FILE)
-    if not storage.exists(uri):
-        raise FormatError(f"{uri}: no manifest (not a dataset written by factory synthesize, "
-                          "or the run has not finished)")
-    return json.loads(storage.read_text(uri))
-
-
 def read_samples(dataset: str, manifest: dict[str, Any]) -> SampleTable:
     """Stream every shard once and keep the few numbers per sample the report needs, and the
     images of the first identities for the montage."""
@@ -99,19 +92,28 @@ def read_samples(dataset: str, manifest: dict[str, Any]) -> SampleTable:
     for shard in manifest["shards"]:
         uri = storage.join(dataset, SHARD_DIR, shard["shard"])
         for sample in iter_shard(uri):
-            meta = sample["json"]
-            label = int(meta["label"])
+            source = f"{uri}:{sample['__key__']}"
+            label, *numbers = _sample_numbers(sample.get("json", {}), source)
             if label in rows or len(rows) < MONTAGE_IDENTITIES:
                 row = rows.setdefault(label, [])
                 if len(row) < MONTAGE_IMAGES:
-                    row.append(decode_image(sample["jpg"], f"{uri}:{sample['__key__']}"))
-            columns["labels"].append(int(meta["label"]))
-            columns["requested"].append(float(meta["m"]))
-            columns["to_inquiry"].append(float(meta["similarity_inquiry"]))
-            columns["to_center"].append(float(meta["similarity_center"]))
-            columns["real"].append(bool(meta.get("real", False)))
+                    row.append(decode_image(sample.get("jpg", b""), source))
+            for name, value in zip(("labels", "requested", "to_inquiry", "to_center"),
+                                   (label, *numbers)):
+                columns[name].append(value)
+            columns["real"].append(bool(sample["json"].get("real", False)))
     return SampleTable(**{name: np.asarray(values) for name, values in columns.items()},
                        montage_rows=rows)
+
+
+def _sample_numbers(meta: dict[str, Any], source: str) -> tuple[int, float, float, float]:
+    """A sample's label, requested m and similarities to its inquiry and center."""
+    try:
+        return (int(meta["label"]), float(meta["m"]), float(meta["similarity_inquiry"]),
+                float(meta["similarity_center"]))
+    except (KeyError, TypeError, ValueError):
+        raise FormatError(f"{source}: expected numeric label, m, similarity_inquiry and "
+                          "similarity_center in the sample's json") from None
 
 
 def samples_png(rows: dict[int, list[np.ndarray]], path: str) -> str:
@@ -139,8 +141,8 @@ def synthetic_centers(dataset: str, manifest: dict[str, Any]) -> tuple[np.ndarra
     """The identity centers measured at synthesis time, with their labels."""
     centers, labels = [], []
     for index in range(len(manifest["shards"])):
-        stats = json.loads(storage.read_text(stats_uri(dataset, index)))
-        centers.append(np.load(io.BytesIO(storage.read_bytes(centers_uri(dataset, index)))))
+        stats = read_stats(dataset, index)
+        centers.append(read_centers(dataset, index, len(stats["labels"])))
         labels += stats["labels"]
     return np.concatenate(centers), labels
 
@@ -156,6 +158,16 @@ def real_centers(encoder: torch.nn.Module, image_size: int, data: FaceDataset,
             sums = torch.zeros(data.num_classes, embeddings.shape[1])
         sums.index_add_(0, torch.as_tensor(data.labels[list(indices)]), embeddings)
     return torch.nn.functional.normalize(sums, dim=-1).numpy()
+
+
+def recorded_config(dataset: str, manifest: dict[str, Any]) -> FactoryConfig:
+    """The config a dataset's manifest records; FormatError naming the manifest if it is not
+    one this code reads."""
+    try:
+        return FactoryConfig.model_validate(manifest["config"])
+    except ValidationError as exc:
+        raise FormatError(f"{storage.join(dataset, MANIFEST_FILE)}: its config is not one this "
+                          f"version reads ({describe_validation_error(exc)})") from None
 
 
 def unseen_real_maxima(generator, inquiry_uri: str, real: np.ndarray) -> np.ndarray:
@@ -198,7 +210,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                           "synthesis.privacy.real_data")
     centers, labels = synthetic_centers(dataset, manifest)
     real = real_centers(generator.encoder, generator.image_size, open_dataset(real_uri))
-    inquiry_uri = FactoryConfig.model_validate(manifest["config"]).synthesis_inquiry_uri()
+    inquiry_uri = recorded_config(dataset, manifest).synthesis_inquiry_uri()
     # inquiries drawn from the training set itself are no reference: they are training people
     reference = None if inquiry_uri == real_uri else unseen_real_maxima(generator, inquiry_uri,
                                                                         real)
@@ -259,7 +271,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
         tracker.start(f"analyze-{os.path.basename(dataset.rstrip('/'))}",
                       params={"dataset": dataset, "privacy": config.synthesis.privacy
                               .model_dump(mode="json")},
-                      tags={"stage": "analyze", "code_version": manifest["code_version"]})
+                      tags={"stage": "analyze",
+                            "code_version": str(manifest.get("code_version"))})
         tracker.log_metrics({**report["counts"], "m_spearman": report["m_spearman"],
                              "privacy_flagged": len(flagged),
                              "privacy_max_similarity": report["privacy"]["max_similarity"],

@@ -7,7 +7,9 @@ shard in fixed batches, measures every sample's similarity to its inquiry embedd
 identity center in the same pass, and writes, in this order, the identity centers, the tar (to a
 temporary name, then renamed) and the shard's stats file. A shard counts as done only when its
 stats file exists, which is written last, so a killed run leaves nothing half-done under a final
-name and a rerun writes exactly the planned keys. The driver only ever holds the plan and one
+name and a rerun writes exactly the planned keys. A rerun does not trust those markers alone: it
+checks each complete shard against its stats (size, sha256, a loadable centers file) and writes
+a damaged one again. The driver only ever holds the plan and one
 small stats record per shard, so its memory does not grow with the number of images.
 
 Output layout under ``synthesis.out``::
@@ -28,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,9 +42,15 @@ from tqdm import tqdm
 
 from factory import storage
 from factory.config import FactoryConfig, SynthesisConfig
-from factory.errors import UserError
+from factory.errors import FormatError, UserError
 from factory.formats.dataset import FaceDataset, open_dataset
-from factory.formats.shards import SHARD_DIR, shard_name, shard_pattern, write_shard
+from factory.formats.shards import (
+    SHARD_DIR,
+    shard_damage,
+    shard_name,
+    shard_pattern,
+    write_shard,
+)
 from factory.models.identity import embedding_batches
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
@@ -59,6 +68,8 @@ from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
+_STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
+_SHARD_NAME = re.compile(r"shard-[0-9]{6}\.tar")
 
 
 def stats_uri(out: str, shard: int) -> str:
@@ -164,7 +175,8 @@ def plan_record(config: FactoryConfig, generator: LoadedGenerator,
                 identities: list[PlannedIdentity]) -> dict[str, Any]:
     """What makes this directory this dataset; a rerun must match it to resume."""
     cfg = config.synthesis.model_dump(mode="json")
-    del cfg["actors"], cfg["privacy"]  # where and how fast it runs, not what it makes
+    # where it is written and how fast, not what it makes: a moved dataset still resumes
+    del cfg["out"], cfg["actors"], cfg["privacy"]
     return {"synthesis": cfg, "generator": checkpoint_id(generator),
             "inquiry_data": config.synthesis_inquiry_uri(), "identities": len(identities),
             "shards": len(shard_items(identities, config.synthesis.identities_per_shard))}
@@ -174,7 +186,9 @@ def claim_output(out: str, record: dict[str, Any]) -> None:
     """Write the plan record, or check the one a previous run left matches it."""
     uri = storage.join(out, PLAN_FILE)
     if storage.exists(uri):
-        previous = json.loads(storage.read_text(uri))
+        previous = storage.read_json_object(uri)
+        if isinstance(previous.get("synthesis"), dict):
+            previous["synthesis"].pop("out", None)  # earlier versions recorded the location
         if previous != record:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
@@ -188,8 +202,77 @@ def complete_shards(out: str) -> set[int]:
     directory = storage.join(out, STATS_DIR)
     if not storage.is_dir(directory):
         return set()
-    return {int(name[len("shard-"):-len(".json")]) for name in storage.listdir(directory)
-            if name.startswith("shard-") and name.endswith(".json")}
+    names = storage.listdir(directory)
+    return {int(match.group(1)) for match in map(_STATS_NAME.fullmatch, names) if match}
+
+
+def damaged_shards(out: str, done: set[int]) -> dict[int, str]:
+    """The complete shards whose files no longer match their stats record (size, sha256) or
+    whose centers file does not load, with the reason: a rerun must not trust its markers."""
+    damaged = {}
+    for shard in sorted(done):
+        stats = read_stats(out, shard)
+        reason = shard_damage(storage.join(out, SHARD_DIR, shard_name(shard)),
+                              stats["size_bytes"], stats["sha256"])
+        if reason is None:
+            try:
+                read_centers(out, shard, len(stats["labels"]))
+            except FormatError as exc:
+                reason = f"its centers file is damaged ({exc})"
+        if reason is not None:
+            damaged[shard] = reason
+    return damaged
+
+
+def read_stats(out: str, shard: int) -> dict[str, Any]:
+    """A shard's stats record, every field the manifest and the analysis use checked."""
+    uri = stats_uri(out, shard)
+    stats = storage.read_json_object(uri)
+    fields = {"count": int, "size_bytes": int, "real_images": int, "sha256": str,
+              "labels": list, "histogram_inquiry": list, "histogram_center": list}
+    for key, kind in fields.items():
+        if isinstance(stats.get(key), bool) or not isinstance(stats.get(key), kind):
+            raise FormatError(f"{uri}: expected {key} ({kind.__name__}) in a shard's stats; "
+                              f"remove the file to have shard {shard} written again")
+    bins = len(HISTOGRAM_EDGES) - 1
+    for key in ("histogram_inquiry", "histogram_center"):
+        if len(stats[key]) != bins or not all(isinstance(v, int) for v in stats[key]):
+            raise FormatError(f"{uri}: expected {key} to hold {bins} counts; remove the file "
+                              f"to have shard {shard} written again")
+    return stats
+
+
+def read_centers(out: str, shard: int, rows: int) -> np.ndarray:
+    """A shard's identity centers, ``[rows, dim]`` floats (never unpickled)."""
+    uri = centers_uri(out, shard)
+    try:
+        centers = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FormatError(f"{uri}: not a readable .npy array ({exc})") from None
+    if centers.ndim != 2 or len(centers) != rows or centers.dtype.kind != "f":
+        raise FormatError(f"{uri}: expected {rows} identity centers as a 2-d float array, "
+                          f"found shape {centers.shape} of {centers.dtype}")
+    return centers
+
+
+def read_manifest(dataset: str) -> dict[str, Any]:
+    """A dataset's manifest, with the fields readers rely on checked: the shard list (names
+    that stay inside ``shards/``), the generator's URI and the config."""
+    uri = storage.join(dataset, MANIFEST_FILE)
+    if not storage.exists(uri):
+        raise FormatError(f"{uri}: no manifest (not a dataset written by factory synthesize, "
+                          "or the run has not finished)")
+    manifest = storage.read_json_object(uri)
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards or not all(
+            isinstance(entry, dict) and isinstance(entry.get("shard"), str)
+            and _SHARD_NAME.fullmatch(entry["shard"]) for entry in shards):
+        raise FormatError(f"{uri}: expected 'shards', a list of entries naming "
+                          "shard-NNNNNN.tar files")
+    if not isinstance(manifest.get("generator_uri"), str) or \
+            not isinstance(manifest.get("config"), dict):
+        raise FormatError(f"{uri}: expected generator_uri and config entries")
+    return manifest
 
 
 def remove_stale_temporaries(out: str) -> int:
@@ -242,8 +325,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
                    identities: list[PlannedIdentity]) -> dict[str, Any]:
     """The dataset's manifest, assembled from every shard's stats file, the generator's record
     (its E_id and training data) and the plan's requested m."""
-    shards = [json.loads(storage.read_text(stats_uri(out, index)))
-              for index in range(record["shards"])]
+    shards = [read_stats(out, index) for index in range(record["shards"])]
     inquiry = np.sum([s["histogram_inquiry"] for s in shards], axis=0).astype(int).tolist()
     center = np.sum([s["histogram_center"] for s in shards], axis=0).astype(int).tolist()
     samples = sum(s["count"] for s in shards)
@@ -292,6 +374,10 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     claim_output(out, record)
     remove_stale_temporaries(out)
     done = complete_shards(out)
+    for shard, reason in damaged_shards(out, done).items():
+        print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
+        storage.delete(stats_uri(out, shard))  # the shard is no longer complete
+        done.discard(shard)
     todo = [item for item in shard_items(identities, cfg.identities_per_shard)
             if item.shard not in done]
     print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} images in "

@@ -71,22 +71,40 @@ def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
     arcface_torch ``model.pt``) needs ``backbone`` to say which architecture it is.
     """
     if storage.is_dir(uri):
-        state = load_state(uri)
-        model = IResNet(**state["backbone_args"])
-        weights = state["backbone"]
-    else:
-        if backbone is None:
-            raise UserError(f"{uri}: a plain state_dict needs its architecture (evaluate.backbone or "
-                            "generator.identity_encoder_backbone: name, input_size)")
-        model = build_backbone(**backbone.model_dump())
-        weights = read_torch_file(uri)
-        if not isinstance(weights, dict):
-            raise FormatError(f"{uri}: expected a state_dict (a mapping of tensors)")
+        state_uri = storage.join(uri, STATE_FILE)
+        return backbone_from_record(read_torch_file(state_uri), state_uri)
+    if backbone is None:
+        raise UserError(f"{uri}: a plain state_dict needs its architecture (evaluate.backbone or "
+                        "generator.identity_encoder_backbone: name, input_size)")
+    model = build_backbone(**backbone.model_dump())
+    _load_weights(model, read_torch_file(uri), uri)
+    return model.eval()
+
+
+def backbone_from_record(record: Any, uri: str) -> IResNet:
+    """The backbone a checkpoint record describes, in eval mode: its constructor arguments
+    (``backbone_args``) and weights (``backbone``). FormatError naming ``uri`` when the record
+    does not describe one, since such records come from files anyone may have written."""
+    if not isinstance(record, dict) or not isinstance(record.get("backbone_args"), dict):
+        raise FormatError(f"{uri}: expected a facefactory checkpoint with backbone_args (the "
+                          "backbone's constructor arguments); found none")
+    try:
+        model = IResNet(**record["backbone_args"])
+    except (TypeError, ValueError, UserError) as exc:
+        raise FormatError(f"{uri}: backbone_args do not describe an IResNet ({exc})") from None
+    _load_weights(model, record.get("backbone"), uri)
+    return model.eval()
+
+
+def _load_weights(model: IResNet, weights: Any, uri: str) -> None:
+    """Load a state_dict exactly (every key, every shape); FormatError naming ``uri`` if not."""
+    if not isinstance(weights, dict):
+        raise FormatError(f"{uri}: expected a state_dict (a mapping of tensors)")
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise FormatError(f"{uri}: weights do not fit the backbone ({str(exc).splitlines()[0]})") from None
-    return model.eval()
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise FormatError(f"{uri}: weights do not fit the backbone ({reason})") from None
 
 
 def load_identity_encoder(uri: str, backbone: BackboneConfig | None = None) -> IdentityEncoder:

@@ -104,7 +104,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     )
     loader = ray.train.torch.prepare_data_loader(loader)
     encoder_state = loop_config["encoder"]
-    encoder = load_encoder(encoder_state).to(device)
+    encoder = load_encoder(encoder_state, str(encoder_state["source"])).to(device)
     scheduler = training_scheduler(cfg.diffusion)
     identity_dim = int(encoder_state["backbone_args"]["embedding_size"])
     model = build_generator(cfg, identity_dim)

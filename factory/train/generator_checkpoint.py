@@ -34,7 +34,7 @@ from factory.errors import FormatError
 from factory.models.generator import CemiFaceGenerator, SimilarityCondition
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet
-from factory.train.checkpoint import read_torch_file
+from factory.train.checkpoint import backbone_from_record, read_torch_file
 
 UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
 ENCODER_FILE, META_FILE, STATE_FILE, CONFIG_FILE = (
@@ -95,36 +95,63 @@ def _local_copy(uri: str, scratch: str) -> str:
 
 
 def read_encoder_record(uri: str) -> dict[str, Any]:
-    """The E_id record stored in a generator checkpoint (to condition a continued run on it)."""
-    return read_torch_file(storage.join(uri, ENCODER_FILE))
+    """The E_id record stored in a generator checkpoint (to condition a continued run on it),
+    checked by rebuilding the encoder once."""
+    record_uri = storage.join(uri, ENCODER_FILE)
+    record = read_torch_file(record_uri)
+    load_encoder(record, record_uri)
+    return record
 
 
-def load_encoder(record: dict[str, Any]) -> IdentityEncoder:
-    backbone = IResNet(**record["backbone_args"])
-    backbone.load_state_dict(record["backbone"], strict=True)
-    return IdentityEncoder(backbone, int(record["input_size"]))
+def load_encoder(record: dict[str, Any], source: str) -> IdentityEncoder:
+    """E_id from its record (:func:`encoder_record`); FormatError naming ``source`` if the
+    record is not one."""
+    backbone = backbone_from_record(record, source)
+    input_size = record.get("input_size")
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise FormatError(f"{source}: expected the encoder's input_size (a positive integer), "
+                          f"found {str(input_size)[:40]}")
+    return IdentityEncoder(backbone, input_size)
 
 
 def load_generator(uri: str) -> LoadedGenerator:
     """Rebuild a generator checkpoint (a run's checkpoint or a published ``final/``)."""
     if not storage.exists(storage.join(uri, META_FILE)):
         raise FormatError(f"{uri}: not a generator checkpoint (no {META_FILE})")
+    meta = read_meta(storage.join(uri, META_FILE))
     scratch = tempfile.mkdtemp(prefix="generator-")
     try:
         local = _local_copy(uri, scratch)
-        try:
-            unet = UNet2DConditionModel.from_pretrained(os.path.join(local, UNET_DIR))
-            condition = SimilarityCondition.from_pretrained(os.path.join(local, CONDITION_DIR))
-            scheduler = DDPMScheduler.from_pretrained(os.path.join(local, SCHEDULER_DIR))
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{uri}: incomplete generator checkpoint ({exc})") from None
-        encoder = load_encoder(read_torch_file(os.path.join(local, ENCODER_FILE)))
-        with open(os.path.join(local, META_FILE)) as stream:
-            meta = json.load(stream)
+        unet = _pretrained(UNet2DConditionModel, local, UNET_DIR, uri)
+        condition = _pretrained(SimilarityCondition, local, CONDITION_DIR, uri)
+        scheduler = _pretrained(DDPMScheduler, local, SCHEDULER_DIR, uri)
+        encoder_uri = storage.join(uri, ENCODER_FILE)
+        encoder = load_encoder(read_torch_file(os.path.join(local, ENCODER_FILE)), encoder_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model = CemiFaceGenerator(unet, condition).eval()
     return LoadedGenerator(uri, model, scheduler, encoder.eval(), meta)
+
+
+def _pretrained(kind: Any, local: str, name: str, uri: str) -> Any:
+    """``kind.from_pretrained`` of the checkpoint's part ``name`` (a diffusers folder); a
+    FormatError naming ``uri/name`` when it is missing or damaged."""
+    try:
+        return kind.from_pretrained(os.path.join(local, name))
+    except Exception as exc:  # a damaged config or weights file fails in many ways
+        raise FormatError(f"{storage.join(uri, name)}: missing or damaged part of a generator "
+                          f"checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def read_meta(uri: str) -> dict[str, Any]:
+    """A checkpoint's ``generator.json``: a JSON object with at least the positive integer
+    ``image_size`` samplers need."""
+    meta = storage.read_json_object(uri)
+    size = meta.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise FormatError(f"{uri}: expected image_size, a positive integer, found "
+                          f"{str(size)[:40]}")
+    return meta
 
 
 def load_training_state(local_dir: str) -> dict[str, Any] | None:

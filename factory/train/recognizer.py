@@ -282,7 +282,7 @@ def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
         identity["select"] = cfg.select.model_dump(mode="json")
     uri = storage.join(run_root, RUN_IDENTITY_FILE)
     if storage.exists(uri):
-        previous = json.loads(storage.read_text(uri))
+        previous = storage.read_json_object(uri)
         changed = sorted(key for key in identity if previous.get(key) != identity[key])
         if changed:
             raise UserError(
