@@ -48,7 +48,7 @@ from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_identity_encoder
+from factory.train.checkpoint import load_judge
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
 GRID_SEED = 77
@@ -103,8 +103,7 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     compliance_cfg = cfg.compliance
     dataset = open_dataset(config.inquiry_data_uri())
     inquiries = first_image_per_identity(dataset, compliance_cfg.identities)
-    judge = (load_identity_encoder(config.judge.checkpoint, config.judge.backbone)
-             if config.judge.checkpoint else None)
+    judge = load_judge(config.judge)
     with torch.no_grad():
         result = measure_compliance(
             generator, inquiries, compliance_cfg.m_values, compliance_cfg.seeds, cfg.sampling,

@@ -26,7 +26,7 @@ from factory.formats.dataset import open_dataset
 from factory.provenance import code_version
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_identity_encoder
+from factory.train.checkpoint import load_judge
 from factory.train.generator_checkpoint import META_FILE, load_generator
 
 
@@ -81,8 +81,7 @@ def generator_progress(config: FactoryConfig, folder: str | None = None
         raise ValueError(f"{folder}: no generator checkpoints")
     inquiries = first_image_per_identity(open_dataset(config.inquiry_data_uri()),
                                          cfg.compliance.identities)
-    judge = (load_identity_encoder(config.judge.checkpoint, config.judge.backbone)
-             if config.judge.checkpoint else None)
+    judge = load_judge(config.judge)
     samplers = {"CemiFace's sampler": cfg.sampling.model_copy(update={"identity_handoff": None})}
     if cfg.compliance.progress_handoff is not None:
         samplers[f"hand-off {cfg.compliance.progress_handoff:g}"] = cfg.sampling.model_copy(

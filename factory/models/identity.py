@@ -63,3 +63,16 @@ def embedding_batches(encoder: nn.Module, image_size: int, dataset: FaceDataset,
         chunk = indices[start:start + batch_size]
         images = np.stack([dataset.image(int(i)) for i in chunk])
         yield chunk, encoder(inquiry_tensor(images, image_size))
+
+
+@torch.no_grad()
+def real_centers(encoder: torch.nn.Module, image_size: int, data: FaceDataset,
+                 batch_size: int = 256) -> np.ndarray:
+    """Unit-length mean embedding of each identity of ``data`` by ``encoder`` (rows in label order)."""
+    sums = torch.zeros(data.num_classes, 0)
+    for indices, embeddings in embedding_batches(encoder, image_size, data, range(len(data)),
+                                                 batch_size):
+        if sums.shape[1] == 0:
+            sums = torch.zeros(data.num_classes, embeddings.shape[1])
+        sums.index_add_(0, torch.as_tensor(data.labels[list(indices)]), embeddings)
+    return torch.nn.functional.normalize(sums, dim=-1).numpy()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 
 from factory import storage
@@ -36,10 +35,10 @@ from factory.errors import FormatError
 from factory.eval.compliance import spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
 from factory.faceworld.montage import montage
-from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image, encode_png
 from factory.formats.shards import SHARD_DIR, iter_shard
-from factory.models.identity import embedding_batches
+from factory.models.identity import real_centers
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.synth.card import write_card
@@ -62,7 +61,7 @@ from factory.synth.synthesize import (
     read_stats,
 )
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_identity_encoder
+from factory.train.checkpoint import load_judge
 from factory.train.generator_checkpoint import load_generator
 
 BIN_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
@@ -147,19 +146,6 @@ def synthetic_centers(dataset: str, manifest: dict[str, Any]) -> tuple[np.ndarra
     return np.concatenate(centers), labels
 
 
-@torch.no_grad()
-def real_centers(encoder: torch.nn.Module, image_size: int, data: FaceDataset,
-                 batch_size: int = 256) -> np.ndarray:
-    """Unit-length mean E_id embedding of each real identity (rows in label order)."""
-    sums = torch.zeros(data.num_classes, 0)
-    for indices, embeddings in embedding_batches(encoder, image_size, data, range(len(data)),
-                                                 batch_size):
-        if sums.shape[1] == 0:
-            sums = torch.zeros(data.num_classes, embeddings.shape[1])
-        sums.index_add_(0, torch.as_tensor(data.labels[list(indices)]), embeddings)
-    return torch.nn.functional.normalize(sums, dim=-1).numpy()
-
-
 def recorded_config(dataset: str, manifest: dict[str, Any]) -> FactoryConfig:
     """The config a dataset's manifest records; FormatError naming the manifest if it is not
     one this code reads."""
@@ -223,10 +209,9 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     cross = centers @ centers.T
     between = float(cross[~np.eye(len(cross), dtype=bool)].mean()) if len(cross) > 1 else 0.0
     table = statistics_rows(samples.to_center[synthetic])
-    judged = None
-    if config.judge.checkpoint:
-        judge = load_identity_encoder(config.judge.checkpoint, config.judge.backbone)
-        judged = judged_dataset(judge, dataset, manifest, inquiry_uri, real_uri, threshold)
+    judge = load_judge(config.judge)
+    judged = None if judge is None else judged_dataset(judge, dataset, manifest, inquiry_uri,
+                                                       real_uri, threshold)
     report = {
         "dataset": dataset,
         "counts": {"samples": int(len(samples.labels)), "synthetic": int(synthetic.sum()),

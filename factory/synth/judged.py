@@ -20,10 +20,10 @@ import torch
 
 from factory import storage
 from factory.eval.compliance import spearman
-from factory.formats.dataset import FaceDataset, open_dataset
+from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image
 from factory.formats.shards import SHARD_DIR, iter_shard
-from factory.models.identity import inquiry_tensor
+from factory.models.identity import inquiry_tensor, real_centers
 from factory.synth.synthesize import first_index_per_identity, identity_name
 
 BATCH = 256
@@ -61,13 +61,6 @@ def _centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), unique
 
 
-def _real_centers(judge: torch.nn.Module, real: FaceDataset) -> np.ndarray:
-    embeddings = np.concatenate([
-        _embed(judge, [real.image(i) for i in range(start, min(start + BATCH, len(real)))])
-        for start in range(0, len(real), BATCH)])
-    return _centers(embeddings, np.asarray(real.labels))[0]
-
-
 def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
                    inquiry_uri: str, real_uri: str, threshold: float) -> dict[str, Any]:
     """The judge's figures for one dataset (see the module docstring)."""
@@ -87,7 +80,7 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
     centers, center_labels = _centers(embeddings, labels)
     rows = np.searchsorted(center_labels, labels)
     to_center = (embeddings * centers[rows]).sum(1)
-    real = _real_centers(judge, open_dataset(real_uri))
+    real = real_centers(judge, judge.input_size, open_dataset(real_uri), BATCH)
     maxima = (centers @ real.T).max(1)
     reference = None
     if storage.absolute(inquiry_uri) != storage.absolute(real_uri):

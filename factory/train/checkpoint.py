@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from factory import storage
-from factory.config import BackboneConfig
+from factory.config import BackboneConfig, JudgeConfig
 from factory.errors import FormatError, UserError
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet, build_backbone
@@ -111,6 +111,11 @@ def load_identity_encoder(uri: str, backbone: BackboneConfig | None = None) -> I
     """A recognizer checkpoint as a frozen encoder of images in [-1, 1] (E_id, the judge)."""
     model = load_backbone(uri, backbone)
     return IdentityEncoder(model, int(model.config["input_size"]))
+
+
+def load_judge(judge: JudgeConfig) -> IdentityEncoder | None:
+    """The configured independent judge (``judge.checkpoint``), or None when there is none."""
+    return load_identity_encoder(judge.checkpoint, judge.backbone) if judge.checkpoint else None
 
 
 def publish_backbone(source_uri: str, target_uri: str) -> list[str]:
