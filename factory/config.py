@@ -224,6 +224,10 @@ class RecognizerConfig(StrictModel):
     domain_mixup: DomainMixupConfig = Field(default_factory=DomainMixupConfig)
     eval_every: int = Field(1, ge=0, description="Evaluate every N epochs; 0: only at the end")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the checkpoint")
+    precheck_images: int = Field(
+        50_000, ge=0, description="Decode every training image on the driver before training "
+                                  "when there are at most this many (0: never), so a corrupt "
+                                  "record stops the run in seconds, not when an epoch meets it")
 
 
 class UNetConfig(StrictModel):
@@ -362,6 +366,10 @@ class GeneratorConfig(StrictModel):
                              "(factory generator-progress measures each)")
     log_every: int = Field(50, ge=1, description="Steps between logged losses")
     max_failures: int = Field(2, ge=0)
+    precheck_images: int = Field(
+        50_000, ge=0, description="Decode every training image on the driver before training "
+                                  "when there are at most this many (0: never), so a corrupt "
+                                  "record stops the run in seconds, not when an epoch meets it")
 
     @model_validator(mode="after")
     def _size_fits_levels(self) -> GeneratorConfig:

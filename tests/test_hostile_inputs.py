@@ -178,6 +178,54 @@ def shard_label_of_ten_to_the_26(inputs: Inputs) -> Case:
                  f"workdir={inputs.tmp_path / 'run'}"], ("shard-000000.tar", "a.cls", "18 digits"))
 
 
+def _training_run(inputs: Inputs, data: Path) -> list[str]:
+    return ["train-recognizer", f"recognizer.data={data}", f"workdir={inputs.tmp_path / 'run'}"]
+
+
+def _image_record(train: Path, position: int) -> tuple[int, int]:
+    """The key and file offset of image record ``position`` of ``train/train.rec``."""
+    from factory.formats.recordio import RecordIOReader
+
+    reader = RecordIOReader(str(train / "train.rec"), str(train / "train.idx"))
+    key = int(reader.keys[1 + position])  # record 0 is the header record
+    offset = reader._offset(key)
+    reader.close()
+    return key, offset
+
+
+def rec_with_a_corrupt_jpeg(inputs: Inputs) -> Case:
+    train = inputs.copy("world", "world") / "faceworld" / "train"
+    key, offset = _image_record(train, 20)
+    with open(train / "train.rec", "r+b") as rec:
+        rec.seek(offset + 8 + 24 + 2)  # past the record frame and the IRHeader
+        rec.write(b"\0" * 64)
+    return Case(_training_run(inputs, train), ("train.rec", f"record {key}:", "could not decode"))
+
+
+def rec_index_pointing_mid_record(inputs: Inputs) -> Case:
+    train = inputs.copy("world", "world") / "faceworld" / "train"
+    key, offset = _image_record(train, 20)
+    index = (train / "train.idx").read_text().replace(f"{key}\t{offset}\n",
+                                                      f"{key}\t{offset + 12}\n")
+    (train / "train.idx").write_text(index)
+    return Case(_training_run(inputs, train), ("train.rec", f"record {key} at offset",
+                                               "expected RecordIO magic"))
+
+
+def shard_with_a_corrupt_jpeg(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    shard = dataset / "shards" / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    victim = next(member.name for member, _ in members if member.name.endswith(".jpg"))
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, payload in members:
+            if member.name == victim:
+                payload = b"\0" * len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+    return Case(_training_run(inputs, dataset), ("shard-000001.tar", victim, "could not decode"))
+
+
 def recognizer_checkpoint_without_backbone_args(inputs: Inputs) -> Case:
     checkpoint = inputs.tmp_path / "checkpoint"
     checkpoint.mkdir()
@@ -285,6 +333,7 @@ CASES: list[Callable[[Inputs], Case]] = [
     binary_config, yaml_alias_bomb, yaml_alias_bomb_in_an_override, yaml_nested_too_deeply,
     yaml_self_containing_alias, huge_value_in_the_error,
     bin_with_fewer_pairs_than_folds, shard_label_of_ten_to_the_26,
+    rec_with_a_corrupt_jpeg, rec_index_pointing_mid_record, shard_with_a_corrupt_jpeg,
     recognizer_checkpoint_without_backbone_args, generator_json_not_json,
     generator_json_without_image_size, unet_config_not_json, unet_config_of_the_wrong_shape,
     s3_uri_with_an_empty_region,

@@ -77,3 +77,63 @@ def test_a_rerun_with_another_model_is_refused_before_training(world, tmp_path):
         "data": config.recognizer_data_uri(), "real_data": ""}))
     with pytest.raises(UserError, match="different backbone; set a new recognizer.run_name"):
         train_recognizer(config)
+
+
+def corrupt_one_image(train_dir, position: int = 5) -> int:
+    """Overwrite the JPEG bytes of one image record of ``train_dir/train.rec``; its record key."""
+    from factory.formats.recordio import RecordIOReader
+
+    reader = RecordIOReader(str(train_dir / "train.rec"), str(train_dir / "train.idx"))
+    key = int(reader.keys[1 + position])  # record 0 is the header record
+    offset = reader._offset(key)
+    reader.close()
+    with open(train_dir / "train.rec", "r+b") as rec:
+        rec.seek(offset + 8 + 24 + 2)  # past the record frame and the IRHeader
+        rec.write(b"\0" * 64)
+    return key
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_a_corrupt_record_met_in_training_ends_the_run_at_once_naming_it(
+    ray_two_cpus, world, tmp_path, loader_workers
+):
+    """The driver's image check is off, so a worker meets the record: the run ends with the
+    reader's one-line error (from a DataLoader process too), after one failure, not after the
+    restarts max_failures allows for lost workers."""
+    import shutil
+
+    from factory.errors import FormatError
+
+    data = tmp_path / "data"
+    shutil.copytree(world / "faceworld" / "train", data)
+    key = corrupt_one_image(data)
+    failures = tmp_path / "failures"
+    failures.mkdir()
+
+    from ray.train import UserCallback
+
+    class CountFailures(UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            (failures / f"{len(list(failures.iterdir()))}").touch()
+
+    config = _config(world, tmp_path, **{"recognizer.data": str(data),
+                                         "recognizer.precheck_images": 0,
+                                         "recognizer.max_failures": 2,
+                                         "recognizer.workers.loader_workers": loader_workers,
+                                         "recognizer.optimizer.epochs": 1})
+    with pytest.raises(FormatError) as raised:
+        train_recognizer(config, callbacks=[CountFailures()])
+    assert str(raised.value) == (f"{data / 'train.rec'}: record {key}: expected an encoded "
+                                 f"image (JPEG/PNG), could not decode {_record_bytes(data, key)} "
+                                 "bytes")
+    assert len(list(failures.iterdir())) == 1
+
+
+def _record_bytes(train_dir, key: int) -> int:
+    from factory.formats.recordio import RecordIOReader, unpack_record
+
+    reader = RecordIOReader(str(train_dir / "train.rec"), str(train_dir / "train.idx"))
+    try:
+        return len(unpack_record(reader.read(key))[1])
+    finally:
+        reader.close()

@@ -10,12 +10,16 @@ import posixpath
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from tqdm import tqdm
 
 from factory import storage
 from factory.errors import FormatError
 from factory.formats.image_folder import ImageFolderDataset
 from factory.formats.recordio import InsightFaceRecordDataset
 from factory.formats.shards import SHARD_DIR, ShardDataset
+
+PROGRESS_SECONDS = 5.0
+"""How often the image check's progress bar redraws."""
 
 
 @runtime_checkable
@@ -49,6 +53,19 @@ def training_targets(dataset: FaceDataset, index: int) -> tuple[tuple[int, int],
         return targets(index)
     label = int(dataset.labels[index])
     return (label, label), (1.0, 0.0)
+
+
+def open_checked(uri: str, precheck_images: int, **selection) -> FaceDataset:
+    """:func:`open_dataset`, then every image decoded once when there are at most
+    ``precheck_images`` (0: none): the driver's check before a training run, so a corrupt record
+    is one line within seconds instead of a failure when an epoch's shuffle reaches it (which
+    still ends the run without restarts, see :mod:`factory.train.workers`)."""
+    dataset = open_dataset(uri, **selection)
+    if 0 < len(dataset) <= precheck_images:
+        for index in tqdm(range(len(dataset)), desc=f"checking {len(dataset)} images",
+                          leave=False, mininterval=PROGRESS_SECONDS, disable=None):
+            dataset.image(index)
+    return dataset
 
 
 def open_dataset(uri: str, m_range: tuple[float, float] | None = None,

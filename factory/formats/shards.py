@@ -346,7 +346,7 @@ class ShardDataset:
 
     def image(self, index: int) -> np.ndarray:
         """Sample ``index`` decoded to HxWx3 uint8 RGB."""
-        source = f"{self.shard_uris[int(self._shards[index])]}:{self.keys[index]}"
+        source = f"{self.shard_uris[int(self._shards[index])]}: sample {self.keys[index]}.jpg"
         return decode_image(self.raw(index), source=source)
 
     def _handle(self, shard: int) -> Any:

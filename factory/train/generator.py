@@ -30,7 +30,7 @@ from factory import storage
 from factory.config import FactoryConfig, GeneratorConfig
 from factory.errors import UserError
 from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
-from factory.formats.dataset import open_dataset
+from factory.formats.dataset import open_checked, open_dataset
 from factory.models.diffusion import cemiface_loss, draw_m, m_grid, training_scheduler
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
 from factory.models.sampling import ddim_sample
@@ -50,6 +50,7 @@ from factory.train.generator_checkpoint import (
 from factory.train.workers import (
     autocast_and_scaler,
     copies_that_fit,
+    fit,
     make_trainer,
     worker_context,
 )
@@ -299,7 +300,7 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
     """Train (or resume) the configured generator; publishes ``<run>/final`` and returns it."""
     cfg = config.generator
     data_uri = config.generator_data_uri()
-    open_dataset(data_uri)  # fail fast, on the driver, with a one-line error
+    open_checked(data_uri, cfg.precheck_images)  # fail fast, on the driver, in one line
     encoder = _encoder_state(config)
     if cfg.init_from:
         _check_init_fits(cfg, encoder)  # a one-line error now rather than inside a worker
@@ -321,7 +322,7 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
         cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
         keep_checkpoints=cfg.keep_checkpoints,
     )
-    result = trainer.fit()
+    result = fit(trainer)
     final = config.generator_final_uri()
     publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
     storage.write_text(storage.join(final, "metrics.json"), json.dumps(result.metrics, indent=2))

@@ -31,7 +31,7 @@ from factory.eval.benchmarks import (
 )
 from factory.errors import UserError
 from factory.eval.verification import plot_roc
-from factory.formats.dataset import open_dataset
+from factory.formats.dataset import open_checked, open_dataset
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
@@ -41,6 +41,7 @@ from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
 from factory.train.workers import (
     autocast_and_scaler,
     copies_that_fit,
+    fit,
     make_trainer,
     worker_context,
 )
@@ -302,9 +303,10 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
     Tune's reporter, so every epoch's metrics reach the Tune scheduler)."""
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
-    open_dataset(data_uri, **cfg.select.as_kwargs())  # fail fast, on the driver, in one line
+    # Fail fast, on the driver, in one line.
+    open_checked(data_uri, cfg.precheck_images, **cfg.select.as_kwargs())
     if cfg.domain_mixup.real_data:
-        open_dataset(cfg.domain_mixup.real_data)
+        open_checked(cfg.domain_mixup.real_data, cfg.precheck_images)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
     run_root = storage.join(config.recognizer_storage_uri(), cfg.run_name)
     storage.ensure_writable(run_root)
@@ -325,7 +327,7 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
         cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
         callbacks=callbacks,
     )
-    result = trainer.fit()
+    result = fit(trainer)
     final = config.recognizer_final_uri()
     _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
     return RecognizerRun(cfg.run_name, final, dict(result.metrics))

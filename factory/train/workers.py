@@ -1,13 +1,21 @@
 """What every Ray Train loop in the factory shares: the trainer, the worker set-up, precision.
 
 ``make_trainer`` turns a ``WorkersConfig`` into a ``TorchTrainer`` (workers, CPUs, GPUs, the
-run's storage, restarts from the latest checkpoint); ``copies_that_fit`` refuses, on a local
-cluster, a worker set that could never be scheduled; ``worker_context`` is the first thing a
-training loop calls on each worker; ``autocast_and_scaler`` is mixed precision on GPU only.
+run's storage, restarts from the latest checkpoint) and ``fit`` runs it; ``copies_that_fit``
+refuses, on a local cluster, a worker set that could never be scheduled; ``worker_context`` is
+the first thing a training loop calls on each worker; ``autocast_and_scaler`` is mixed precision
+on GPU only.
+
+A :class:`UserError` raised on a worker (a corrupt record met while training) is deterministic:
+restarting the worker group from its checkpoint would meet it again. So it ends the run at once,
+without the restarts ``max_failures`` allows for lost workers, and reaches the user as the same
+one line the driver would have printed, without the worker's traceback.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -49,12 +57,84 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, _stop_on_user_error()],
             # Ray Train's INFO lines (a "Checkpoint successfully created" per report) go to the
             # session's logs/train files only; its warnings and errors still reach the console.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def fit(trainer: Any) -> Any:
+    """``trainer.fit()``; a :class:`UserError` that ended the run is raised as itself."""
+    from ray.train import ControllerError
+
+    try:
+        return trainer.fit()
+    except ControllerError as exc:
+        cause = user_error_in(exc.controller_failure)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
+"""What torch puts in the message of an exception re-raised from a DataLoader process."""
+
+
+def user_error_in(error: BaseException | None) -> UserError | None:
+    """The user's error behind a worker failure, with its one-line message; None for others.
+
+    An error from a DataLoader process arrives as the same type whose message torch prefixed
+    with that process's traceback; its last line is the original message.
+    """
+    if not isinstance(error, UserError):
+        return None
+    message = str(error)
+    if DATALOADER_TRACEBACK in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return type(error)(message)
+
+
+def _stop_on_user_error() -> Any:
+    """A Ray Train callback (it runs in the controller) that fails the run, without restarts,
+    as soon as a worker reports a :class:`UserError`: raising from the callback is a controller
+    error, which Ray Train does not retry."""
+    from ray.train import UserCallback
+
+    class StopOnUserError(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]):
+            for error in worker_exceptions.values():
+                cause = user_error_in(error)
+                if cause is not None:
+                    _hide_user_error_tracebacks(RAY_TRAIN_CONTROLLER_LOGGER)
+                    raise cause
+
+    return StopOnUserError()
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Drops the traceback Ray Train logs for an error that is the user's: the driver prints
+    its one line instead. Ray logs inside its ``except`` block, so the error is the record's
+    ``exc_info`` or, where it formats the traceback itself, the one ``sys.exc_info`` holds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return user_error_in(error) is None
+
+
+def _hide_user_error_tracebacks(logger_name: str) -> None:
+    """Installs the filter on one of Ray Train's loggers, once per process."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _HideUserErrorTracebacks) for f in logger.filters):
+        logger.addFilter(_HideUserErrorTracebacks())
+
+
+RAY_TRAIN_WORKER_LOGGER = "ray.train.v2._internal.util"
+"""Logs a failed training function's traceback, on the worker."""
+RAY_TRAIN_CONTROLLER_LOGGER = "ray.train.v2._internal.execution.controller.controller"
+"""Logs the traceback of an error raised in the controller (a callback's among them)."""
 
 
 def copies_that_fit(workers: WorkersConfig, local: bool, field: str,
@@ -88,6 +168,7 @@ def worker_context(workers: WorkersConfig, seed: int) -> tuple[int, int, torch.d
     import ray.train
     import ray.train.torch
 
+    _hide_user_error_tracebacks(RAY_TRAIN_WORKER_LOGGER)
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(workers.cpus_per_worker)))
     torch.manual_seed(seed)
