@@ -18,6 +18,8 @@ import os
 from factory.config import RuntimeConfig
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Where Ray warns that a new local cluster has token authentication on."""
 
 
 def ray_address(runtime: RuntimeConfig, cli_address: str | None = None) -> str | None:
@@ -40,6 +42,10 @@ def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
+        # A new local cluster gets Ray's token authentication by default, and Ray warns that it
+        # did: a line the user has nothing to do about. The authentication stays on; the
+        # warning stays out (a RAY_AUTH_MODE the user sets is Ray's to handle, as before).
+        logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
         # The dashboard stays on: Ray Train's state API (its placement-group cleaner) needs it.
         ray.init(num_cpus=runtime.num_cpus or os.cpu_count() or 1, include_dashboard=True,
                  dashboard_host="127.0.0.1", **common)

@@ -49,6 +49,20 @@ def test_workers_report_the_same_metrics(ray_two_cpus, world, tmp_path, workers)
     assert saved["epoch"] == 0
     backbone = load_backbone(run.checkpoint)
     assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
+    assert not worker_log_lines("Reporting training result")  # Ray Train's per-report INFO line
+
+
+def worker_log_lines(text: str) -> list[str]:
+    """Lines containing ``text`` in the Ray session's worker logs (what log_to_driver would
+    have shown on the console)."""
+    import glob
+    import os
+
+    import ray
+
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    return [line for path in glob.glob(os.path.join(logs, "worker-*")) for line in
+            open(path, errors="replace") if text in line]
 
 
 def test_a_rerun_resumes_at_the_next_epoch_with_the_optimizer_state(

@@ -137,6 +137,17 @@ RAY_TRAIN_CONTROLLER_LOGGER = "ray.train.v2._internal.execution.controller.contr
 """Logs the traceback of an error raised in the controller (a callback's among them)."""
 
 
+def _quiet_report_lines() -> None:
+    """Ray Train 2.60 logs "Reporting training result N: TrainingReport(...)" at INFO on every
+    worker for every report, through a logger named after its source file, which its
+    ``LoggingConfig`` does not reach; the line stays out of the console at WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def copies_that_fit(workers: WorkersConfig, local: bool, field: str,
                     extra_cpus: float = 0.0) -> float:
     """How many copies of ``workers`` (plus ``extra_cpus`` each, a trial's driver) the Ray
@@ -169,6 +180,7 @@ def worker_context(workers: WorkersConfig, seed: int) -> tuple[int, int, torch.d
     import ray.train.torch
 
     _hide_user_error_tracebacks(RAY_TRAIN_WORKER_LOGGER)
+    _quiet_report_lines()
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(workers.cpus_per_worker)))
     torch.manual_seed(seed)
