@@ -20,6 +20,8 @@ from factory.config import RuntimeConfig
 DEFAULT_MLFLOW_DB = "mlflow.db"
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 """Where Ray warns that a new local cluster has token authentication on."""
+RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+"""Where Ray Data warns that its progress bars are off."""
 
 
 def ray_address(runtime: RuntimeConfig, cli_address: str | None = None) -> str | None:
@@ -63,6 +65,8 @@ def quiet_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # ...and would then warn, once, that its progress bars are off: nothing to act on.
+    logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
 
 
 def mlflow_tracking_uri(runtime: RuntimeConfig) -> str:

@@ -3,6 +3,8 @@ off the console (they stay in Ray's session log files)."""
 
 from __future__ import annotations
 
+import logging
+
 from factory.config import WorkersConfig
 from factory.runtime import quiet_ray_data
 from factory.train.workers import make_trainer
@@ -17,6 +19,9 @@ def test_ray_data_progress_and_plan_are_off_after_quiet_ray_data(monkeypatch):
     quiet_ray_data()
     assert context.enable_progress_bars is False
     assert context.print_on_execution_start is False
+    from ray.data._internal.progress import logger
+
+    assert not logger.isEnabledFor(logging.WARNING)  # its "Progress bars disabled" line
 
 
 def test_trainers_log_ray_train_at_warning_and_above(tmp_path):
