@@ -167,10 +167,25 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     results, references = [], []
 
+    # every result is appended as it comes, and a rerun with the same protocol reuses them
+    partial = os.path.join(args.out, "solver_study.partial.jsonl")
+    protocol = {"config": args.config, "identities": args.identities, "seeds": args.seeds}
+    done = {}
+    if os.path.exists(partial):
+        with open(partial) as stream:
+            for line in stream:
+                record = json.loads(line)
+                if record.pop("protocol") == protocol:
+                    done[(record["solver"], record["steps"], record["seed_offset"])] = record
+
     def one(solver: str, steps: int, offset: int) -> dict:
+        if (solver, steps, offset) in done:
+            return done[(solver, steps, offset)]
         sampling = cfg.sampling.model_copy(update={"solver": solver, "steps": steps})
         result = run_setting(generator, judge, inquiries, images, real, m_values, args.seeds,
                              sampling, offset)
+        with open(partial, "a") as stream:
+            stream.write(json.dumps({**result, "protocol": protocol}) + "\n")
         print(f"{solver:12s} {steps:3d} steps seeds+{offset:<5d} {result['images_per_s']:6.2f} "
               f"img/s  Spearman judge {result['spearman']['judge']:.3f} E_id "
               f"{result['spearman']['E_id']:.3f}  Frechet {result['frechet']:.3f}", flush=True)

@@ -318,6 +318,9 @@ def main() -> None:
     document = {"attainable_flops": attainable, "args": vars(args)}
     if "sampling" not in skip:
         document["sampling"] = sampling_section(args, attainable)
+    if {"end-to-end", "rss"} <= skip:
+        write_json(args.json, document)
+        return
     with tempfile.TemporaryDirectory(prefix="synthesis-bench-") as root:
         render_inquiries(root)
         if "end-to-end" not in skip:
@@ -340,8 +343,12 @@ def main() -> None:
                   f"{small['peak_rss_mib']:7.0f} MiB; {large['images']} images "
                   f"{large['peak_rss_mib']:.0f} MiB: {growth:.2f}x (target <= "
                   f"{TARGET_RSS_GROWTH})")
-    if args.json:
-        with open(args.json, "w") as stream:
+    write_json(args.json, document)
+
+
+def write_json(path: str, document: dict) -> None:
+    if path:
+        with open(path, "w") as stream:
             json.dump(document, stream, indent=2)
 
 

@@ -316,8 +316,9 @@ class SamplingConfig(StrictModel):
                             "where bf16 is missing), fp32 on a CPU")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="NHWC memory format for the UNet; auto: on a GPU only")
-    compile: bool = Field(False, description="torch.compile the UNet (pays off on long GPU "
-                                             "runs; measured slower on the 2-core CPU)")
+    compile: bool = Field(False, description="torch.compile the UNet once per process; off "
+                                             "by default (compiling costs minutes before the "
+                                             "first batch, a loss on short runs)")
 
     @model_validator(mode="after")
     def _eta_needs_ddim(self) -> SamplingConfig:

@@ -69,6 +69,9 @@ from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
+LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
+                   "compile": False}
+"""How plans written before these sampling settings existed sampled (always like this)."""
 _STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
 _SHARD_NAME = re.compile(r"shard-[0-9]{6}\.tar")
 
@@ -191,6 +194,9 @@ def claim_output(out: str, record: dict[str, Any]) -> None:
         previous = storage.read_json_object(uri)
         if isinstance(previous.get("synthesis"), dict):
             previous["synthesis"].pop("out", None)  # earlier versions recorded the location
+            if isinstance(previous["synthesis"].get("sampling"), dict):
+                for key, value in LEGACY_SAMPLING.items():
+                    previous["synthesis"]["sampling"].setdefault(key, value)
         if previous != record:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
