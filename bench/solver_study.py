@@ -7,7 +7,9 @@ judge. For every (solver, steps) it samples the compliance protocol (held-out in
 identities x ``generator.compliance.m_values`` x seeds, the generator report's sampler path) and
 records, by the judge and by E_id: Spearman(requested m, measured similarity) and the per-m mean
 similarity; by the judge: the Frechet distance to as many real training images; and the
-sampling rate (images/s, sampling only, this process's torch threads). The reference is also
+sampling rate (images/s, sampling only, this process's torch threads; on a shared machine a
+rough figure only: bench/synthesis_speed.py measures speed, and the PNG plots against steps,
+which cost the same for every solver). The reference is also
 drawn with ``--replicates`` other seed sets: the spread of those draws is the tolerance. A
 setting is *within the spread* when its judge Spearman is at least the lowest reference draw's,
 its Frechet distance at most the highest, and every per-m judge mean lies within the reference
@@ -101,20 +103,16 @@ def write_png(results: list[dict], references: list[dict], path: str) -> None:
             continue
         for axis, key in zip(axes, ("spearman", "frechet")):
             values = [r[key]["judge"] if key == "spearman" else r[key] for r in rows]
-            axis.plot([r["images_per_s"] for r in rows], values, "o-", label=SOLVER_NAMES[solver])
-            for r, value in zip(rows, values):
-                axis.annotate(str(r["steps"]), (r["images_per_s"], value), fontsize=7,
-                              xytext=(3, 3), textcoords="offset points")
+            axis.plot([r["steps"] for r in rows], values, "o-", label=SOLVER_NAMES[solver])
     for axis, key in zip(axes, ("spearman", "frechet")):
         values = [r[key]["judge"] if key == "spearman" else r[key] for r in references]
         axis.axhspan(min(values), max(values), color="grey", alpha=0.25,
                      label="DDIM 20, seed spread")
-        axis.set_xlabel("images/s (sampling, this machine)")
-        axis.set_xscale("log")
+        axis.set_xlabel("steps (UNet calls per image; cost is linear in them)")
     axes[0].set_ylabel("Spearman(requested m, judge similarity)")
     axes[1].set_ylabel("Frechet distance to real (judge features)")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Solver x steps (labels: steps)")
+    figure.suptitle("Solver x steps against the seed spread of DDIM 20")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
