@@ -275,7 +275,8 @@ def end_to_end_section(args, root: str, attainable: float) -> dict:
     ray.shutdown()
     plain = statistics.median(runs["plain"])
     for name, rates in runs.items():
-        workers = 1 if name == "plain" else name
+        # CPU: each actor has its own core(s); CUDA: the actors share the one GPU measured
+        workers = 1 if name == "plain" or args.device == "cuda" else name
         label = "plain loop" if name == "plain" else f"Ray Data, {name} actor(s)"
         fraction = statistics.median(rates) * flops["image"] / (workers * attainable)
         print(f"{label:22s} {summary(rates)} img/s  {statistics.median(rates) / plain:.2f}x "
