@@ -1,19 +1,29 @@
-"""Synthesis throughput: the Ray Data actor pool against a plain single-process loop, and the
+"""Synthesis throughput with FLOP accounting: each solver setting's sampling rate against the
+machine's attainable matmul rate, the plain loop against the Ray Data actor pool, and the
 driver's memory as the dataset grows.
 
-Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cuda]`` (also
-``make bench``). It renders a small face world for the inquiry images into a scratch folder,
-then, in one run:
+Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cuda]
+[--repeats 3]`` (also ``make bench``). In one run:
 
-1. the plain loop: load the generator, plan, and sample + measure + encode + write every shard
-   in this process, with the same ``write_sampled_shard`` the actors call;
-2. ``factory synthesize`` (Ray Data) with 1 actor, then with 2 actors;
-3. the driver's peak RSS for N and 10 N images (1-step sampling, each size in a fresh process)
-   and their ratio (target: within 1.2x).
+1. **Attainable**: the best of several timed float32 (CPU) or bf16 (GPU) square matmuls with the
+   workers' torch thread count, in FLOP/s; measured again after the sampling section, and
+   when the two are far apart the machine was busy and no fraction is a figure.
+2. **FLOPs per image**, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one UNet
+   forward (times the steps) plus one E_id forward; the counter sees matmuls, convolutions and
+   attention, not element-wise work, so the fractions below are of the dense-algebra part.
+3. **Sampling** per solver setting (``--solvers``): sample + E_id over a fixed batch in this
+   process, images/s, achieved FLOP/s and its fraction of the attainable rate. With
+   ``--device cuda`` also a batch-size sweep (``--batch-sizes``) of the first setting.
+4. **End to end** (load, plan, sample, measure, encode, write, manifest): the plain loop
+   (``write_sampled_shard`` in this process), then ``factory synthesize`` with each actor count
+   in ``--actors``; for a pool, where its time went (start-up before the first result, time
+   inside shards, the rest).
+5. The driver's peak RSS for N and 10 N images (1-step sampling, fresh processes) and their
+   ratio (target: within 1.2x).
 
-The plain loop and every actor run the same model, batch size and sampler with the same torch
-thread count (``--threads``, default 1); images/s are wall clock from the start of a run to its
-last shard, loading and planning included. Ratios are measured in this one run.
+Every timed figure is the median of ``--repeats`` runs with the spread (min-max) beside it; a
+single run on a shared machine is not a figure. The plain loop and every actor run the same
+model, batches and sampler with the same torch thread count (``--threads``).
 """
 
 from __future__ import annotations
@@ -22,19 +32,29 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
-from factory.config import FactoryConfig, load_config
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from factory.config import FactoryConfig, SamplingConfig, load_config
 from factory.faceworld.build import build_faceworld
+from factory.models.inference import InferenceSettings, prepare
+from factory.models.sampling import SOLVER_NAMES, autocast_context, sample_images
 from factory.synth.plan import shard_items
 from factory.synth.synthesize import make_plan, synthesize, write_sampled_shard
+from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
-TARGET_ONE_ACTOR = 0.9
+TARGET_ONE_ACTOR = 0.95
+TARGET_TWO_ACTORS = 1.8
 TARGET_RSS_GROWTH = 1.2
-
+MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
+MATMUL_TRIES = 20
 
 SMOKE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                             "smoke.yaml")
@@ -46,9 +66,21 @@ def render_inquiries(root: str) -> None:
                                                "faceworld.inquiry_identities=64"]))
 
 
+def parse_solvers(text: str) -> list[tuple[str, int]]:
+    """``ddim:20,dpmsolver++:10`` -> [("ddim", 20), ("dpmsolver++", 10)]."""
+    settings = []
+    for part in text.split(","):
+        solver, steps = part.split(":")
+        if solver not in SOLVER_NAMES:
+            raise SystemExit(f"--solvers: unknown solver {solver!r} ({', '.join(SOLVER_NAMES)})")
+        settings.append((solver, int(steps)))
+    return settings
+
+
 def bench_config(args, root: str, out: str, identities: int, actors: int,
                  steps: int | None = None) -> FactoryConfig:
     gpus = 1.0 if args.device == "cuda" else 0.0
+    solver, default_steps = parse_solvers(args.solvers)[0]
     return load_config(None, [
         f"workdir={root}", f"synthesis.checkpoint={args.checkpoint}", f"synthesis.out={out}",
         f"synthesis.inquiry.identities={min(identities, 64)}",
@@ -56,35 +88,100 @@ def bench_config(args, root: str, out: str, identities: int, actors: int,
         f"synthesis.inquiry.mixup_identities={max(0, identities - 64)}",
         f"synthesis.images_per_identity={args.images_per_identity}",
         f"synthesis.identities_per_shard={args.identities_per_shard}",
-        f"synthesis.sampling.steps={steps or args.steps}",
+        f"synthesis.sampling.solver={solver}",
+        f"synthesis.sampling.steps={steps or default_steps}",
         f"synthesis.sampling.batch_size={args.batch_size}",
         f"synthesis.actors.num_actors={actors}",
         f"synthesis.actors.cpus_per_actor={0.9 if actors > 1 else 1.0}",
         f"synthesis.actors.threads_per_actor={args.threads}",
         f"synthesis.actors.gpus_per_actor={gpus / actors}",
+        f"runtime.mlflow_tracking_uri=sqlite:///{root}/mlflow.db",
     ])
 
 
+def summary(values: list[float]) -> str:
+    """Median and spread of repeated measurements, e.g. ``4.41 (4.30-4.52)``."""
+    return f"{statistics.median(values):7.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def attainable_flops(device: str, threads: int) -> float:
+    """The best FLOP/s of ``MATMUL_TRIES`` square matmuls in the dtype the sampler runs in."""
+    torch.set_num_threads(threads)
+    size = MATMUL_SIZE[device]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(MATMUL_TRIES):
+        synchronize(device)
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
+
+
+def flops_per_image(generator: LoadedGenerator, settings: InferenceSettings,
+                    steps: int) -> dict[str, float]:
+    """Counted FLOPs of one image: ``steps`` UNet forwards and one E_id forward."""
+    device = torch.device(settings.device)
+    batch = 4
+    noisy = torch.zeros(batch, 3, generator.image_size, generator.image_size, device=device)
+    timesteps = torch.full((batch,), 500, device=device, dtype=torch.long)
+    identity = torch.ones(batch, generator.model.condition.config.identity_dim, device=device)
+    with torch.inference_mode(), autocast_context(device, settings.autocast):
+        with FlopCounterMode(display=False) as unet:
+            generator.model(noisy, timesteps, identity, torch.zeros(batch, device=device))
+        with FlopCounterMode(display=False) as encoder:
+            generator.encoder(noisy)
+    per_unet = unet.get_total_flops() / batch
+    per_encoder = encoder.get_total_flops() / batch
+    return {"unet_forward": per_unet, "encoder_forward": per_encoder,
+            "image": steps * per_unet + per_encoder}
+
+
+def sampling_rate(generator: LoadedGenerator, settings: InferenceSettings, solver: str,
+                  steps: int, images: int, batch_size: int) -> float:
+    """images/s of sample + E_id over ``images`` samples in batches of ``batch_size``."""
+    device = torch.device(settings.device)
+    dim = generator.model.condition.config.identity_dim
+    identity = torch.nn.functional.normalize(torch.randn(images, dim), dim=-1).to(device)
+    m = torch.linspace(-1, 1, images, device=device)
+    synchronize(settings.device)
+    started = time.perf_counter()
+    for start in range(0, images, batch_size):
+        rows = slice(start, start + batch_size)
+        samples = sample_images(generator.model, generator.scheduler, identity[rows], m[rows],
+                                list(range(start, min(start + batch_size, images))),
+                                generator.image_size, steps, solver=solver,
+                                **settings.sampler_options())
+        with torch.inference_mode(), autocast_context(device, settings.autocast):
+            generator.encoder(samples)
+    synchronize(settings.device)
+    return images / (time.perf_counter() - started)
+
+
+def repeated(repeats: int, measure: Callable[[], float]) -> list[float]:
+    return [measure() for _ in range(repeats)]
+
+
 def plain_loop(config: FactoryConfig, device: str, threads: int) -> tuple[int, float]:
-    import torch
-
-    from factory.train.generator_checkpoint import load_generator
-
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    generator = load_generator(config.synthesis_checkpoint_uri()).to(device)
+    generator = load_generator(config.synthesis_checkpoint_uri())
+    settings = prepare(generator, config.synthesis.sampling, device)
     identities = make_plan(config, generator)
     images = 0
     for item in shard_items(identities, config.synthesis.identities_per_shard):
         images += write_sampled_shard(config.synthesis_out_uri(), item.shard, generator, item,
-                                      config.synthesis, None, torch.device(device))
+                                      config.synthesis, settings)
     return images, time.perf_counter() - started
-
-
-def pipeline(config: FactoryConfig) -> tuple[int, float]:
-    started = time.perf_counter()
-    run = synthesize(config)
-    return run.images_written, time.perf_counter() - started
 
 
 def child_peak_rss(args, root: str, identities: int) -> dict:
@@ -93,70 +190,177 @@ def child_peak_rss(args, root: str, identities: int) -> dict:
                "--checkpoint", args.checkpoint, "--device", args.device,
                "--images-per-identity", str(args.images_per_identity),
                "--identities-per-shard", str(args.identities_per_shard),
-               "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--solvers", args.solvers]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def rss_child(args) -> None:
+def start_ray() -> None:
+    """A private local cluster (``address="local"``: never another session's cluster)."""
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
+
+
+def rss_child(args) -> None:
+    start_ray()
     out = tempfile.mkdtemp(prefix="rss-", dir=args.root)
-    images, _ = pipeline(bench_config(args, args.root, out, args.rss_child, 1, steps=1))
+    run = synthesize(bench_config(args, args.root, out, args.rss_child, 1, steps=1))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"images": images, "peak_rss_mib": peak}))
+    print(json.dumps({"images": run.images_written, "peak_rss_mib": peak}))
+
+
+def sampling_section(args, attainable: float) -> dict:
+    """Per solver setting: images/s, achieved FLOP/s and the fraction of ``attainable``."""
+    generator = load_generator(args.checkpoint)
+    sampling = SamplingConfig(batch_size=args.batch_size)
+    settings = prepare(generator, sampling, args.device)
+    print(f"inference settings: {settings.record()}")
+    results = {}
+    for solver, steps in parse_solvers(args.solvers):
+        flops = flops_per_image(generator, settings, steps)
+        sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
+        rates = repeated(args.repeats, lambda: sampling_rate(
+            generator, settings, solver, steps, args.sampling_images, settings.batch_size))
+        achieved = statistics.median(rates) * flops["image"]
+        results[f"{solver}:{steps}"] = {"images_per_s": rates, "flops": flops,
+                                        "fraction": achieved / attainable}
+        print(f"{SOLVER_NAMES[solver]:16s} {steps:3d} steps  {flops['image'] / 1e9:7.2f} GFLOP/img"
+              f"  {summary(rates)} img/s  {achieved / 1e9:7.2f} GFLOP/s  "
+              f"{100 * achieved / attainable:5.1f}% of attainable")
+    if args.device == "cuda":
+        solver, steps = parse_solvers(args.solvers)[0]
+        flops = flops_per_image(generator, settings, steps)["image"]
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            rates = repeated(args.repeats, lambda: sampling_rate(
+                generator, settings, solver, steps, 4 * batch, batch))
+            results[f"batch {batch}"] = {"images_per_s": rates}
+            print(f"batch {batch:5d}           {summary(rates)} img/s  "
+                  f"{100 * statistics.median(rates) * flops / attainable:5.1f}% of attainable")
+    return results
+
+
+def pool_breakdown(run) -> str:
+    pool = run.pool
+    return (f"    start-up {pool.startup_seconds:5.1f} s, in shards {pool.shard_seconds:6.1f} "
+            f"actor-s, pool total {pool.seconds:6.1f} s")
+
+
+def end_to_end_section(args, root: str, attainable: float) -> dict:
+    total = args.identities * args.images_per_identity
+    solver, steps = parse_solvers(args.solvers)[0]
+    generator = load_generator(args.checkpoint)
+    flops = flops_per_image(generator, prepare(generator, SamplingConfig(), args.device), steps)
+    print(f"end to end: {total} images ({args.identities} identities x "
+          f"{args.images_per_identity}), {SOLVER_NAMES[solver]} {steps} steps, "
+          f"{args.threads} torch thread(s) per worker, device {args.device}")
+    runs = {"plain": []}
+    for repeat in range(args.repeats):
+        images, seconds = plain_loop(bench_config(args, root, f"{root}/plain{repeat}",
+                                                  args.identities, 1), args.device,
+                                     args.threads)
+        runs["plain"].append(images / seconds)
+    start_ray()
+    import ray
+
+    for actors in args.actors:
+        runs[actors] = []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            run = synthesize(bench_config(args, root, f"{root}/pool{actors}-{repeat}",
+                                          args.identities, actors))
+            runs[actors].append(run.images_written / (time.perf_counter() - started))
+            print(pool_breakdown(run))
+    ray.shutdown()
+    plain = statistics.median(runs["plain"])
+    for name, rates in runs.items():
+        # CPU: each actor has its own core(s); CUDA: the actors share the one GPU measured
+        workers = 1 if name == "plain" or args.device == "cuda" else name
+        label = "plain loop" if name == "plain" else f"Ray Data, {name} actor(s)"
+        fraction = statistics.median(rates) * flops["image"] / (workers * attainable)
+        print(f"{label:22s} {summary(rates)} img/s  {statistics.median(rates) / plain:.2f}x "
+              f"plain  {100 * fraction:5.1f}% of attainable per worker")
+    return {str(k): v for k, v in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="assets/faceworld-generator")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--solvers", default="ddim:20,dpmsolver++:10,unipc:10",
+                        help="solver:steps settings; the first one runs end to end")
+    parser.add_argument("--actors", default="1,2")
     parser.add_argument("--identities", type=int, default=64)
     parser.add_argument("--images-per-identity", type=int, default=8)
     parser.add_argument("--identities-per-shard", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", default="32", help="an integer or auto")
+    parser.add_argument("--batch-sizes", default="64,128,256,512,1024",
+                        help="the --device cuda batch-size sweep")
+    parser.add_argument("--sampling-images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip", default="", help="comma list of: sampling,end-to-end,rss")
+    parser.add_argument("--json", default="", help="also write every measurement here")
     parser.add_argument("--rss-identities", type=int, default=8)
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.checkpoint = os.path.abspath(args.checkpoint)
+    args.batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     if args.rss_child:
         rss_child(args)
         return
-
-    import ray
-
+    args.actors = [int(a) for a in args.actors.split(",") if a]
+    skip = set(args.skip.split(","))
+    torch.set_num_threads(args.threads)
+    attainable = attainable_flops(args.device, args.threads)
+    print(f"attainable ({args.device}, {args.threads} thread(s), "
+          f"{MATMUL_SIZE[args.device]}^2 matmul): {attainable / 1e9:.1f} GFLOP/s")
+    document = {"attainable_flops": attainable, "args": vars(args)}
+    if "sampling" not in skip:
+        document["sampling"] = sampling_section(args, attainable)
+        _attainable_after(args, attainable)
+    if {"end-to-end", "rss"} <= skip:
+        write_json(args.json, document)
+        return
     with tempfile.TemporaryDirectory(prefix="synthesis-bench-") as root:
         render_inquiries(root)
-        total = args.identities * args.images_per_identity
-        print(f"workload: {total} images ({args.identities} identities x "
-              f"{args.images_per_identity}), 32 px, DDIM {args.steps} steps, batch "
-              f"{args.identities_per_shard * args.images_per_identity} per shard, "
-              f"{args.threads} torch thread(s) per worker, device {args.device}")
-        images, seconds = plain_loop(bench_config(args, root, f"{root}/plain", args.identities,
-                                                  1), args.device, args.threads)
-        plain = images / seconds
-        print(f"plain loop            {images:5d} images {seconds:7.1f} s {plain:7.2f} img/s")
-        ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-        rates = {}
-        for actors in (1, 2):
-            images, seconds = pipeline(bench_config(args, root, f"{root}/pool{actors}",
-                                                    args.identities, actors))
-            rates[actors] = images / seconds
-            print(f"Ray Data, {actors} actor(s)   {images:5d} images {seconds:7.1f} s "
-                  f"{rates[actors]:7.2f} img/s  {rates[actors] / plain:.2f}x plain")
-        ray.shutdown()
-        small = child_peak_rss(args, root, args.rss_identities)
-        large = child_peak_rss(args, root, 10 * args.rss_identities)
-        growth = large["peak_rss_mib"] / small["peak_rss_mib"]
-        print(f"driver peak RSS       {small['images']:5d} images {small['peak_rss_mib']:7.0f} "
-              f"MiB; {large['images']} images {large['peak_rss_mib']:.0f} MiB: {growth:.2f}x")
-        print(f"1 actor / plain loop: {rates[1] / plain:.2f} (target >= {TARGET_ONE_ACTOR}); "
-              f"2 actors / 1 actor: {rates[2] / rates[1]:.2f}; driver RSS at 10x images: "
-              f"{growth:.2f}x (target <= {TARGET_RSS_GROWTH})")
+        if "end-to-end" not in skip:
+            runs = end_to_end_section(args, root, attainable)
+            document["end_to_end"] = runs
+            ratios = {k: statistics.median(v) / statistics.median(runs["plain"])
+                      for k, v in runs.items() if k != "plain"}
+            if "1" in ratios:
+                line = f"1 actor / plain loop: {ratios['1']:.2f} (target >= {TARGET_ONE_ACTOR})"
+                if "2" in ratios:
+                    line += (f"; 2 actors / 1 actor: {ratios['2'] / ratios['1']:.2f} (target >= "
+                             f"{TARGET_TWO_ACTORS})")
+                print(line)
+        if "rss" not in skip:
+            small = child_peak_rss(args, root, args.rss_identities)
+            large = child_peak_rss(args, root, 10 * args.rss_identities)
+            growth = large["peak_rss_mib"] / small["peak_rss_mib"]
+            document["rss"] = {"small": small, "large": large}
+            print(f"driver peak RSS       {small['images']:5d} images "
+                  f"{small['peak_rss_mib']:7.0f} MiB; {large['images']} images "
+                  f"{large['peak_rss_mib']:.0f} MiB: {growth:.2f}x (target <= "
+                  f"{TARGET_RSS_GROWTH})")
+    write_json(args.json, document)
+
+
+def _attainable_after(args, before: float) -> None:
+    """Measure the attainable rate again; a much higher figure means the machine was busy
+    when it was first measured, and the fractions above are too high by that ratio."""
+    after = attainable_flops(args.device, args.threads)
+    print(f"attainable again: {after / 1e9:.1f} GFLOP/s ({after / before:.2f}x the first "
+          "measurement; fractions above use the first)")
+
+
+def write_json(path: str, document: dict) -> None:
+    if path:
+        with open(path, "w") as stream:
+            json.dump(document, stream, indent=2)
 
 
 if __name__ == "__main__":

@@ -302,15 +302,33 @@ class GeneratorOptimizerConfig(StrictModel):
 
 
 class SamplingConfig(StrictModel):
-    """DDIM sampling (diffusers ``DDIMScheduler``)."""
+    """The sampler (a diffusers solver, factory.models.sampling) and how fast it runs
+    (factory.models.inference)."""
 
+    solver: Literal["ddim", "dpmsolver++", "unipc"] = Field(
+        "ddim", description="DDIM (reference), DPM-Solver++ 2M or UniPC (2nd order)")
     steps: int = Field(20, ge=1, le=1000)
-    eta: float = Field(0.0, ge=0.0, le=1.0)
-    batch_size: int = Field(64, ge=1)
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM only")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        64, description="Samples per model call; auto: a memory probe on a GPU, 64 on a CPU")
     identity_handoff: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="Below this t/T, condition on the sample's own identity at m = 1 instead "
                     "of the inquiry (factory.models.sampling); None: CemiFace's sampler")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype of the UNet and E_id; auto: bf16 on a GPU (fp16 "
+                            "where bf16 is missing), fp32 on a CPU")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory format for the UNet; auto: on a GPU only")
+    compile: bool = Field(False, description="torch.compile the UNet once per process; off "
+                                             "by default (compiling costs minutes before the "
+                                             "first batch, a loss on short runs)")
+
+    @model_validator(mode="after")
+    def _eta_needs_ddim(self) -> SamplingConfig:
+        if self.eta > 0 and self.solver != "ddim":
+            raise ValueError(f"eta > 0 needs solver ddim ({self.solver} is deterministic)")
+        return self
 
 
 class ComplianceConfig(StrictModel):
@@ -426,11 +444,27 @@ class InquiryConfig(StrictModel):
 class ActorsConfig(StrictModel):
     """The Ray Data actor pool that samples: how many actors and what each one takes."""
 
-    num_actors: int = Field(1, ge=1)
+    num_actors: int | tuple[int, int] = Field(
+        1, description="A fixed pool size, or [min, max]: Ray Data's autoscaling pool starts "
+                       "min actors and adds actors up to max while work is queued and the "
+                       "cluster has room (new GPU nodes, spot capacity)")
     cpus_per_actor: float = Field(1.0, gt=0.0, description="Keep the sum below the CPUs: "
                                                            "read tasks need some")
     gpus_per_actor: float = Field(0.0, ge=0.0)
     threads_per_actor: int = Field(0, ge=0, description="torch threads; 0: from cpus_per_actor")
+
+    @model_validator(mode="after")
+    def _range(self) -> ActorsConfig:
+        low, high = self.size_range()
+        if not 1 <= low <= high:
+            raise ValueError("num_actors must be at least 1, or [min, max] with 1 <= min <= max")
+        return self
+
+    def size_range(self) -> tuple[int, int]:
+        """(min, max) actors; equal for a fixed pool."""
+        if isinstance(self.num_actors, int):
+            return self.num_actors, self.num_actors
+        return self.num_actors
 
 
 class PrivacyConfig(StrictModel):

@@ -15,7 +15,7 @@ from factory.models.diffusion import (
 )
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import build_backbone
-from factory.models.sampling import ddim_sample
+from factory.models.sampling import sample_images
 from factory.train.generator import build_generator
 from factory.train.generator_checkpoint import encoder_record, load_generator, save_generator
 
@@ -94,16 +94,16 @@ def test_loss_trains_the_generator_and_leaves_the_encoder_frozen(parts):
     assert not encoder.backbone.training  # E_id's BatchNorm never switches to training mode
 
 
-def test_ddim_sample_is_seeded_per_sample(parts):
+def test_sample_images_is_seeded_per_sample(parts):
     _, encoder, generator, scheduler = parts
     identity = encoder(torch.rand(3, 3, 32, 32) * 2 - 1)
     m = torch.tensor([1.0, 0.0, -1.0])
-    batch = ddim_sample(generator, scheduler, identity, m, [5, 6, 7], 32, steps=4)
-    alone = ddim_sample(generator, scheduler, identity[1:2], m[1:2], [6], 32, steps=4)
+    batch = sample_images(generator, scheduler, identity, m, [5, 6, 7], 32, steps=4)
+    alone = sample_images(generator, scheduler, identity[1:2], m[1:2], [6], 32, steps=4)
     assert batch.shape == (3, 3, 32, 32) and batch.abs().max() <= 1.0
     # The same (identity, m, seed) in a different batch: the same image, up to float rounding.
     assert torch.allclose(batch[1:2], alone, atol=1e-4)
-    other_seed = ddim_sample(generator, scheduler, identity[1:2], m[1:2], [8], 32, steps=4)
+    other_seed = sample_images(generator, scheduler, identity[1:2], m[1:2], [8], 32, steps=4)
     assert not torch.allclose(alone, other_seed, atol=1e-2)
 
 
@@ -124,7 +124,7 @@ def test_identity_handoff_conditions_the_late_steps_on_the_samples_own_identity(
     identity = encoder(torch.rand(2, 3, 32, 32) * 2 - 1)
     m = torch.tensor([0.0, -0.5])
     recording = RecordingGenerator(generator)
-    ddim_sample(recording, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
+    sample_images(recording, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
                 encoder=encoder)
     early = [call for call in recording.calls if call[0] >= 750]
     late = [call for call in recording.calls if call[0] < 750]
@@ -137,12 +137,12 @@ def test_identity_handoff_conditions_the_late_steps_on_the_samples_own_identity(
     assert torch.allclose(handed.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(handed, identity, atol=1e-3)
     # Still seeded per sample: a row alone gives the row of the batch.
-    batch = ddim_sample(generator, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
+    batch = sample_images(generator, scheduler, identity, m, [3, 4], 32, steps=10, handoff=0.75,
                         encoder=encoder)
-    alone = ddim_sample(generator, scheduler, identity[1:], m[1:], [4], 32, steps=10,
+    alone = sample_images(generator, scheduler, identity[1:], m[1:], [4], 32, steps=10,
                         handoff=0.75, encoder=encoder)
     assert torch.allclose(batch[1:], alone, atol=1e-3)  # float rounding through E_id
-    plain = ddim_sample(generator, scheduler, identity, m, [3, 4], 32, steps=10)
+    plain = sample_images(generator, scheduler, identity, m, [3, 4], 32, steps=10)
     assert not torch.allclose(batch, plain, atol=1e-4)
 
 
@@ -150,7 +150,7 @@ def test_identity_handoff_needs_the_encoder(parts):
     _, encoder, generator, scheduler = parts
     identity = encoder(torch.rand(1, 3, 32, 32) * 2 - 1)
     with pytest.raises(ValueError, match="identity encoder"):
-        ddim_sample(generator, scheduler, identity, torch.zeros(1), [1], 32, steps=2,
+        sample_images(generator, scheduler, identity, torch.zeros(1), [1], 32, steps=2,
                     handoff=0.5)
 
 
@@ -162,8 +162,8 @@ def test_checkpoint_reloads_to_identical_samples(parts, tmp_path):
     loaded = load_generator(str(tmp_path))
     identity = encoder(torch.rand(2, 3, 32, 32) * 2 - 1)
     m = torch.tensor([0.8, -0.4])
-    before = ddim_sample(generator, scheduler, identity, m, [1, 2], 32, steps=3)
-    after = ddim_sample(loaded.model, loaded.scheduler, identity, m, [1, 2], 32, steps=3)
+    before = sample_images(generator, scheduler, identity, m, [1, 2], 32, steps=3)
+    after = sample_images(loaded.model, loaded.scheduler, identity, m, [1, 2], 32, steps=3)
     assert torch.equal(before, after)
     probe = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded.encoder(probe), encoder(probe))

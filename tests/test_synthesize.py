@@ -61,6 +61,8 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
         meta = sample["json"]
         assert CONTRACT <= set(meta) and meta["label"] == sample["cls"]
         assert meta["m"] in (1.0, 0.0, -0.5) and meta["sampler"] == "ddim"
+        assert meta["inference"] == {"device": "cpu", "precision": "fp32", "batch_size": 4,
+                                     "channels_last": False, "compile": False}
         assert -1.0 <= meta["similarity_center"] <= 1.0
     mixed = [s["json"] for s in samples if s["json"]["label"] >= 4]
     assert all(m["mixup"]["partner"] and m["mixup"]["phi"] in

@@ -17,7 +17,7 @@ from factory.config import FactoryConfig, load_config
 from factory.eval.generator_report import generator_report
 from factory.eval.progress import generator_progress
 from factory.models.iresnet import build_backbone
-from factory.models.sampling import ddim_sample
+from factory.models.sampling import sample_images
 from factory.train.checkpoint import save_checkpoint
 from factory.train.generator import train_generator
 from factory.train.generator_checkpoint import load_generator
@@ -77,7 +77,7 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     count = len(preview["identity"])
     m = torch.tensor(list(preview["m"]) * count)
     seeds = [preview["seed"] + row for row in range(count) for _ in preview["m"]]
-    again = ddim_sample(loaded.model, loaded.scheduler,
+    again = sample_images(loaded.model, loaded.scheduler,
                         preview["identity"].repeat_interleave(len(preview["m"]), 0), m, seeds,
                         32, steps=3)
     assert torch.allclose(again, preview["images"], atol=1e-4)

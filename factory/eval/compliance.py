@@ -32,7 +32,8 @@ import torch
 from factory.config import SamplingConfig
 from factory.formats.dataset import FaceDataset
 from factory.models.identity import inquiry_tensor
-from factory.models.sampling import ddim_sample, ddim_scheduler
+from factory.models.inference import InferenceSettings, prepare
+from factory.models.sampling import autocast_context, sample_images, solver_scheduler
 from factory.train.generator_checkpoint import LoadedGenerator
 
 SHUFFLE_SEED = 2024
@@ -140,14 +141,16 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 @torch.no_grad()
 def draw_samples(generator: LoadedGenerator, inquiries: np.ndarray, m_values: Sequence[float],
                  seeds: int, sampling: SamplingConfig, shuffle_m: bool = False,
-                 device: torch.device | str = "cpu") -> SampleSet:
+                 device: torch.device | str = "cpu", seed_offset: int = 0) -> SampleSet:
     """Sample every (inquiry, m, seed) row.
 
     Seeds are unique per (inquiry, seed index) and shared by every m of that pair, so the m
     columns differ only by the condition. With ``shuffle_m`` the m fed to the sampler is a fixed
     permutation of the requested ones across all rows, while the labels keep the requested m:
     whatever relation then remains between label and measurement is not the model's.
+    ``seed_offset`` shifts every seed: another draw of the same protocol (run-to-run spread).
     """
+    settings = prepare(generator, sampling, device)
     images = inquiry_tensor(inquiries, generator.image_size).to(device)
     identity = generator.encoder(images)
     rows = [(i, float(m), s) for i in range(len(identity)) for m in m_values for s in range(seeds)]
@@ -158,17 +161,18 @@ def draw_samples(generator: LoadedGenerator, inquiries: np.ndarray, m_values: Se
     columns = np.array([m_column[r[1]] for r in rows])
     step_sums = np.zeros((len(m_values), sampling.steps))
     batches = []
-    for start in range(0, len(rows), sampling.batch_size):
-        chunk = rows[start:start + sampling.batch_size]
+    for start in range(0, len(rows), settings.batch_size):
+        chunk = rows[start:start + settings.batch_size]
         index = torch.tensor([r[0] for r in chunk], device=device)
         m = torch.tensor(fed[start:start + len(chunk)], dtype=torch.float32, device=device)
         per_step: list[torch.Tensor] = []  # [B] similarities of each step's x0 estimate
-        batches.append(ddim_sample(
+        batches.append(sample_images(
             generator.model, generator.scheduler, identity[index], m,
-            [10_000 * r[0] + r[2] for r in chunk], generator.image_size, sampling.steps,
+            [10_000 * r[0] + r[2] + seed_offset for r in chunk], generator.image_size, sampling.steps,
             sampling.eta, sampling.identity_handoff, generator.encoder,
-            lambda _, estimate: per_step.append(
-                (generator.encoder(estimate) * identity[index]).sum(-1))))
+            lambda _, estimate: per_step.append(_similarity(generator, settings, estimate,
+                                                            identity[index])),
+            solver=sampling.solver, **settings.sampler_options()))
         along = torch.stack(per_step).cpu().numpy()  # [steps, B]
         chunk_columns = columns[start:start + len(chunk)]
         for column in np.unique(chunk_columns):
@@ -177,6 +181,13 @@ def draw_samples(generator: LoadedGenerator, inquiries: np.ndarray, m_values: Se
         inquiry=np.array([r[0] for r in rows]), requested=requested,
         seed_index=np.array([r[2] for r in rows]), images=torch.cat(batches).cpu(),
         trajectory=step_sums / (len(identity) * seeds))
+
+
+def _similarity(generator: LoadedGenerator, settings: InferenceSettings, images: torch.Tensor,
+                identity: torch.Tensor) -> torch.Tensor:
+    """cos(E_id(images), identity) row by row, E_id run as the sampler runs it."""
+    with autocast_context(torch.device(settings.device), settings.autocast):
+        return (generator.encoder(images).float() * identity).sum(-1)
 
 
 @torch.no_grad()
@@ -288,7 +299,7 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
     if real is not None:
         frechet = frechet_against_real(judge if judge is not None else generator.encoder,
                                        samples.images, real, generator.image_size)
-    timesteps = ddim_scheduler(generator.scheduler, sampling.steps).timesteps
+    timesteps = solver_scheduler(generator.scheduler, sampling.solver, sampling.steps).timesteps
     return Compliance(
         m_values=[float(m) for m in m_values], requested=samples.requested.tolist(),
         sampling=sampling.model_dump(), trajectory_t=[int(t) for t in timesteps],

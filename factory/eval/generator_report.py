@@ -43,7 +43,8 @@ from factory.eval.generator_figures import (
 )
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
-from factory.models.sampling import ddim_sample
+from factory.models.inference import prepare
+from factory.models.sampling import SOLVER_NAMES, sample_images
 from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
@@ -58,17 +59,17 @@ def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: in
                   sampling: SamplingConfig, path: str) -> str:
     """The CemiFace figure: each row one identity at m = 1 .. -1, the same noise along a row."""
     m_values = np.linspace(1.0, -1.0, columns)
+    settings = prepare(generator, sampling, "cpu")
     images = inquiry_tensor(inquiries, generator.image_size)
     identity = generator.encoder(images)
     rows = len(identity)
-    with torch.no_grad():
-        samples = ddim_sample(
-            generator.model, generator.scheduler,
-            identity.repeat_interleave(columns, dim=0),
-            torch.tensor(np.tile(m_values, rows), dtype=torch.float32),
-            [GRID_SEED + row for row in range(rows) for _ in range(columns)],
-            generator.image_size, sampling.steps, sampling.eta, sampling.identity_handoff,
-            generator.encoder)
+    samples = sample_images(
+        generator.model, generator.scheduler,
+        identity.repeat_interleave(columns, dim=0),
+        torch.tensor(np.tile(m_values, rows), dtype=torch.float32),
+        [GRID_SEED + row for row in range(rows) for _ in range(columns)],
+        generator.image_size, sampling.steps, sampling.eta, sampling.identity_handoff,
+        generator.encoder, solver=sampling.solver, **settings.sampler_options())
     return similarity_grid_png(samples, columns, path, [f"{m:+.2f}" for m in m_values],
                                inquiries=images)
 
@@ -185,7 +186,8 @@ def report_metrics(result: Compliance) -> dict[str, float]:
 def sampler_text(sampling: dict) -> str:
     """One line naming the sampler, e.g. for the report and the quickstart's results."""
     handoff = sampling.get("identity_handoff")
-    return (f"DDIM {sampling['steps']} steps, eta {sampling['eta']:g}, "
+    solver = SOLVER_NAMES[sampling.get("solver", "ddim")]
+    return (f"{solver} {sampling['steps']} steps, eta {sampling['eta']:g}, "
             + (f"identity hand-off below t/T = {handoff:g}" if handoff is not None
                else "no identity hand-off (CemiFace's sampler)"))
 

@@ -1,6 +1,12 @@
-"""DDIM sampling from the generator, every sample seeded on its own.
+"""Sampling from the generator with a diffusers solver, every sample seeded on its own.
 
-A sample is fully determined by (identity embedding, m, seed, steps, eta, handoff): its
+Solvers (``synthesis.sampling.solver``): DDIM (the reference), DPM-Solver++ 2M and UniPC (2nd
+order, data prediction). All are built from the training schedule's config, so they read the
+model output as what training regressed (epsilon or v); the multistep solvers threshold their x0
+estimate at 1 (a plain clip to [-1, 1], as DDIM's ``clip_sample``), which keeps them on the
+image range the model was trained on. Only DDIM takes ``eta > 0``.
+
+A sample is fully determined by (identity embedding, m, seed, solver, steps, eta, handoff): its
 starting noise and, for ``eta > 0``, every step's fresh noise come from a CPU generator seeded
 with the sample's own seed, so a sample regenerates identically whatever batch it lands in and
 on whatever device the model runs.
@@ -18,18 +24,42 @@ is kept and only refined.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from factory.models.diffusion import estimate_x0
 from factory.models.generator import CemiFaceGenerator
 
+Solver = Literal["ddim", "dpmsolver++", "unipc"]
+SOLVER_NAMES = {"ddim": "DDIM", "dpmsolver++": "DPM-Solver++ 2M", "unipc": "UniPC"}
 
-def ddim_scheduler(training: DDPMScheduler, steps: int) -> DDIMScheduler:
-    """A DDIM sampler over the training schedule, with ``steps`` denoising steps."""
-    scheduler = DDIMScheduler.from_config(training.config, clip_sample=True,
-                                          set_alpha_to_one=False)
+
+def solver_scheduler(training: DDPMScheduler, solver: Solver, steps: int) -> SchedulerMixin:
+    """A fresh solver over the training schedule with ``steps`` denoising steps (multistep
+    solvers keep a history, so every batch needs its own)."""
+    if solver == "ddim":
+        scheduler = DDIMScheduler.from_config(training.config, clip_sample=True,
+                                              set_alpha_to_one=False)
+    elif solver == "dpmsolver++":
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            training.config, algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
+            sample_max_value=1.0)
+    elif solver == "unipc":
+        scheduler = UniPCMultistepScheduler.from_config(
+            training.config, predict_x0=True, solver_order=2, thresholding=True,
+            sample_max_value=1.0)
+    else:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -41,44 +71,66 @@ def seeded_noise(seeds: list[int], shape: tuple[int, ...], step: int = 0) -> tor
     return torch.stack(rows)
 
 
-@torch.no_grad()
-def ddim_sample(generator: CemiFaceGenerator, training: DDPMScheduler, identity: torch.Tensor,
-                m: torch.Tensor, seeds: list[int], image_size: int, steps: int = 20,
-                eta: float = 0.0, handoff: float | None = None,
-                encoder: torch.nn.Module | None = None,
-                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device`` (None: full precision, no autocast)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
+                  identity: torch.Tensor, m: torch.Tensor, seeds: list[int], image_size: int,
+                  steps: int = 20, eta: float = 0.0, handoff: float | None = None,
+                  encoder: torch.nn.Module | None = None,
+                  on_step: Callable[[int, torch.Tensor], None] | None = None,
+                  solver: Solver = "ddim", autocast: torch.dtype | None = None,
+                  channels_last: bool = False) -> torch.Tensor:
     """Images ``[B, 3, S, S]`` in [-1, 1] for each (identity, m, seed) row.
 
     ``handoff`` (a fraction of T, see the module docstring) needs ``encoder``, the identity
     encoder the generator is conditioned on. ``on_step(t, x0_estimate)``, if given, sees every
     step's estimate of the clean image, clipped to [-1, 1] (the trajectory diagnostic of
-    ``factory generator-report``).
+    ``factory generator-report``). ``autocast`` runs the model (and the hand-off's encoder) in
+    that dtype; the solver's state stays float32. ``channels_last`` feeds the UNet NHWC
+    inputs (its weights should be converted once, :mod:`factory.models.inference`).
     """
     if not len(identity) == len(m) == len(seeds):
         raise ValueError("identity, m and seeds need one row per sample")
     if handoff is not None and encoder is None:
         raise ValueError("an identity hand-off needs the identity encoder")
+    if eta > 0 and solver != "ddim":
+        raise ValueError(f"eta > 0 needs the ddim solver ({solver} is deterministic)")
     device = identity.device
-    scheduler = ddim_scheduler(training, steps)
+    scheduler = solver_scheduler(training, solver, steps)
     handoff_after = _handoff_index(scheduler, training, handoff)
     shape = (3, image_size, image_size)
     sample = seeded_noise(seeds, shape).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     for index, t in enumerate(scheduler.timesteps):
         timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
-        output = generator(sample, timesteps, identity, m).float()
-        variance_noise = seeded_noise(seeds, shape, index + 1).to(device) if eta > 0 else None
-        step = scheduler.step(output, t, sample, eta=eta, variance_noise=variance_noise)
+        with autocast_context(device, autocast):
+            output = generator(sample.to(memory_format=layout), timesteps, identity, m)
+        output = output.float().contiguous()
+        if solver == "ddim":
+            variance_noise = seeded_noise(seeds, shape, index + 1).to(device) if eta > 0 else None
+            step = scheduler.step(output, t, sample, eta=eta, variance_noise=variance_noise)
+            estimate = step.pred_original_sample.clamp(-1.0, 1.0)
+        else:
+            estimate = estimate_x0(training, sample, timesteps, output) \
+                if on_step is not None or index == handoff_after else None
+            step = scheduler.step(output, t, sample)
         sample = step.prev_sample
-        estimate = step.pred_original_sample.clamp(-1.0, 1.0)
         if on_step is not None:
             on_step(int(t), estimate)
         if index == handoff_after:  # the estimate of the clean image becomes the identity
-            identity = encoder(estimate)
+            with autocast_context(device, autocast):
+                identity = encoder(estimate).float()
             m = torch.ones_like(m)
     return sample.clamp(-1.0, 1.0)
 
 
-def _handoff_index(scheduler: DDIMScheduler, training: DDPMScheduler,
+def _handoff_index(scheduler: SchedulerMixin, training: DDPMScheduler,
                    handoff: float | None) -> int | None:
     """The step after which the sampler hands off: the last one at or above ``handoff * T``
     (the first when every step is below it); None without a hand-off or when that is the final

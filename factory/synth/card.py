@@ -21,6 +21,7 @@ import yaml
 
 from factory import storage
 from factory.config import FactoryConfig
+from factory.models.sampling import SOLVER_NAMES
 from factory.synth.layout import (
     ANALYSIS_FILE,
     CARD_FILE,
@@ -133,7 +134,8 @@ def _provenance(manifest: dict[str, Any]) -> str:
         ("generator trained on", _code(record.get("data"))),
         ("E_id", f"{_code(record.get('identity_encoder'))}: the identity encoder the generator "
                  "is conditioned on, which measured every similarity below"),
-        ("sampler", f"DDIM, {synthesis.sampling.steps} steps, eta {synthesis.sampling.eta}"
+        ("sampler", f"{SOLVER_NAMES[synthesis.sampling.solver]}, {synthesis.sampling.steps} "
+                    f"steps, eta {synthesis.sampling.eta}"
                     + (f", identity hand-off at {handoff}" if handoff is not None else "")),
         ("inquiry identities", f"{counts['identities'] - counts['mixup_identities']} from "
                                f"`{config.synthesis_inquiry_uri()}` (asked for "

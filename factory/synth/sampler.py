@@ -3,11 +3,14 @@
 Plain torch (no Ray): the actor pool and the benchmark's single-process loop both call
 :func:`sample_shard`, so they run exactly the same model, batches and sampler. Within a shard the
 samples are taken in plan order and cut into fixed batches, so a rerun feeds the model the same
-batches and, on the same machine, produces the same bytes.
+batches and, on the same machine, produces the same bytes. While the model samples a batch, one
+worker thread JPEG-encodes the previous one (Pillow releases the GIL while it encodes), so the
+accelerator does not wait for the CPU's part of the work.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +21,8 @@ from factory.formats.dataset import FaceDataset
 from factory.formats.images import encode_jpeg
 from factory.formats.shards import ShardSample
 from factory.models.identity import inquiry_tensor
-from factory.models.sampling import ddim_sample, to_uint8
+from factory.models.inference import InferenceSettings
+from factory.models.sampling import autocast_context, sample_images, to_uint8
 from factory.synth.plan import (
     PlannedIdentity,
     ShardItem,
@@ -58,34 +62,45 @@ def _mixup(identity: PlannedIdentity) -> dict | None:
             "labels": identity.mixup_labels}
 
 
-@torch.no_grad()
+def encode_batch(pixels: np.ndarray, quality: int) -> list[bytes]:
+    """JPEG bytes of each ``[H, W, 3]`` uint8 image of a batch."""
+    return [encode_jpeg(image, quality) for image in pixels]
+
+
+@torch.inference_mode()
 def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConfig,
-                 inquiries: FaceDataset | None = None,
-                 device: torch.device | str = "cpu") -> SampledShard:
+                 settings: InferenceSettings,
+                 inquiries: FaceDataset | None = None) -> SampledShard:
     """Sample, embed and encode every image of ``item``'s identities.
 
-    The inquiry dataset is read only when ``cfg.include_inquiry_images`` is on, to copy each
-    identity's real inquiry image into the shard.
+    ``settings`` are what :func:`factory.models.inference.prepare` resolved for the generator
+    on its device. The inquiry dataset is read only when ``cfg.include_inquiry_images`` is on,
+    to copy each identity's real inquiry image into the shard.
     """
+    device = torch.device(settings.device)
     rows = [(position, index) for position in range(len(item.identities))
             for index in range(cfg.images_per_identity)]
     embeddings = torch.tensor([identity.embedding for identity in item.identities],
                               dtype=torch.float32, device=device)
     m_values = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
     seeds = [sample_seed(cfg.seed, item.identities[p].label, i) for p, i in rows]
-    images, measured = [], []
-    for start in range(0, len(rows), cfg.sampling.batch_size):
-        chunk = slice(start, start + cfg.sampling.batch_size)
-        positions = torch.tensor([p for p, _ in rows[chunk]], device=device)
-        samples = ddim_sample(
-            generator.model, generator.scheduler, embeddings[positions],
-            torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
-            generator.image_size, cfg.sampling.steps, cfg.sampling.eta,
-            cfg.sampling.identity_handoff, generator.encoder)
-        measured.append(generator.encoder(samples))
-        images.append(to_uint8(samples).numpy())
+    encoded, measured = [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg") as jpeg:
+        for start in range(0, len(rows), settings.batch_size):
+            chunk = slice(start, start + settings.batch_size)
+            positions = torch.tensor([p for p, _ in rows[chunk]], device=device)
+            samples = sample_images(
+                generator.model, generator.scheduler, embeddings[positions],
+                torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
+                generator.image_size, cfg.sampling.steps, cfg.sampling.eta,
+                cfg.sampling.identity_handoff, generator.encoder, solver=cfg.sampling.solver,
+                **settings.sampler_options())
+            with autocast_context(device, settings.autocast):
+                measured.append(generator.encoder(samples).float())
+            encoded.append(jpeg.submit(encode_batch, to_uint8(samples).numpy(),
+                                       cfg.jpeg_quality))
+        jpegs = [data for batch in encoded for data in batch.result()]
     sample_embeddings = torch.cat(measured)
-    pixels = np.concatenate(images)
     owner = torch.tensor([p for p, _ in rows], device=device)
     centers = torch.nn.functional.normalize(
         torch.stack([sample_embeddings[owner == p].mean(0) for p in range(len(item.identities))]),
@@ -93,9 +108,10 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     to_inquiry = (sample_embeddings * embeddings[owner]).sum(-1).cpu().numpy()
     to_center = (sample_embeddings * centers[owner]).sum(-1).cpu().numpy()
 
-    common = {"generator": checkpoint_id(generator), "sampler": "ddim",
+    common = {"generator": checkpoint_id(generator), "sampler": cfg.sampling.solver,
               "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
-              "identity_handoff": cfg.sampling.identity_handoff}
+              "identity_handoff": cfg.sampling.identity_handoff,
+              "inference": settings.record()}
     records: list[ShardSample] = []
     for row, (position, index) in enumerate(rows):
         identity = item.identities[position]
@@ -103,12 +119,11 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
                 "similarity_inquiry": round(float(to_inquiry[row]), 6),
                 "similarity_center": round(float(to_center[row]), 6), "seed": seeds[row],
                 "mixup": _mixup(identity), "real": False, **common}
-        records.append(ShardSample(sample_key(identity.label, index),
-                                   encode_jpeg(pixels[row], cfg.jpeg_quality), identity.label,
-                                   meta))
+        records.append(ShardSample(sample_key(identity.label, index), jpegs[row],
+                                   identity.label, meta))
         if index == cfg.images_per_identity - 1 and cfg.include_inquiry_images:
             records += _inquiry_copy(generator, identity, inquiries, centers[position], cfg,
-                                     device)
+                                     device, settings.autocast)
     return SampledShard(
         samples=records, labels=[identity.label for identity in item.identities],
         centers=centers.cpu().numpy().astype(np.float32),
@@ -119,7 +134,8 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
 
 def _inquiry_copy(generator: LoadedGenerator, identity: PlannedIdentity,
                   inquiries: FaceDataset | None, center: torch.Tensor,
-                  cfg: SynthesisConfig, device: torch.device | str) -> list[ShardSample]:
+                  cfg: SynthesisConfig, device: torch.device,
+                  autocast: torch.dtype | None) -> list[ShardSample]:
     """The real inquiry image as one more sample of its identity (the anchors' oversampling),
     marked ``real: true``; mixup identities have no image and get none."""
     if identity.image_index is None:
@@ -127,7 +143,9 @@ def _inquiry_copy(generator: LoadedGenerator, identity: PlannedIdentity,
     if inquiries is None:
         raise ValueError("include_inquiry_images needs the inquiry dataset")
     image = inquiries.image(identity.image_index)
-    embedding = generator.encoder(inquiry_tensor(image[None], generator.image_size).to(device))[0]
+    with autocast_context(device, autocast):
+        embedding = generator.encoder(
+            inquiry_tensor(image[None], generator.image_size).to(device))[0].float()
     meta = {"label": identity.label, "inquiry": identity.inquiry, "m": 1.0,
             "similarity_inquiry": 1.0,
             "similarity_center": round(float(embedding @ center), 6), "seed": None,

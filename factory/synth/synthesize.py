@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from factory import storage
-from factory.config import FactoryConfig, SynthesisConfig
+from factory.config import ActorsConfig, FactoryConfig, SynthesisConfig
 from factory.errors import FormatError, UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import (
@@ -52,6 +52,7 @@ from factory.formats.shards import (
     write_shard,
 )
 from factory.models.identity import embedding_batches
+from factory.models.inference import InferenceSettings, prepare
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
 from factory.synth.card import write_card
@@ -68,6 +69,9 @@ from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
+LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
+                   "compile": False}
+"""How plans written before these sampling settings existed sampled (always like this)."""
 _STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
 _SHARD_NAME = re.compile(r"shard-[0-9]{6}\.tar")
 
@@ -90,10 +94,10 @@ def actor_device(gpus: float) -> torch.device:
 
 
 def write_sampled_shard(out: str, shard: int, generator: LoadedGenerator, item: ShardItem,
-                        cfg: SynthesisConfig, inquiries: FaceDataset | None,
-                        device: torch.device) -> int:
+                        cfg: SynthesisConfig, settings: InferenceSettings,
+                        inquiries: FaceDataset | None = None) -> int:
     """Sample one shard and write it; the stats file goes last and marks it complete."""
-    sampled = sample_shard(generator, item, cfg, inquiries, device)
+    sampled = sample_shard(generator, item, cfg, settings, inquiries)
     buffer = io.BytesIO()
     np.save(buffer, sampled.centers)
     storage.write_bytes(centers_uri(out, shard), buffer.getvalue())
@@ -114,8 +118,9 @@ class ShardSynthesizer:
         self.cfg = SynthesisConfig.model_validate(config)
         torch.set_num_threads(torch_threads(self.cfg.actors.cpus_per_actor,
                                             self.cfg.actors.threads_per_actor))
-        self.device = actor_device(self.cfg.actors.gpus_per_actor)
-        self.generator = load_generator(checkpoint).to(self.device)
+        self.generator = load_generator(checkpoint)
+        self.settings = prepare(self.generator, self.cfg.sampling,
+                                actor_device(self.cfg.actors.gpus_per_actor))
         self.out = out
         self.inquiries = open_dataset(inquiry_uri) if self.cfg.include_inquiry_images else None
 
@@ -125,7 +130,7 @@ class ShardSynthesizer:
             started = time.perf_counter()
             images.append(write_sampled_shard(self.out, int(shard), self.generator,
                                               ShardItem.from_row(shard, item), self.cfg,
-                                              self.inquiries, self.device))
+                                              self.settings, self.inquiries))
             shards.append(int(shard))
             seconds.append(time.perf_counter() - started)
         return {"shard": np.array(shards), "images": np.array(images),
@@ -189,6 +194,9 @@ def claim_output(out: str, record: dict[str, Any]) -> None:
         previous = storage.read_json_object(uri)
         if isinstance(previous.get("synthesis"), dict):
             previous["synthesis"].pop("out", None)  # earlier versions recorded the location
+            if isinstance(previous["synthesis"].get("sampling"), dict):
+                for key, value in LEGACY_SAMPLING.items():
+                    previous["synthesis"]["sampling"].setdefault(key, value)
         if previous != record:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
@@ -290,9 +298,37 @@ def remove_stale_temporaries(out: str) -> int:
     return removed
 
 
+def actor_pool(actors: ActorsConfig, shards: int):
+    """A fixed ``ActorPoolStrategy``, or an autoscaling one for a [min, max] range; never more
+    actors than shards to write."""
+    import ray
+
+    low, high = (min(size, shards) for size in actors.size_range())
+    if low == high:
+        return ray.data.ActorPoolStrategy(size=low)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+
+
+@dataclass
+class PoolRun:
+    """Where an actor pool's time went: all of it, the part actors spent inside shards (summed
+    over actors), and the wait for the first result, which holds the pool's start-up (Ray
+    Data's executor, the actor processes importing torch and loading the model)."""
+
+    images: int
+    seconds: float
+    shard_seconds: float
+    first_result_seconds: float
+    first_shard_seconds: float
+
+    @property
+    def startup_seconds(self) -> float:
+        return self.first_result_seconds - self.first_shard_seconds
+
+
 def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str, out: str,
-                   cli_address: str | None) -> tuple[int, float]:
-    """Stream ``todo`` through the actor pool; returns (images written, seconds)."""
+                   cli_address: str | None) -> PoolRun:
+    """Stream ``todo`` through the actor pool and time it."""
     import ray
 
     cfg = config.synthesis
@@ -305,19 +341,21 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
         resources["num_gpus"] = cfg.actors.gpus_per_actor
     results = dataset.map_batches(
         ShardSynthesizer, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors.num_actors, len(todo))),
+        compute=actor_pool(cfg.actors, len(todo)),
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "checkpoint": checkpoint,
                                "out": out, "inquiry_uri": config.synthesis_inquiry_uri()},
         **resources,
     )
-    started, images = time.perf_counter(), 0
+    started, images, shard_seconds, first = time.perf_counter(), 0, 0.0, None
     with tqdm(total=len(todo), desc="synthesize", unit="shard") as progress:
         for row in results.iter_rows():
             images += int(row["images"])
+            shard_seconds += float(row["seconds"])
             elapsed = time.perf_counter() - started
+            first = first or (elapsed, float(row["seconds"]))
             progress.set_postfix(images=images, images_per_s=f"{images / elapsed:.1f}")
             progress.update(1)
-    return images, time.perf_counter() - started
+    return PoolRun(images, time.perf_counter() - started, shard_seconds, *first)
 
 
 def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
@@ -354,12 +392,18 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
     }
 
 
+def _pool_text(actors: ActorsConfig) -> str:
+    low, high = actors.size_range()
+    return str(low) if low == high else f"{low} to {high}, autoscaling"
+
+
 @dataclass
 class SynthesisRun:
     out: str
     manifest: dict[str, Any]
     images_written: int
     images_per_s: float
+    pool: PoolRun | None = None
 
 
 def synthesize(config: FactoryConfig, cli_address: str | None = None) -> SynthesisRun:
@@ -383,12 +427,13 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} images in "
           f"{record['shards']} shards -> {out} ({len(todo)} to write, "
           f"{record['shards'] - len(todo)} already complete)")
-    images, seconds = (run_actor_pool(config, todo, checkpoint, out, cli_address)
-                       if todo else (0, 0.0))
+    pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
+    images, seconds = (pool.images, pool.seconds) if pool else (0, 0.0)
     rate = images / seconds if seconds else 0.0
     if images:
         print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
-              f"{cfg.actors.num_actors} actor(s))")
+              f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
+              f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
     manifest = build_manifest(config, out, record, generator, identities)
     storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
     with tempfile.TemporaryDirectory() as scratch:
@@ -409,4 +454,4 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         tracker.log_artifact(histogram)
         tracker.end()
     write_card(out)
-    return SynthesisRun(out, manifest, images, rate)
+    return SynthesisRun(out, manifest, images, rate, pool)

@@ -33,7 +33,7 @@ from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
 from factory.formats.dataset import open_checked, open_dataset
 from factory.models.diffusion import cemiface_loss, draw_m, m_grid, training_scheduler
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
-from factory.models.sampling import ddim_sample
+from factory.models.sampling import sample_images
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
@@ -83,8 +83,9 @@ def preview_samples(model: CemiFaceGenerator, scheduler, encoder, identity: torc
     ids = identity.repeat_interleave(len(PREVIEW_M), dim=0)
     m = torch.tensor(PREVIEW_M * count, device=identity.device)
     seeds = [PREVIEW_SEED + row for row in range(count) for _ in PREVIEW_M]
-    return ddim_sample(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
-                       cfg.sampling.eta, cfg.sampling.identity_handoff, encoder)
+    return sample_images(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
+                         cfg.sampling.eta, cfg.sampling.identity_handoff, encoder,
+                         solver=cfg.sampling.solver)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

@@ -1,0 +1,217 @@
+"""Solver x steps: m-compliance and quality against sampling speed, and the cheapest setting
+within the run-to-run spread of the reference (DDIM 20).
+
+Run: ``.venv/bin/python bench/solver_study.py [--config configs/quickstart.yaml] [--identities
+16] [--seeds 2]``. Needs the config's face world (``factory faceworld``) and its generator and
+judge. For every (solver, steps) it samples the compliance protocol (held-out inquiry
+identities x ``generator.compliance.m_values`` x seeds, the generator report's sampler path) and
+records, by the judge and by E_id: Spearman(requested m, measured similarity) and the per-m mean
+similarity; by the judge: the Frechet distance to as many real training images; and the
+sampling rate (images/s, sampling only, this process's torch threads; on a shared machine a
+rough figure only: bench/synthesis_speed.py measures speed, and the PNG plots against steps,
+which cost the same for every solver). The reference is also
+drawn with ``--replicates`` other seed sets: the spread of those draws is the tolerance. A
+setting is *within the spread* when its judge Spearman is at least the lowest reference draw's,
+its Frechet distance at most the highest, and every per-m judge mean lies within the reference
+draws' range widened by half that range. Writes ``solver_study.json``, ``solver_study.md`` and
+``solver_study.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from factory.config import load_config
+from factory.eval.compliance import (
+    draw_samples,
+    first_image_per_identity,
+    frechet_against_real,
+    measure,
+)
+from factory.formats.dataset import open_dataset
+from factory.models.identity import inquiry_tensor
+from factory.models.sampling import SOLVER_NAMES
+from factory.report import format_table
+from factory.train.checkpoint import load_judge
+from factory.train.generator_checkpoint import load_generator
+
+REFERENCE = ("ddim", 20)
+SEED_STRIDE = 1000  # seed_offset between replicate draws (seeds within a draw stay below it)
+
+
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    """``ddim:5,10,20;unipc:5,8`` -> [(ddim, 5), (ddim, 10), ...]."""
+    settings = []
+    for part in text.split(";"):
+        solver, steps = part.split(":")
+        if solver not in SOLVER_NAMES:
+            raise SystemExit(f"--settings: unknown solver {solver!r}")
+        settings += [(solver, int(s)) for s in steps.split(",")]
+    return settings
+
+
+def run_setting(generator, judge, inquiries, images, real, m_values, seeds, sampling,
+                seed_offset: int) -> dict:
+    started = time.perf_counter()
+    drawn = draw_samples(generator, inquiries, m_values, seeds, sampling, seed_offset=seed_offset)
+    seconds = time.perf_counter() - started
+    by = {name: measure(encoder, name, images, drawn, m_values)
+          for name, encoder in (("judge", judge), ("E_id", generator.encoder))}
+    frechet = frechet_against_real(judge, drawn.images, real, generator.image_size)
+    return {"solver": sampling.solver, "steps": sampling.steps, "seed_offset": seed_offset,
+            "images": len(drawn.images), "seconds": seconds,
+            "images_per_s": len(drawn.images) / seconds,
+            "spearman": {name: view.spearman for name, view in by.items()},
+            "means": {name: view.mean for name, view in by.items()},
+            "frechet": frechet["synthetic_vs_real"], "frechet_floor": frechet["real_vs_real"]}
+
+
+def tolerance(references: list[dict]) -> dict:
+    """The reference draws' range of each figure (what 'within the spread' is read against)."""
+    means = np.array([r["means"]["judge"] for r in references])
+    width = means.max(0) - means.min(0)
+    return {"spearman_min": min(r["spearman"]["judge"] for r in references),
+            "frechet_max": max(r["frechet"] for r in references),
+            "means_low": (means.min(0) - width / 2).tolist(),
+            "means_high": (means.max(0) + width / 2).tolist()}
+
+
+def within(result: dict, tol: dict) -> bool:
+    means = np.array(result["means"]["judge"])
+    return bool(result["spearman"]["judge"] >= tol["spearman_min"]
+                and result["frechet"] <= tol["frechet_max"]
+                and np.all(means >= np.array(tol["means_low"]))
+                and np.all(means <= np.array(tol["means_high"])))
+
+
+def write_png(results: list[dict], references: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for solver in SOLVER_NAMES:
+        rows = sorted((r for r in results if r["solver"] == solver), key=lambda r: r["steps"])
+        if not rows:
+            continue
+        for axis, key in zip(axes, ("spearman", "frechet")):
+            values = [r[key]["judge"] if key == "spearman" else r[key] for r in rows]
+            axis.plot([r["steps"] for r in rows], values, "o-", label=SOLVER_NAMES[solver])
+    for axis, key in zip(axes, ("spearman", "frechet")):
+        values = [r[key]["judge"] if key == "spearman" else r[key] for r in references]
+        axis.axhspan(min(values), max(values), color="grey", alpha=0.25,
+                     label="DDIM 20, seed spread")
+        axis.set_xlabel("steps (UNet calls per image; cost is linear in them)")
+    axes[0].set_ylabel("Spearman(requested m, judge similarity)")
+    axes[1].set_ylabel("Frechet distance to real (judge features)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Solver x steps against the seed spread of DDIM 20")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown(results: list[dict], references: list[dict], tol: dict, m_values,
+             choice: dict | None) -> str:
+    headers = ["solver", "steps", "images/s", "Spearman judge", "Spearman E_id", "Frechet",
+               *[f"judge m={m:+.1f}" for m in m_values], "within spread"]
+    rows = [[SOLVER_NAMES[r["solver"]], r["steps"], r["images_per_s"],
+             f"{r['spearman']['judge']:.3f}", f"{r['spearman']['E_id']:.3f}",
+             f"{r['frechet']:.3f}", *[f"{v:+.3f}" for v in r["means"]["judge"]],
+             "yes" if within(r, tol) else "no"] for r in results]
+    rows += [[f"DDIM (seeds +{r['seed_offset']})", r["steps"], r["images_per_s"],
+              f"{r['spearman']['judge']:.3f}", f"{r['spearman']['E_id']:.3f}",
+              f"{r['frechet']:.3f}", *[f"{v:+.3f}" for v in r["means"]["judge"]], "reference"]
+             for r in references]
+    table = format_table(headers, rows)
+    lines = ["```", table, "```"]
+    if choice:
+        lines.append(f"cheapest within the spread of DDIM 20: {SOLVER_NAMES[choice['solver']]} "
+                     f"{choice['steps']} steps ({choice['images_per_s']:.2f} images/s)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--identities", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--settings", default="ddim:5,10,15;dpmsolver++:5,8,10,15,20;"
+                                              "unipc:5,8,10,15,20")
+    parser.add_argument("--replicates", type=int, default=2,
+                        help="extra seed sets of DDIM 20 (the spread)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="runs/solver-study")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config, [])
+    cfg = config.generator
+    generator = load_generator(config.generator_checkpoint_uri())
+    judge = load_judge(config.judge)
+    if judge is None:
+        raise SystemExit(f"{args.config}: the study needs judge.checkpoint")
+    inquiries = first_image_per_identity(open_dataset(config.inquiry_data_uri()),
+                                         args.identities)
+    images = inquiry_tensor(inquiries, generator.image_size)
+    real = open_dataset(config.generator_data_uri())
+    m_values = cfg.compliance.m_values
+    os.makedirs(args.out, exist_ok=True)
+    results, references = [], []
+
+    # every result is appended as it comes, and a rerun with the same protocol reuses them
+    partial = os.path.join(args.out, "solver_study.partial.jsonl")
+    protocol = {"config": args.config, "identities": args.identities, "seeds": args.seeds}
+    done = {}
+    if os.path.exists(partial):
+        with open(partial) as stream:
+            for line in stream:
+                record = json.loads(line)
+                if record.pop("protocol") == protocol:
+                    done[(record["solver"], record["steps"], record["seed_offset"])] = record
+
+    def one(solver: str, steps: int, offset: int) -> dict:
+        if (solver, steps, offset) in done:
+            return done[(solver, steps, offset)]
+        sampling = cfg.sampling.model_copy(update={"solver": solver, "steps": steps})
+        result = run_setting(generator, judge, inquiries, images, real, m_values, args.seeds,
+                             sampling, offset)
+        with open(partial, "a") as stream:
+            stream.write(json.dumps({**result, "protocol": protocol}) + "\n")
+        print(f"{solver:12s} {steps:3d} steps seeds+{offset:<5d} {result['images_per_s']:6.2f} "
+              f"img/s  Spearman judge {result['spearman']['judge']:.3f} E_id "
+              f"{result['spearman']['E_id']:.3f}  Frechet {result['frechet']:.3f}", flush=True)
+        return result
+
+    warm_up = cfg.sampling.model_copy(update={"steps": 2})  # first-call costs out of the timing
+    draw_samples(generator, inquiries[:2], m_values[:1], 1, warm_up)
+    for replicate in range(args.replicates + 1):
+        references.append(one(*REFERENCE, replicate * SEED_STRIDE))
+    for solver, steps in parse_settings(args.settings):
+        results.append(one(solver, steps, 0))
+    results.insert(0, references[0])
+    tol = tolerance(references)
+    candidates = [r for r in results if within(r, tol)]
+    # cheapest: fewest model calls (one per step for every solver), then the faster measured
+    choice = min(candidates, key=lambda r: (r["steps"], -r["images_per_s"])) if candidates else None
+    document = {"config": args.config, "identities": args.identities, "seeds": args.seeds,
+                "m_values": m_values, "threads": args.threads, "reference": REFERENCE,
+                "tolerance": tol, "results": results, "references": references,
+                "choice": choice and {"solver": choice["solver"], "steps": choice["steps"]}}
+    with open(os.path.join(args.out, "solver_study.json"), "w") as stream:
+        json.dump(document, stream, indent=2)
+    text = markdown(results, references[1:], tol, m_values, choice)
+    with open(os.path.join(args.out, "solver_study.md"), "w") as stream:
+        stream.write(text)
+    write_png(results, references, os.path.join(args.out, "solver_study.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
