@@ -47,7 +47,7 @@ def synthesized(ray_two_cpus, world, tiny_generator, tmp_path_factory):
 
 def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     config, run = synthesized
-    identities = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
+    identities, _ = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
     expected = planned_keys(config.synthesis, identities)
     samples = [s for shard in sorted(os.listdir(os.path.join(run.out, "shards")))
                for s in iter_shard(os.path.join(run.out, "shards", shard))]
@@ -180,7 +180,7 @@ def test_killing_the_driver_and_rerunning_gives_exactly_the_planned_keys(world, 
     # at least what was finished at the kill is skipped (an orphaned actor may finish one more)
     skipped = int(rerun.stdout.split(" already complete")[0].rsplit(" ", 1)[-1])
     assert skipped >= finished_before
-    identities = make_plan(config, load_generator(str(tiny_generator)))
+    identities, _ = make_plan(config, load_generator(str(tiny_generator)))
     keys = [meta_key for meta_key in (s["__key__"] for shard in sorted(os.listdir(out / "shards"))
                                       for s in iter_shard(str(out / "shards" / shard)))]
     assert sorted(keys) == sorted(planned_keys(config.synthesis, identities))
