@@ -123,3 +123,13 @@ def test_a_sweep_without_validation_benchmarks_or_on_a_test_metric_is_refused(wo
     with pytest.raises(UserError, match="tiny is also a test benchmark's name"):
         check_validation(load_config(None, base + [
             f"evaluate.validation_benchmarks=[{test_bin}]"]))
+
+
+def test_the_quickstarts_gtr_says_what_it_compares():
+    from factory.pipeline import gtr_line
+
+    line = gtr_line(22.04, {"identities": 14, "synthetic_images": 224}, 12000, 1000)
+    assert line.startswith("GtR (real-trained AVG - synthetic-trained AVG) = 22.04 points")
+    assert "14 synthetic identities x 16 images (224 images) with 1000 real identities x 12 " \
+           "images (12000 images)" in line
+    assert "not CemiFace's volume-matched GtR" in line and "docs/experiments/README.md" in line
