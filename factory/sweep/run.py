@@ -95,7 +95,8 @@ def check_validation(config: FactoryConfig) -> list[str]:
     metric = config.sweep.metric
     if metric != VALIDATION_AVERAGE and metric.split("/", 1)[0] not in names:
         raise UserError(f"sweep.metric: {metric!r} is not a validation metric (expected "
-                        f"{VALIDATION_AVERAGE} or <name>/acc of {', '.join(names)})")
+                        f"{VALIDATION_AVERAGE} or <name>/acc of {', '.join(names)}; test "
+                        "figures such as avg_acc are reported, never selected on)")
     return uris
 
 
