@@ -60,10 +60,6 @@ class ThresholdEstimate:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def text(self) -> str:
-        return (f"{self.threshold:.4f} (FPR {self.fpr:g} over {self.impostor_pairs:,} impostor "
-                f"pairs of {self.images} validation images)")
-
 
 def _identities(uri: str, images: int) -> np.ndarray | None:
     """The identity of each image of a .bin, from its side file; None when there is none."""

@@ -13,8 +13,8 @@ Layout under the output URI::
 
 Every random draw comes from a seed sequence keyed by (seed, stream, index), so the output is
 byte-identical for a given config, and identities of the training set, of the inquiries and of
-each test and validation benchmark are drawn from separate streams (disjoint identities). A rerun with the same config finds
-``summary.json`` and returns it instead of rendering again.
+each test and validation benchmark are drawn from separate streams (disjoint identities). A
+rerun with the same config finds ``summary.json`` and returns it instead of rendering again.
 """
 
 from __future__ import annotations

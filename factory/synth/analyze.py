@@ -45,12 +45,6 @@ from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.synth.card import write_card
 from factory.synth.judged import judged_dataset, judged_text
-from factory.synth.privacy import (
-    privacy_threshold,
-    sample_privacy,
-    sample_privacy_text,
-    synthetic_embeddings,
-)
 from factory.synth.layout import (
     ANALYSIS_FILE,
     CARD_FILE,
@@ -60,6 +54,12 @@ from factory.synth.layout import (
     REPORT_DIR,
     SAMPLES_FIGURE,
     STATISTICS_FILE,
+)
+from factory.synth.privacy import (
+    privacy_threshold,
+    sample_privacy,
+    sample_privacy_text,
+    synthetic_embeddings,
 )
 from factory.synth.synthesize import (
     embed_inquiries,
@@ -276,6 +276,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
         tracker.log_metrics({**report["counts"], "m_spearman": report["m_spearman"],
                              "privacy_flagged": len(flagged),
                              "privacy_max_similarity": report["privacy"]["max_similarity"],
+                             **({} if per_sample["false_match"] is None else
+                                {"privacy_false_match_rate": per_sample["false_match"]["rate"]}),
                              **({} if judged is None or judged["m_spearman"] is None else
                                 {"judge_m_spearman": judged["m_spearman"]})})
         for name, path in files.items():

@@ -21,7 +21,6 @@ import yaml
 
 from factory import storage
 from factory.config import FactoryConfig
-from factory.synth.privacy import sample_privacy_text
 from factory.synth.layout import (
     ANALYSIS_FILE,
     CARD_FILE,
@@ -32,6 +31,7 @@ from factory.synth.layout import (
     REPORT_DIR,
     SAMPLES_FIGURE,
 )
+from factory.synth.privacy import sample_privacy_text
 
 _FIGURES = {
     HISTOGRAM_FILE: "similarity of every synthetic sample to its inquiry and to its identity "

@@ -4,8 +4,9 @@ The driver validates the inputs, then a ``TorchTrainer`` runs :func:`train_loop`
 (DDP over gloo on CPUs, NCCL on GPUs; workers, CPUs and GPUs from config). Each epoch rank 0
 evaluates the validation benchmarks when due (``eval_every``) and the test benchmarks at the
 final epoch only, writes a checkpoint and logs to MLflow; the other ranks only train. The run
-selects nothing: its published checkpoint is the final epoch's, reported on test. A rerun with the same ``run_name`` and storage resumes from the latest checkpoint,
-as does Ray Train itself after a worker failure.
+selects nothing: its published checkpoint is the final epoch's, reported on test. A rerun
+with the same ``run_name`` and storage resumes from the latest checkpoint, as does Ray Train
+itself after a worker failure.
 """
 
 from __future__ import annotations
