@@ -138,7 +138,7 @@ def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
 
     outcome = run_sweep(config, cli_address=args.address)
     print(f"\n== sweep {config.sweep.name}: {outcome.trials} trials (MLflow experiment "
-          f"{config.runtime.experiment!r}), best first")
+          f"{config.runtime.experiment!r}), finished trials ranked on validation")
     print(outcome.table)
     if outcome.figure:
         print(f"accuracy against m: {outcome.figure}")
@@ -198,7 +198,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                _verify),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
-    "compare": ("a sweep's trials by AVG with GtR, and accuracy against m, from MLflow",
+    "compare": ("a sweep's settings (mean +- std over seeds) and trials, ranked on validation, "
+                "with test AVG and GtR, and accuracy against m, from MLflow",
                 _compare),
     "pipeline": ("run every stage end to end from one config", _pipeline),
     "doctor": ("check Python, torch, Ray, MLflow and storage, one line each (starts nothing)",

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -45,6 +46,9 @@ def _folder_name(value: str) -> str:
 
 FolderName = Annotated[str, AfterValidator(_folder_name)]
 """A config value that becomes one path component (run and sweep names)."""
+
+VALIDATION_DIR = "validation"
+"""The face world's folder of validation benchmarks (beside ``benchmarks/``, the test ones)."""
 
 FINAL_DIR = "final"
 """Where a training run publishes its last checkpoint: ``<storage>/<run_name>/final``."""
@@ -102,6 +106,14 @@ def _default_benchmarks() -> list[BenchmarkSpec]:
     ]
 
 
+def _default_validation_benchmarks() -> list[BenchmarkSpec]:
+    """The test benchmarks' four kinds on identities of their own, smaller: 150 identities and
+    300 pairs each, enough to rank trials and cheap to evaluate every epoch."""
+    return [spec.model_copy(update={"name": spec.name.replace("fw_", "val_", 1),
+                                    "identities": 150, "pairs": 300})
+            for spec in _default_benchmarks()]
+
+
 class FaceWorldConfig(StrictModel):
     """The built-in face world: a RecordIO training set and .bin benchmarks."""
 
@@ -111,9 +123,23 @@ class FaceWorldConfig(StrictModel):
     identities: int = Field(1000, ge=2, description="Training identities")
     images_per_identity: int = Field(20, ge=2)
     inquiry_identities: int = Field(64, ge=2, description="Held-out identities, 1 image each")
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks, min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks, min_length=1,
+                                            description="Test benchmarks: reported, never "
+                                                        "selected on")
+    validation_benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=_default_validation_benchmarks,
+        description="Validation benchmarks (identities disjoint from training, inquiries and "
+                    "the test benchmarks): what sweeps, ASHA and thresholds select on")
     montage_identities: int = Field(8, ge=1)
     montage_images: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> FaceWorldConfig:
+        names = [spec.name for spec in [*self.benchmarks, *self.validation_benchmarks]]
+        if len(set(names)) != len(names):
+            raise ValueError("benchmark and validation_benchmark names must all differ (each "
+                             "names a file and its metrics)")
+        return self
 
 
 class BaselineConfig(StrictModel):
@@ -429,8 +455,11 @@ class InquiryConfig(StrictModel):
     data: Uri = Field("", description="Dataset of inquiry images (first image per identity); "
                                       "empty: the face world's held-out inquiry set")
     identities: int = Field(64, ge=1, description="Inquiry identities to keep (at most)")
-    max_similarity: float = Field(0.3, ge=-1.0, le=1.0,
-                                  description="Every kept pair has cosine below this")
+    max_similarity: float | str = Field(
+        0.3, description="Every kept pair has E_id cosine below this: a number in [-1, 1] "
+                         "(DCFace: 0.3), or 'fpr:<rate>' for E_id's own impostor threshold at "
+                         "that false positive rate on synthesis.threshold_benchmarks (DCFace "
+                         "derived its 0.3 so, at 1e-4)")
     mixup_identities: int = Field(0, ge=0, description="Extra identities made by mixing two "
                                                        "inquiry embeddings")
     mixup_phi: list[float] = Field(default_factory=lambda: list(MIXUP_GRID), min_length=1,
@@ -439,6 +468,18 @@ class InquiryConfig(StrictModel):
         "soft", description="How a recognizer trains on a mixed identity: 'soft' is SynFace's "
         "two-hot label (phi on the first parent's class, 1 - phi on the second's) whenever both "
         "parents are classes of the training set; 'new_class' gives it a class of its own")
+
+
+    @field_validator("max_similarity")
+    @classmethod
+    def _threshold(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            from factory.eval.threshold import parse_fpr
+
+            parse_fpr(value)
+        elif not -1.0 <= value <= 1.0:
+            raise ValueError("expected a number in [-1, 1] or 'fpr:<rate>'")
+        return value
 
 
 class ActorsConfig(StrictModel):
@@ -474,6 +515,11 @@ class PrivacyConfig(StrictModel):
     threshold: float = Field(0.6, ge=-1.0, le=1.0,
                              description="Flag synthetic identities whose center is at least "
                                          "this similar to a real identity center")
+    false_match_fpr: float = Field(
+        1e-4, gt=0.0, lt=1.0, description="Every synthetic sample is compared with every real "
+                                          "identity center; a false match is a score above "
+                                          "E_id's impostor threshold at this FPR (on "
+                                          "synthesis.threshold_benchmarks)")
 
 
 class SynthesisConfig(StrictModel):
@@ -494,6 +540,11 @@ class SynthesisConfig(StrictModel):
                            "the manifest records it")
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    threshold_benchmarks: list[Uri] = Field(
+        default_factory=list, description="Validation .bin files E_id's impostor thresholds are "
+                                          "estimated on (inquiry filter at 'fpr:..', privacy "
+                                          "false matches); empty: the face world's validation "
+                                          "benchmarks")
 
 
 class JudgeConfig(StrictModel):
@@ -511,7 +562,13 @@ class EvaluateConfig(StrictModel):
 
     checkpoint: Uri = Field("", description="Recognizer checkpoint dir or arcface model.pt")
     backbone: BackboneConfig | None = Field(None, description="Needed for a plain model.pt")
-    benchmarks: list[Uri] = Field(default_factory=list, description="Empty: the face world's")
+    benchmarks: list[Uri] = Field(default_factory=list, description="Test benchmarks, "
+                                  "evaluated once at the end of training; empty: the face "
+                                  "world's")
+    validation_benchmarks: list[Uri] = Field(
+        default_factory=list, description="Validation benchmarks, evaluated whenever training "
+                                          "evaluates and the only ones selection reads (sweeps, "
+                                          "ASHA); empty: the face world's")
     batch_size: int = Field(256, ge=1)
     reference_run: str = Field("", description="MLflow run name of the real-data run, for GtR")
     out: Uri = Field("", description="Results URI; empty: next to the checkpoint")
@@ -583,7 +640,11 @@ class SweepConfig(StrictModel):
         0, ge=0, description="K > 0: K equal-count groups of the pool's similarity to center, "
                              "one grid value of recognizer.select.similarity each")
     num_samples: int = Field(1, ge=1, description="Random draws; with grids, repeats of the grid")
-    metric: str = Field("avg_acc", description="Validation metric to maximise")
+    seeds: int = Field(1, ge=1, description="Repeat every setting with recognizer.seed = seed, "
+                                            "seed + 1, ..; compare reports mean +- std")
+    metric: str = Field("val_avg_acc", description="Validation metric ASHA and the ranking "
+                                                   "maximise: val_avg_acc or "
+                                                   "<validation benchmark>/acc")
     asha: AshaConfig = Field(default_factory=AshaConfig)
     max_concurrent_trials: int = Field(
         0, ge=0, description="0: as many as the cluster's CPUs and GPUs hold at once")
@@ -601,6 +662,8 @@ class SweepConfig(StrictModel):
                                  f"{' or '.join(p.rstrip('.') for p in allowed)} in {self.mode} mode")
         if self.similarity_groups and "recognizer.select.similarity" in self.space:
             raise ValueError("similarity_groups sets recognizer.select.similarity itself")
+        if self.seeds > 1 and "recognizer.seed" in self.space:
+            raise ValueError("seeds sets recognizer.seed itself")
         return self
 
 
@@ -636,6 +699,12 @@ class FactoryConfig(StrictModel):
         root = storage.join(self.faceworld_uri(), "benchmarks")
         return [storage.join(root, f"{spec.name}.bin") for spec in self.faceworld.benchmarks]
 
+    def validation_benchmark_uris(self) -> list[str]:
+        """The face world's validation benchmark files, in config order."""
+        root = storage.join(self.faceworld_uri(), VALIDATION_DIR)
+        return [storage.join(root, f"{spec.name}.bin")
+                for spec in self.faceworld.validation_benchmarks]
+
     def recognizer_data_uri(self) -> str:
         return self.recognizer.data or storage.join(self.faceworld_uri(), "train")
 
@@ -670,6 +739,9 @@ class FactoryConfig(StrictModel):
 
     def synthesis_inquiry_uri(self) -> str:
         return self.synthesis.inquiry.data or storage.join(self.faceworld_uri(), "inquiry")
+
+    def threshold_benchmark_uris(self) -> list[str]:
+        return self.synthesis.threshold_benchmarks or self.validation_benchmark_uris()
 
     def synthesis_out_uri(self) -> str:
         return self.synthesis.out or storage.join(self.workdir, "synthetic")

@@ -40,7 +40,8 @@ def ray_two_cpus():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A 32 px face world of 8 identities x 4 images with one small benchmark, "tiny"."""
+    """A 32 px face world of 8 identities x 4 images with one small test benchmark, "tiny", and
+    one small validation benchmark, "val_tiny"."""
     root = tmp_path_factory.mktemp("world")
     config = FactoryConfig(workdir=str(root))
     config.faceworld.image_size = 32
@@ -48,6 +49,8 @@ def world(tmp_path_factory):
     config.faceworld.images_per_identity = 4
     config.faceworld.inquiry_identities = 4
     config.faceworld.benchmarks = [BenchmarkSpec(name="tiny", identities=20, pairs=40)]
+    config.faceworld.validation_benchmarks = [BenchmarkSpec(name="val_tiny", identities=20,
+                                                            pairs=40)]
     build_faceworld(config)
     return root
 

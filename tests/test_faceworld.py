@@ -90,6 +90,7 @@ def _small_world(tmp_path, name="world") -> FactoryConfig:
             montage_identities=2, montage_images=3, inquiry_identities=4,
             benchmarks=[BenchmarkSpec(name="a", **spec),
                         BenchmarkSpec(name="b", second_profile="pose", **spec)],
+            validation_benchmarks=[BenchmarkSpec(name="val_b", second_profile="pose", **spec)],
         ),
     )
 
@@ -127,3 +128,31 @@ def test_build_is_deterministic_and_a_rerun_reuses_the_result(tmp_path):
     assert rec.stat().st_mtime_ns == stamp
     build_faceworld(_small_world(tmp_path, "again"))
     assert rec.read_bytes() == (tmp_path / "again" / "train" / "train.rec").read_bytes()
+
+
+def test_validation_benchmarks_are_their_own_people_with_an_identity_per_image(tmp_path):
+    """Validation pairs come from a stream of their own (no image of a test benchmark or of
+    the training set), and the side file gives each image's identity consistently with the
+    pairs: positives share one, negatives never do."""
+    build_faceworld(_small_world(tmp_path))
+    out = tmp_path / "world"
+    validation = read_bin(str(out / "validation" / "val_b.bin"))
+    identities = np.load(out / "validation" / "val_b.identities.npy")
+    assert validation.num_pairs == 40 and identities.shape == (80,)
+    issame = np.asarray(validation.issame)
+    assert (identities[0::2][issame] == identities[1::2][issame]).all()
+    assert (identities[0::2][~issame] != identities[1::2][~issame]).all()
+    assert len(np.unique(identities)) >= 20  # the spec's identities, plus look-alikes
+    test_images = {bytes(image) for image in read_bin(str(out / "benchmarks" / "b.bin")).images}
+    assert not test_images & {bytes(image) for image in validation.images}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["validation_benchmarks"] == {"val_b": 40}
+
+
+def test_default_validation_benchmarks_mirror_the_test_kinds_smaller():
+    config = FaceWorldConfig()
+    assert [(s.first_profile, s.second_profile) for s in config.validation_benchmarks] == \
+        [(s.first_profile, s.second_profile) for s in config.benchmarks]
+    assert all(v.pairs < t.pairs for v, t in zip(config.validation_benchmarks, config.benchmarks))
+    with pytest.raises(ValueError, match="names must all differ"):
+        FaceWorldConfig(validation_benchmarks=[BenchmarkSpec(name="fw_pose")])

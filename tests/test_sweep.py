@@ -45,6 +45,7 @@ def sweep_overrides(world, pool, out, name, *extra):
     return [
         f"workdir={out}", f"faceworld.out={world / 'faceworld'}",
         "faceworld.benchmarks=[{name: tiny, identities: 20, pairs: 40}]",
+        "faceworld.validation_benchmarks=[{name: val_tiny, identities: 20, pairs: 40}]",
         f"runtime.mlflow_tracking_uri=sqlite:///{out}/mlflow.db", "runtime.experiment=sweeps",
         "recognizer.backbone.name=ir-tiny", "recognizer.backbone.input_size=32",
         "recognizer.backbone.embedding_size=32", "recognizer.optimizer.epochs=1",
@@ -97,9 +98,36 @@ def test_an_interrupted_sweep_restores_without_rerunning_finished_trials(
     for trial in done:
         assert json.loads((trials_dir / trial / "final" / "metrics.json").read_text())["epoch"] == 0
     rows = sweep_rows("sweeps", "interrupted")
-    assert [row.avg for row in rows] == sorted((row.avg for row in rows), reverse=True)
+    assert [row.validation for row in rows] == sorted((row.validation for row in rows),
+                                                      reverse=True)
     assert outcome.figure.endswith("accuracy_vs_m.png") and os.path.exists(outcome.figure)
     assert "recognizer.select.m" in outcome.table and "GtR" in outcome.table
+
+
+@pytest.mark.slow  # a whole sweep: Ray Tune, Ray Train, MLflow
+def test_a_sweep_over_seeds_selects_on_validation_and_tests_only_at_the_final_epoch(
+        ray_two_cpus, world, pool, tmp_path):
+    """Two seeds of one setting, two epochs each: every epoch reports the validation benchmark
+    (what ASHA and the ranking read), the test benchmark is logged at the final epoch only, and
+    compare summarises the setting over both seeds."""
+    overrides = sweep_overrides(world, pool, tmp_path, "seeded", "recognizer.optimizer.epochs=2",
+                                "sweep.seeds=2", "recognizer.seed=3",
+                                "sweep.space={recognizer.select.m: {grid: [[0.9, 1.0]]}}")
+    outcome = run_sweep(load_config(None, overrides))
+    assert outcome.trials == 2
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    trials = mlflow.search_runs(experiment_names=["sweeps"],
+                                filter_string="tags.`facefactory.sweep` = 'seeded'")
+    assert sorted(trials["params.swept.recognizer.seed"]) == ["3", "4"]
+    for run_id in trials["run_id"]:
+        assert [m.step for m in client.get_metric_history(run_id, "val_tiny/acc")] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run_id, "val_avg_acc")] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run_id, "tiny/acc")] == [1]
+        assert [m.step for m in client.get_metric_history(run_id, "avg_acc")] == [1]
+    rows = sweep_rows("sweeps", "seeded")
+    assert all(row.finished for row in rows)
+    assert "+-" in outcome.table and "recognizer.select.m=[0.9, 1]  2" in outcome.table
 
 
 @pytest.fixture

@@ -3,12 +3,14 @@ generator: the shard contract, resume, determinism, the actor pool on 2 CPUs, th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,7 +36,8 @@ def synthesis_config(world, generator, out, *extra):
         "synthesis.sampling.batch_size=4", "synthesis.m.kind=values",
         "synthesis.m.values=[1.0,0.0,-0.5]", "synthesis.actors.num_actors=2",
         "synthesis.actors.cpus_per_actor=0.5", "synthesis.actors.threads_per_actor=1",
-        "synthesis.privacy.threshold=0.9",
+        "synthesis.privacy.threshold=0.9", "synthesis.privacy.false_match_fpr=1e-3",
+        "faceworld.validation_benchmarks=[{name: val_tiny, identities: 20, pairs: 40}]",
         f"runtime.mlflow_tracking_uri=sqlite:///{world}/mlflow.db", *extra])
 
 
@@ -47,7 +50,7 @@ def synthesized(ray_two_cpus, world, tiny_generator, tmp_path_factory):
 
 def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     config, run = synthesized
-    identities = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
+    identities, _ = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
     expected = planned_keys(config.synthesis, identities)
     samples = [s for shard in sorted(os.listdir(os.path.join(run.out, "shards")))
                for s in iter_shard(os.path.join(run.out, "shards", shard))]
@@ -140,6 +143,36 @@ def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):
     card = open(os.path.join(run.out, "README.md")).read()
     assert f"at most {privacy['max_similarity']:.3f}" in card and "Not checked yet" not in card
     assert "](report/privacy.png)" in card and card.count("## Privacy") == 1
+    # every sample against every real center, false matches at E_id's FPR-1e-3 threshold
+    per_sample = privacy["per_sample"]
+    matched = per_sample["false_match"]
+    assert per_sample["samples"] == 18 and matched["fpr"] == 1e-3
+    assert matched["benchmarks"][0].endswith("validation/val_tiny.bin")
+    assert 0 <= matched["rate"] <= 1 and matched["samples"] == round(18 * matched["rate"])
+    assert matched["held_out_images"] == 4 and 0 <= matched["held_out_rate"] <= 1
+    assert "false-match rate at FPR 0.001" in text and "Per sample" in card
+    manifest = json.loads(open(os.path.join(run.out, "manifest.json")).read())
+    assert manifest["privacy"]["e_id"]["per_sample"] == per_sample
+    assert manifest["privacy"]["e_id"]["center_to_center"]["max_similarity"] == \
+        privacy["max_similarity"]
+    assert manifest["inquiry_filter"]["threshold"] == 1.0  # a fixed number in this config
+
+
+def test_the_inquiry_filter_threshold_can_come_from_e_ids_impostor_statistics(
+        synthesized, capsys):
+    config = synthesized[0].model_copy(deep=True)
+    config.synthesis.inquiry.max_similarity = "fpr:1e-3"
+    identities, record = make_plan(config, load_generator(str(config.synthesis.checkpoint)))
+    assert record["max_similarity"] == "fpr:1e-3" and -1 <= record["threshold"] <= 1
+    assert record["impostor_pairs"] > 3000 and record["candidates"] == 4
+    kept = [i for i in identities if i.partner is None]
+    assert record["passed"] == len(kept)
+    embeddings = np.array([i.embedding for i in kept])
+    similarity = embeddings @ embeddings.T
+    assert (similarity[~np.eye(len(kept), dtype=bool)] < record["threshold"]).all()
+    printed = capsys.readouterr().out
+    assert f"pairwise E_id cosine < {record['threshold']:.4f} = E_id's fpr:1e-3 threshold" \
+        in printed and f"{len(kept)} of 4 inquiry identities pass" in printed
 
 
 def test_inquiry_copies_are_off_by_default_and_recorded_when_on(ray_two_cpus, world,
@@ -182,7 +215,7 @@ def test_killing_the_driver_and_rerunning_gives_exactly_the_planned_keys(world, 
     # at least what was finished at the kill is skipped (an orphaned actor may finish one more)
     skipped = int(rerun.stdout.split(" already complete")[0].rsplit(" ", 1)[-1])
     assert skipped >= finished_before
-    identities = make_plan(config, load_generator(str(tiny_generator)))
+    identities, _ = make_plan(config, load_generator(str(tiny_generator)))
     keys = [meta_key for meta_key in (s["__key__"] for shard in sorted(os.listdir(out / "shards"))
                                       for s in iter_shard(str(out / "shards" / shard)))]
     assert sorted(keys) == sorted(planned_keys(config.synthesis, identities))

@@ -17,13 +17,14 @@ from factory.train.recognizer import train_recognizer
 pytestmark = pytest.mark.slow
 
 EPOCH_KEYS = {"epoch", "loss", "lr", "images_per_s", "global_step", "optimizer_digest",
-              "tiny/acc", "tiny/tar_far_1e-3", "avg_acc"}
+              "tiny/acc", "tiny/tar_far_1e-3", "avg_acc", "val_tiny/acc", "val_avg_acc"}
 
 
 def _config(world, tmp_path, **overrides) -> FactoryConfig:
     base = [
         f"workdir={world}",
         f"evaluate.benchmarks=[{world / 'faceworld' / 'benchmarks' / 'tiny.bin'}]",
+        f"evaluate.validation_benchmarks=[{world / 'faceworld' / 'validation' / 'val_tiny.bin'}]",
         f"recognizer.storage={tmp_path / 'runs'}",
         f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "recognizer.backbone.name=ir-tiny",

@@ -70,12 +70,57 @@ def evaluate_embedder(
     ]
 
 
-def accuracy_metrics(results: Sequence[VerificationResult]) -> dict[str, float]:
-    """``<benchmark>/acc`` (percent) per benchmark and ``avg_acc``, the AVG of the papers."""
+TEST_AVERAGE, VALIDATION_AVERAGE = "avg_acc", "val_avg_acc"
+"""The AVG of the test benchmarks (the papers' figure) and of the validation benchmarks (what
+selection reads)."""
+
+
+def accuracy_metrics(results: Sequence[VerificationResult],
+                     average_key: str = TEST_AVERAGE) -> dict[str, float]:
+    """``<benchmark>/acc`` (percent) per benchmark and their mean as ``average_key``: the AVG
+    of the papers for test benchmarks, ``val_avg_acc`` for validation ones."""
     metrics = {f"{r.name}/acc": 100.0 * r.accuracy for r in results}
     for r in results:
         for far, tar in r.tar_at_far.items():
             if not np.isnan(tar):  # undefined without genuine or impostor pairs: no metric
                 metrics[f"{r.name}/tar_far_{far_label(far)}"] = 100.0 * tar
-    metrics["avg_acc"] = float(np.mean([100.0 * r.accuracy for r in results]))
+    metrics[average_key] = float(np.mean([100.0 * r.accuracy for r in results]))
     return metrics
+
+
+class EpochEvaluation:
+    """What a training run evaluates at an epoch: the validation benchmarks whenever an
+    evaluation is due, the test benchmarks only at the final epoch.
+
+    Selection (ASHA, a sweep's ranking) sees every epoch's validation metrics; the test
+    benchmarks are not even read from storage before the final epoch, so nothing chosen along
+    the way can have looked at them. Each set is decoded once, when first needed.
+    """
+
+    def __init__(self, validation: Sequence[str], test: Sequence[str], size: int,
+                 loader: Callable[[Sequence[str], int], list[Benchmark]] = load_benchmarks
+                 ) -> None:
+        self.uris = {VALIDATION_AVERAGE: list(validation), TEST_AVERAGE: list(test)}
+        self.size = size
+        self.loader = loader
+        self.loaded: dict[str, list[Benchmark]] = {}
+
+    def _results(self, key: str, embed: Embedder) -> list[VerificationResult]:
+        if not self.uris[key]:
+            return []
+        if key not in self.loaded:
+            self.loaded[key] = self.loader(self.uris[key], self.size)
+        return evaluate_embedder(embed, self.loaded[key])
+
+    def evaluate(self, embed: Embedder, final: bool
+                 ) -> tuple[dict[str, float], list[VerificationResult]]:
+        """Metrics of the validation benchmarks, and at the final epoch of the test ones too;
+        with the results the ROC figure is drawn from (test at the end, else validation)."""
+        metrics: dict[str, float] = {}
+        validation = self._results(VALIDATION_AVERAGE, embed)
+        if validation:
+            metrics.update(accuracy_metrics(validation, VALIDATION_AVERAGE))
+        test = self._results(TEST_AVERAGE, embed) if final else []
+        if test:
+            metrics.update(accuracy_metrics(test, TEST_AVERAGE))
+        return metrics, test or validation

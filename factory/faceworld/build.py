@@ -4,18 +4,22 @@ Layout under the output URI::
 
     train/train.rec, train/train.idx, train/property   insightface RecordIO, N ids x K images
     inquiry/train.rec, ...                             RecordIO, held-out ids x 1 frontal image
-    benchmarks/<name>.bin                              insightface verification pairs
+    benchmarks/<name>.bin                              test: insightface verification pairs
+    validation/<name>.bin, validation/<name>.identities.npy
+                                                       validation pairs, and the identity of
+                                                       each image (for impostor thresholds)
     montage.png                                        rows identities, columns their images
     summary.json, config.yaml                          counts, timings, resolved config
 
 Every random draw comes from a seed sequence keyed by (seed, stream, index), so the output is
-byte-identical for a given config, and identities of the training set and of each benchmark are
-drawn from separate streams (disjoint identities). A rerun with the same config finds
-``summary.json`` and returns it instead of rendering again.
+byte-identical for a given config, and identities of the training set, of the inquiries and of
+each test and validation benchmark are drawn from separate streams (disjoint identities). A
+rerun with the same config finds ``summary.json`` and returns it instead of rendering again.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -25,8 +29,15 @@ import numpy as np
 from tqdm import tqdm
 
 from factory import storage
-from factory.config import BenchmarkSpec, FaceWorldConfig, FactoryConfig, save_config
+from factory.config import (
+    VALIDATION_DIR,
+    BenchmarkSpec,
+    FaceWorldConfig,
+    FactoryConfig,
+    save_config,
+)
 from factory.errors import FormatError
+from factory.eval.threshold import IDENTITIES_SUFFIX
 from factory.faceworld.identity import lookalike, sample_identity
 from factory.faceworld.montage import montage
 from factory.faceworld.nuisance import Nuisance, same_scene, sample_nuisance
@@ -37,6 +48,8 @@ from factory.formats.verification_bin import write_bin
 from factory.provenance import code_version
 
 TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, INQUIRY_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 50, 100
+VALIDATION_STREAM_BASE = 1000
+"""Validation benchmark i draws from stream 1000 + i: never a test benchmark's (100 + i)."""
 
 
 @dataclass
@@ -48,6 +61,7 @@ class FaceWorldSummary:
     identities: int
     train_images: int
     benchmarks: dict[str, int] = field(default_factory=dict)
+    validation_benchmarks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     code_version: str = ""
     config: dict = field(default_factory=dict)
@@ -64,6 +78,9 @@ class FaceWorldSummary:
 
     def benchmark_uri(self, name: str) -> str:
         return storage.join(self.out, "benchmarks", f"{name}.bin")
+
+    def validation_uri(self, name: str) -> str:
+        return storage.join(self.out, VALIDATION_DIR, f"{name}.bin")
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -126,8 +143,10 @@ def _write_inquiry_set(cfg: FaceWorldConfig, out: str) -> int:
 
 def benchmark_pairs(
     cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
-    """Pairs of one benchmark, fold by fold: each fold holds its positives then its negatives.
+) -> Iterator[tuple[np.ndarray, np.ndarray, bool, int, int]]:
+    """Pairs of one benchmark, fold by fold: each fold holds its positives then its negatives,
+    each pair with the identity number of its two images (look-alikes get numbers of their own,
+    from ``spec.identities`` on: each is another person).
 
     Positives are two images of one identity under the spec's two nuisance profiles, drawn
     independently (hard positives come from large nuisance gaps). Negatives pair two identities,
@@ -138,6 +157,7 @@ def benchmark_pairs(
     rng = _rng(cfg.seed, stream, 0)
     identities = [sample_identity(_rng(cfg.seed, stream, 1 + i)) for i in range(spec.identities)]
     per_fold = spec.pairs // 10
+    next_lookalike = spec.identities
     order = iter(rng.permutation(np.arange(spec.pairs) % spec.identities))
 
     def render(identity: np.ndarray, nuisance: Nuisance) -> np.ndarray:
@@ -145,32 +165,45 @@ def benchmark_pairs(
 
     for _ in range(10):
         for _ in range(per_fold // 2):
-            identity = identities[next(order)]
+            index = int(next(order))
             first, second = (sample_nuisance(rng, p) for p in (spec.first_profile,
                                                                 spec.second_profile))
-            yield render(identity, first), render(identity, second), True
+            yield render(identities[index], first), render(identities[index], second), True, \
+                index, index
         for _ in range(per_fold // 2):
             index = next(order)
             if rng.random() < spec.lookalike_fraction:
                 other = lookalike(identities[index], rng, spec.lookalike_distance)
+                other_index, next_lookalike = next_lookalike, next_lookalike + 1
             else:
-                other = identities[(index + rng.integers(1, spec.identities)) % spec.identities]
+                other_index = int((index + rng.integers(1, spec.identities)) % spec.identities)
+                other = identities[other_index]
             first, second = (sample_nuisance(rng, p) for p in (spec.first_profile,
                                                                 spec.second_profile))
             if rng.random() < spec.same_scene_negatives:
                 second = same_scene(second, first)
-            yield render(identities[index], first), render(other, second), False
+            yield render(identities[index], first), render(other, second), False, \
+                int(index), other_index
 
 
-def _write_benchmark(cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int, uri: str) -> int:
+def _write_benchmark(cfg: FaceWorldConfig, spec: BenchmarkSpec, stream: int, uri: str,
+                     with_identities: bool = False) -> int:
+    """One .bin; ``with_identities`` also writes ``<name>.identities.npy`` beside it (the
+    identity number of every image, in .bin order), which the .bin format cannot hold."""
     images: list[bytes] = []
     issame: list[bool] = []
+    identities: list[int] = []
     pairs = benchmark_pairs(cfg, spec, stream)
-    for first, second, same in tqdm(pairs, total=spec.pairs, desc=f"face world: {spec.name}",
-                                    unit="pair", leave=False):
+    for first, second, same, first_id, second_id in tqdm(
+            pairs, total=spec.pairs, desc=f"face world: {spec.name}", unit="pair", leave=False):
         images += [encode_jpeg(first, 95), encode_jpeg(second, 95)]
         issame.append(same)
+        identities += [first_id, second_id]
     write_bin(uri, images, issame)
+    if with_identities:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(identities, dtype=np.int64), allow_pickle=False)
+        storage.write_bytes(uri.removesuffix(".bin") + IDENTITIES_SUFFIX, buffer.getvalue())
     return len(issame)
 
 
@@ -210,6 +243,12 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
                                     storage.join(out, "benchmarks", f"{spec.name}.bin"))
         for i, spec in enumerate(cfg.benchmarks)
     }
+    validation = {
+        spec.name: _write_benchmark(cfg, spec, VALIDATION_STREAM_BASE + i,
+                                    storage.join(out, VALIDATION_DIR, f"{spec.name}.bin"),
+                                    with_identities=True)
+        for i, spec in enumerate(cfg.validation_benchmarks)
+    }
     _write_montage(cfg, out)
     summary = FaceWorldSummary(
         out=out,
@@ -218,6 +257,7 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
         train_images=train_images,
         inquiry_identities=inquiry_identities,
         benchmarks=benchmarks,
+        validation_benchmarks=validation,
         seconds=round(time.perf_counter() - start, 2),
         code_version=code_version(),
         config=resolved,
@@ -235,5 +275,7 @@ def print_summary(summary: FaceWorldSummary) -> None:
     print(f"  inquiry set: {summary.inquiry_identities} held-out identities x 1 image  ->  "
           f"{summary.inquiry_uri}")
     for name, pairs in summary.benchmarks.items():
-        print(f"  benchmark {name}: {pairs} pairs  ->  {summary.benchmark_uri(name)}")
+        print(f"  test benchmark {name}: {pairs} pairs  ->  {summary.benchmark_uri(name)}")
+    for name, pairs in summary.validation_benchmarks.items():
+        print(f"  validation benchmark {name}: {pairs} pairs  ->  {summary.validation_uri(name)}")
     print(f"  montage: {storage.join(summary.out, 'montage.png')}  ({summary.seconds:.1f} s)")

@@ -54,6 +54,16 @@ def inquiry_tensor(images: np.ndarray, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_images(encoder: nn.Module, image_size: int, images: np.ndarray,
+                  batch_size: int = 256) -> np.ndarray:
+    """Unit-length embeddings of uint8 NHWC ``images``, brought to ``image_size`` first (as
+    inquiries are): E_id's or the judge's view of any image set, e.g. validation benchmarks."""
+    rows = [encoder(inquiry_tensor(images[start:start + batch_size], image_size)).numpy()
+            for start in range(0, len(images), batch_size)]
+    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
 def embedding_batches(encoder: nn.Module, image_size: int, dataset: FaceDataset,
                       indices: Sequence[int], batch_size: int = 256
                       ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:

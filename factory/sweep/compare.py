@@ -1,9 +1,13 @@
 """``factory compare``: a sweep's trials side by side, read from MLflow alone.
 
-The table lists every trial run of an experiment (or of one sweep) sorted by AVG, with GtR and
-the swept parameters; the figure is the CemiFace curve, AVG accuracy against the requested m
-(or against the selected similarity, for a similarity-group study), one line per setting of the
-other swept parameters.
+Selection reads validation only: finished trials are ranked by their validation AVG
+(``val_avg_acc``, what ASHA saw) and show their test AVG (evaluated once, at the final epoch)
+and GtR beside it. Trials ASHA stopped are listed apart, as stopped, with the epochs they ran:
+they never reached the final epoch, have no test figure and are never ranked against finished
+ones. Settings repeated over seeds (``sweep.seeds``) are summarised as mean +- std over their
+finished seeds, with n; the figure is the CemiFace curve, test AVG against the requested m (or
+against the selected similarity, for a similarity-group study) with those error bars, one line
+per setting of the other swept parameters.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import yaml
 
 from factory.config import load_yaml
 from factory.errors import UserError
+from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
 from factory.report import format_table
 from factory.sweep.trial import CURVE_M, CURVE_SIMILARITY, SWEEP_TAG, SWEPT_PARAM_PREFIX
 
@@ -25,6 +31,8 @@ PARENT_TAG = "facefactory.sweep_parent"
 REFERENCE_METRIC = "reference_avg_acc"
 """Metric of a sweep's parent run: the real-trained recognizer's AVG, the GtR reference."""
 CURVE_KEYS = {CURVE_M: "recognizer.select.m", CURVE_SIMILARITY: "recognizer.select.similarity"}
+SEED_KEY = "recognizer.seed"
+"""The swept key ``sweep.seeds`` repeats settings over: settings are compared across it."""
 
 
 @dataclass
@@ -37,9 +45,31 @@ class TrialRow:
     swept: dict[str, Any]
     accuracies: dict[str, float]
     avg: float | None
+    """Test AVG: present only when the trial ran to its final epoch."""
     gtr: float | None
     epochs: int
     curve: dict[str, float] = field(default_factory=dict)
+    validation: float | None = None
+    """Validation AVG at the trial's last evaluated epoch (what selection reads)."""
+
+    @property
+    def finished(self) -> bool:
+        """Ran every epoch and was tested: the only trials that are ranked."""
+        return self.status == "FINISHED" and self.avg is not None
+
+    @property
+    def state(self) -> str:
+        if self.finished:
+            return "finished"
+        if self.status == "KILLED":
+            return f"stopped after {self.epochs} epochs"
+        return self.status.lower()
+
+    @property
+    def setting(self) -> tuple[tuple[str, str], ...]:
+        """The swept values other than the seed: trials with equal settings are repeats."""
+        return tuple(sorted((key, _short(value)) for key, value in self.swept.items()
+                            if key != SEED_KEY))
 
 
 def _value(text: str) -> Any:
@@ -74,7 +104,7 @@ def sweep_rows(experiment: str, sweep: str | None = None) -> list[TrialRow]:
         if sweep is not None and name != sweep:
             continue
         metrics, params = run.data.metrics, run.data.params
-        avg = metrics.get("avg_acc")
+        avg = metrics.get(TEST_AVERAGE)
         reference = references.get(name)
         gtr = metrics.get("gtr", None if avg is None or reference is None else reference - avg)
         rows.append(TrialRow(
@@ -84,23 +114,92 @@ def sweep_rows(experiment: str, sweep: str | None = None) -> list[TrialRow]:
             accuracies={key[:-4]: value for key, value in metrics.items() if key.endswith("/acc")},
             avg=avg, gtr=gtr, epochs=int(metrics.get("epoch", -1)) + 1,
             curve={key: float(params[key]) for key in CURVE_KEYS if key in params},
+            validation=metrics.get(VALIDATION_AVERAGE),
         ))
     if not rows:
         raise UserError(f"no sweep trial runs in MLflow experiment {experiment!r}"
                         + (f" for sweep {sweep!r}" if sweep else ""))
-    rows.sort(key=lambda row: -math.inf if row.avg is None else row.avg, reverse=True)
-    return rows
+    return ranked(rows)
+
+
+def ranked(rows: list[TrialRow]) -> list[TrialRow]:
+    """Finished trials by validation AVG, best first; then every other trial (stopped,
+    failed, running), unranked, by epochs run."""
+    finished = sorted((row for row in rows if row.finished),
+                      key=lambda row: -math.inf if row.validation is None else row.validation,
+                      reverse=True)
+    others = sorted((row for row in rows if not row.finished), key=lambda row: -row.epochs)
+    return finished + others
+
+
+@dataclass
+class SettingSummary:
+    """One setting (swept values other than the seed) over its finished seeds."""
+
+    setting: tuple[tuple[str, str], ...]
+    n: int
+    validation: tuple[float, float] | None
+    test: tuple[float, float] | None
+    gtr: tuple[float, float] | None
+    stopped: int
+    curve: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.setting) or "all trials"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def setting_summaries(rows: list[TrialRow]) -> list[SettingSummary]:
+    """Mean +- std of validation AVG, test AVG and GtR per setting, over its finished trials
+    only (a stopped seed is counted apart, never averaged in); best validation mean first."""
+    groups: dict[tuple, list[TrialRow]] = {}
+    for row in rows:
+        groups.setdefault(row.setting, []).append(row)
+    summaries = []
+    for setting, members in groups.items():
+        done = [row for row in members if row.finished]
+        summaries.append(SettingSummary(
+            setting=setting, n=len(done),
+            validation=_mean_std([r.validation for r in done if r.validation is not None]),
+            test=_mean_std([r.avg for r in done if r.avg is not None]),
+            gtr=_mean_std([r.gtr for r in done if r.gtr is not None]),
+            stopped=len(members) - len(done), curve=members[0].curve))
+    summaries.sort(key=lambda s: -math.inf if s.validation is None else s.validation[0],
+                   reverse=True)
+    return summaries
+
+
+def _pm(value: tuple[float, float] | None) -> str:
+    return "-" if value is None else f"{value[0]:.2f} +- {value[1]:.2f}"
 
 
 def comparison_table(rows: list[TrialRow]) -> str:
-    """Trials by AVG: swept values, per-benchmark accuracy, AVG, GtR, epochs run, status."""
+    """Per setting: n finished seeds, validation AVG, test AVG and GtR as mean +- std, trials
+    stopped; then every trial: finished ones ranked by validation AVG, stopped ones below."""
+    summaries = setting_summaries(rows)
+    settings = format_table(
+        ["setting", "n", "validation AVG", "test AVG", "GtR", "stopped"],
+        [[s.label, s.n, _pm(s.validation), _pm(s.test), _pm(s.gtr), s.stopped]
+         for s in summaries])
     swept = sorted({key for row in rows for key in row.swept})
     benchmarks = sorted({key for row in rows for key in row.accuracies})
-    headers = ["trial", *swept, *benchmarks, "AVG", "GtR", "epochs", "status"]
-    body = [[row.name, *(_short(row.swept.get(key)) for key in swept),
-             *(row.accuracies.get(key) for key in benchmarks), row.avg, row.gtr, row.epochs,
-             row.status] for row in rows]
-    return format_table(headers, body)
+    headers = ["rank", "trial", *swept, *benchmarks, "val AVG", "test AVG", "GtR", "epochs",
+               "state"]
+    body = [[str(index + 1) if row.finished else "-", row.name,
+             *(_short(row.swept.get(key)) for key in swept),
+             *(row.accuracies.get(key) for key in benchmarks), row.validation, row.avg, row.gtr,
+             row.epochs, row.state] for index, row in enumerate(rows)]
+    return ("settings (mean +- std over finished seeds; selection on validation, test reported "
+            "once at the final epoch)\n" + settings + "\n\ntrials (finished ranked by "
+            "validation AVG; stopped trials are not ranked and have no test figure)\n"
+            + format_table(headers, body))
 
 
 def _short(value: Any) -> str:
@@ -112,38 +211,41 @@ def _short(value: Any) -> str:
 
 
 def accuracy_curve_png(rows: list[TrialRow], path: str) -> str | None:
-    """AVG against requested m (else selected similarity), one line per setting of the other
-    swept parameters; trials stopped early are hollow. None when no trial has either axis."""
+    """Test AVG against requested m (else selected similarity), mean +- std over each setting's
+    finished seeds as error bars, one line per setting of the other swept parameters; trials
+    stopped early have no test figure and are only counted in the legend. None when no trial
+    has either axis."""
     from factory.eval.generator_figures import agg_figure
 
     axis = next((key for key in CURVE_KEYS if any(key in row.curve for row in rows)), None)
     if axis is None:
         return None
-    placed = [row for row in rows if axis in row.curve and row.avg is not None]
-    groups: dict[str, list[TrialRow]] = {}
-    for row in placed:
-        others = {k: v for k, v in row.swept.items() if k != CURVE_KEYS[axis]}
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted(others.items()))
-        groups.setdefault(label or "all trials", []).append(row)
-    finished = max((row.epochs for row in placed), default=0)
+    lines: dict[str, list[SettingSummary]] = {}
+    for summary in setting_summaries([row for row in rows if axis in row.curve]):
+        others = [(k, v) for k, v in summary.setting if k != CURVE_KEYS[axis]]
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in others)
+        lines.setdefault(label or "all trials", []).append(summary)
     figure = agg_figure(6.5, 4.0)
     axes = figure.add_subplot()
-    for label, members in sorted(groups.items()):
-        members.sort(key=lambda row: row.curve[axis])
-        xs = [row.curve[axis] for row in members]
-        line, = axes.plot(xs, [row.avg for row in members], "-", label=label)
-        for row in members:
-            stopped = row.epochs < finished
-            axes.plot(row.curve[axis], row.avg, "o", color=line.get_color(),
-                      markerfacecolor="none" if stopped else line.get_color())
+    for label, members in sorted(lines.items()):
+        members = sorted((s for s in members if s.test is not None),
+                         key=lambda s: s.curve[axis])
+        if not members:
+            continue
+        seeds = sorted({s.n for s in members})
+        stopped = sum(s.stopped for s in lines[label])
+        axes.errorbar([s.curve[axis] for s in members], [s.test[0] for s in members],
+                      yerr=[s.test[1] for s in members], fmt="o-", capsize=3,
+                      label=f"{label} (n={'/'.join(map(str, seeds))} finished"
+                            + (f"; {stopped} stopped early, not shown)" if stopped else ")"))
     axes.set_xlabel("requested m (middle of the selected range)" if axis == CURVE_M
                     else "similarity to identity center (middle of the group)")
-    axes.set_ylabel("AVG verification accuracy (%)")
-    sweeps = sorted({row.sweep for row in placed})
+    axes.set_ylabel("test AVG verification accuracy (%)")
+    sweeps = sorted({row.sweep for row in rows if axis in row.curve})
     axes.set_title(f"{', '.join(sweeps)}: accuracy against "
-                   f"{'m' if axis == CURVE_M else 'similarity'} (hollow: stopped early)",
+                   f"{'m' if axis == CURVE_M else 'similarity'} (mean +- std over seeds)",
                    fontsize=9)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

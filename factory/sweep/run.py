@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from factory import storage
 from factory.config import FactoryConfig
 from factory.errors import FormatError, UserError
+from factory.eval.benchmarks import VALIDATION_AVERAGE
 from factory.provenance import code_version
 from factory.runtime import init_ray, ray_address, setup_mlflow
 from factory.sweep.compare import (
@@ -38,10 +39,12 @@ from factory.sweep.space import (
     apply_params,
     corner_params,
     grid_size,
+    seed_values,
     similarity_groups,
     tune_space,
 )
 from factory.sweep.trial import SweepSetup, run_trial
+from factory.train.recognizer import validation_benchmarks
 from factory.train.workers import copies_that_fit
 from factory.synth.measure import measure_pool
 from factory.synth.synthesize import MANIFEST_FILE, synthesize
@@ -77,6 +80,24 @@ def reference_avg(config: FactoryConfig) -> float | None:
     if isinstance(average, bool) or not isinstance(average, (int, float)):
         raise UserError(f"{uri}: expected a numeric avg_acc entry (was the run evaluated?)")
     return float(average)
+
+
+def check_validation(config: FactoryConfig) -> list[str]:
+    """The validation benchmarks the sweep selects on; UserError when there are none, or when
+    ``sweep.metric`` is not one of their metrics (a sweep never selects on test)."""
+    uris = validation_benchmarks(config)
+    if not uris:
+        raise UserError(
+            "evaluate.validation_benchmarks: a sweep selects on validation benchmarks and none "
+            f"were found (the face world's are {config.validation_benchmark_uris()[:1]}...; "
+            "build them with `factory faceworld`, or list .bin files there)")
+    names = [os.path.basename(uri).removesuffix(".bin") for uri in uris]
+    metric = config.sweep.metric
+    if metric != VALIDATION_AVERAGE and metric.split("/", 1)[0] not in names:
+        raise UserError(f"sweep.metric: {metric!r} is not a validation metric (expected "
+                        f"{VALIDATION_AVERAGE} or <name>/acc of {', '.join(names)}; test "
+                        "figures such as avg_acc are reported, never selected on)")
+    return uris
 
 
 def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
@@ -170,6 +191,7 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
                         "sweep.similarity_groups)")
     for params in corner_params(sweep.space):
         apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
+    check_validation(config)
     reference = reference_avg(config)
     root = config.sweep_storage_uri()
     directory = storage.join(root, sweep.name)
@@ -189,9 +211,10 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
                        reference_avg=reference)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"CPU": sweep.trial_cpus})
-    param_space = tune_space(sweep.space, groups)
+    seeds = seed_values(config.recognizer.seed, sweep.seeds)
+    param_space = tune_space(sweep.space, groups, seeds)
     concurrent = concurrent_trials(config, local=ray_address(config.runtime, cli_address) is None)
-    expected = grid_size(sweep.space, groups) * sweep.num_samples
+    expected = grid_size(sweep.space, groups) * sweep.num_samples * len(seeds)
     if restoring:
         print(f"== sweep {sweep.name}: restoring {tune_path} (finished trials are kept)")
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True,

@@ -20,6 +20,7 @@ from factory.errors import ConfigError
 from factory.formats.shards import ShardDataset
 
 SIMILARITY_KEY = "recognizer.select.similarity"
+SEED_KEY = "recognizer.seed"
 
 
 def apply_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> FactoryConfig:
@@ -50,9 +51,16 @@ def similarity_groups(pool_uri: str, groups: int) -> list[list[float]]:
     return [[float(edges[i]), float(edges[i + 1])] for i in range(groups)]
 
 
+def seed_values(base_seed: int, seeds: int) -> list[int]:
+    """The recognizer seeds every setting is repeated with (``sweep.seeds``)."""
+    return [base_seed + offset for offset in range(seeds)]
+
+
 def tune_space(space: Mapping[str, SearchSpec],
-               groups: list[list[float]] | None = None) -> dict[str, Any]:
-    """The Ray Tune ``param_space`` (flat, keyed by the dotted config keys)."""
+               groups: list[list[float]] | None = None,
+               seeds: list[int] | None = None) -> dict[str, Any]:
+    """The Ray Tune ``param_space`` (flat, keyed by the dotted config keys); with more than one
+    seed, a grid over ``recognizer.seed`` repeats every setting."""
     from ray import tune
 
     param_space: dict[str, Any] = {}
@@ -67,6 +75,8 @@ def tune_space(space: Mapping[str, SearchSpec],
             param_space[key] = tune.loguniform(*spec.loguniform)
     if groups:
         param_space[SIMILARITY_KEY] = tune.grid_search(groups)
+    if seeds and len(seeds) > 1:
+        param_space[SEED_KEY] = tune.grid_search(list(seeds))
     return param_space
 
 

@@ -40,13 +40,17 @@ class SweepSetup:
 
 def trial_config(setup: SweepSetup, params: dict[str, Any], trial_name: str) -> FactoryConfig:
     """The sweep's config with the trial's values, its own run name, storage and data; every
-    trial evaluates each epoch, since ASHA and the per-epoch curves compare trials there."""
+    trial evaluates its validation benchmarks each epoch, since ASHA compares trials there (the
+    test benchmarks only at the final epoch). In generate mode a repeated seed (``sweep.seeds``)
+    also draws the trial's synthetic data afresh (``synthesis.seed``)."""
     config = apply_params(setup.base, params)
     recognizer = config.recognizer
     recognizer.run_name = trial_name
     recognizer.storage = storage.join(setup.directory, "trials")
     recognizer.eval_every = 1
     if config.sweep.mode == "generate":
+        if config.sweep.seeds > 1:
+            config.synthesis.seed = recognizer.seed
         config.synthesis.out = storage.join(setup.directory, "data", trial_name)
         recognizer.data = config.synthesis.out
     else:

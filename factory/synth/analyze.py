@@ -10,7 +10,9 @@ centers were measured when the shards were written) and reports
 * a montage of the first identities' samples (``samples.png``, rows identities);
 * the privacy check: each synthetic identity's maximum similarity to any real training identity
   center (E_id of the generator's own training data, or ``synthesis.privacy.real_data``), with
-  identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``);
+  identities at or above ``synthesis.privacy.threshold`` flagged (``privacy.png``); and every
+  synthetic sample against every real center, with the false-match rate at E_id's threshold
+  for FPR 1e-4 (:mod:`factory.synth.privacy`); both are recorded in the manifest too;
 * with ``judge.checkpoint`` set, the same figures as the independent judge measures them
   (``factory.synth.judged``): those lead, since the shards' similarities are E_id's.
 
@@ -52,6 +54,12 @@ from factory.synth.layout import (
     REPORT_DIR,
     SAMPLES_FIGURE,
     STATISTICS_FILE,
+)
+from factory.synth.privacy import (
+    privacy_threshold,
+    sample_privacy,
+    sample_privacy_text,
+    synthetic_embeddings,
 )
 from factory.synth.synthesize import (
     embed_inquiries,
@@ -156,13 +164,13 @@ def recorded_config(dataset: str, manifest: dict[str, Any]) -> FactoryConfig:
                           f"version reads ({describe_validation_error(exc)})") from None
 
 
-def unseen_real_maxima(generator, inquiry_uri: str, real: np.ndarray) -> np.ndarray:
-    """For each identity of the inquiry set (real people the generator never trained on), its
-    first image's maximum similarity to the real training centers: the level an unrelated real
-    person reaches, against which the synthetic identities' maxima can be judged."""
+def held_out_embeddings(generator, inquiry_uri: str) -> np.ndarray:
+    """E_id embeddings of the first image of each inquiry identity: real people the generator
+    never trained on. Their maximum similarity to the real training centers is the level an
+    unrelated real person reaches, against which the synthetic identities can be judged."""
     inquiry = open_dataset(inquiry_uri)
     firsts = list(first_index_per_identity(inquiry).values())
-    return (embed_inquiries(generator, inquiry, firsts) @ real.T).max(1)
+    return embed_inquiries(generator, inquiry, firsts)
 
 
 def privacy_png(maxima: np.ndarray, threshold: float, path: str,
@@ -198,8 +206,13 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     real = real_centers(generator.encoder, generator.image_size, open_dataset(real_uri))
     inquiry_uri = recorded_config(dataset, manifest).synthesis_inquiry_uri()
     # inquiries drawn from the training set itself are no reference: they are training people
-    reference = None if inquiry_uri == real_uri else unseen_real_maxima(generator, inquiry_uri,
-                                                                        real)
+    held_out = None if inquiry_uri == real_uri else held_out_embeddings(generator, inquiry_uri)
+    reference = None if held_out is None else (held_out @ real.T).max(1)
+    embeddings, metadata = synthetic_embeddings(generator.encoder, generator.image_size, dataset,
+                                                manifest)
+    per_sample = sample_privacy(
+        embeddings, np.array([int(meta["label"]) for meta in metadata]), real,
+        *privacy_threshold(config, generator.encoder, generator.image_size), held_out)
     threshold = config.synthesis.privacy.threshold
     similarity = centers @ real.T
     maxima, nearest = similarity.max(1), similarity.argmax(1)
@@ -210,8 +223,9 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     between = float(cross[~np.eye(len(cross), dtype=bool)].mean()) if len(cross) > 1 else 0.0
     table = statistics_rows(samples.to_center[synthetic])
     judge = load_judge(config.judge)
-    judged = None if judge is None else judged_dataset(judge, dataset, manifest, inquiry_uri,
-                                                       real_uri, threshold)
+    judged = None if judge is None else judged_dataset(
+        judge, dataset, manifest, inquiry_uri, real_uri, threshold,
+        privacy_threshold(config, judge, judge.input_size))
     report = {
         "dataset": dataset,
         "counts": {"samples": int(len(samples.labels)), "synthetic": int(synthetic.sum()),
@@ -231,7 +245,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                         "data": inquiry_uri, "identities": len(reference),
                         "max_similarity": float(reference.max()),
                         "mean_max_similarity": float(reference.mean()),
-                        "at_or_above_threshold": int((reference >= threshold).sum())}},
+                        "at_or_above_threshold": int((reference >= threshold).sum())},
+                    "per_sample": per_sample},
         "judge": None if judged is None else {"checkpoint": config.judge.checkpoint, **judged},
     }
     out = storage.join(dataset, REPORT_DIR)
@@ -261,6 +276,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
         tracker.log_metrics({**report["counts"], "m_spearman": report["m_spearman"],
                              "privacy_flagged": len(flagged),
                              "privacy_max_similarity": report["privacy"]["max_similarity"],
+                             **({} if per_sample["false_match"] is None else
+                                {"privacy_false_match_rate": per_sample["false_match"]["rate"]}),
                              **({} if judged is None or judged["m_spearman"] is None else
                                 {"judge_m_spearman": judged["m_spearman"]})})
         for name, path in files.items():
@@ -268,8 +285,24 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                 storage.write_bytes(storage.join(out, name), stream.read())
             tracker.log_artifact(path)
         tracker.end()
+    record_privacy(dataset, manifest, report)
     write_card(dataset)
     return report, text
+
+
+def record_privacy(dataset: str, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    """Put both privacy checks (center to center, every sample to the real centers), by E_id
+    and by the judge, into the dataset's manifest, so they travel with the data."""
+    def summary(privacy: dict[str, Any]) -> dict[str, Any]:
+        return {"center_to_center": {key: privacy[key] for key in (
+                    "threshold", "max_similarity", "mean_max_similarity", "flagged")},
+                "per_sample": privacy["per_sample"]}
+
+    manifest["privacy"] = {"real_data": report["privacy"]["real_data"],
+                           "e_id": summary(report["privacy"]),
+                           "judge": None if report["judge"] is None else
+                           summary(report["judge"]["privacy"])}
+    storage.write_text(storage.join(dataset, MANIFEST_FILE), json.dumps(manifest, indent=2))
 
 
 def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> str:
@@ -286,6 +319,7 @@ def _report_text(report: dict[str, Any], table: list[list[Any]], out: str) -> st
         f"{privacy['max_similarity']:.3f} (mean of maxima {privacy['mean_max_similarity']:.3f});"
         f" {privacy['flagged']} identities at or above {privacy['threshold']:g}",
         _reference_line(privacy["held_out_reference"]),
+        sample_privacy_text("E_id", privacy["per_sample"]),
         f"written to {out}: analysis.json, statistics.txt, m_vs_similarity.png, privacy.png, "
         f"samples.png; the dataset card {storage.join(report['dataset'], CARD_FILE)} updated",
     ]

@@ -32,6 +32,7 @@ from factory.synth.layout import (
     REPORT_DIR,
     SAMPLES_FIGURE,
 )
+from factory.synth.privacy import sample_privacy_text
 
 _FIGURES = {
     HISTOGRAM_FILE: "similarity of every synthetic sample to its inquiry and to its identity "
@@ -140,9 +141,19 @@ def _provenance(manifest: dict[str, Any]) -> str:
         ("inquiry identities", f"{counts['identities'] - counts['mixup_identities']} from "
                                f"`{config.synthesis_inquiry_uri()}` (asked for "
                                f"{synthesis.inquiry.identities}, every pair below cosine "
-                               f"{synthesis.inquiry.max_similarity})"),
+                               f"{_filter_text(manifest, synthesis.inquiry.max_similarity)})"),
         ("seed", str(synthesis.seed)),
     ])
+
+
+def _filter_text(manifest: dict[str, Any], max_similarity: float | str) -> str:
+    """The inquiry filter's threshold, with its origin when E_id's FPR statistics set it."""
+    record = manifest.get("inquiry_filter")
+    if not record or record.get("threshold") == max_similarity:
+        return str(max_similarity)
+    return (f"{record['threshold']:.4f}, E_id's {max_similarity} threshold over "
+            f"{record['impostor_pairs']:,} impostor pairs; {record['passed']} of "
+            f"{record['candidates']} candidates passed")
 
 
 def _code(value: Any) -> str:
@@ -225,6 +236,9 @@ def _privacy(analysis: dict[str, Any] | None, figures: list[str]) -> str:
                      f"(`{reference['data']}`) reach {reference['max_similarity']:.3f} at most "
                      f"(mean of maxima {reference['mean_max_similarity']:.3f}), "
                      f"{reference['at_or_above_threshold']} of them at or above the threshold.")
+    if privacy.get("per_sample"):
+        lines.append(f"Per sample (a leak hides in single samples): "
+                     f"{sample_privacy_text('E_id', privacy['per_sample'])}.")
     if analysis.get("judge"):
         judged = analysis["judge"]["privacy"]
         held_out = judged["held_out_reference"]
@@ -234,6 +248,9 @@ def _privacy(analysis: dict[str, Any] | None, figures: list[str]) -> str:
                          "." if held_out is None else
                          f"; held-out real identities: mean of maxima "
                          f"{held_out['mean_max_similarity']:.3f}."))
+        if judged.get("per_sample"):
+            lines.append(f"Per sample, by the judge: "
+                         f"{sample_privacy_text('judge', judged['per_sample'])}.")
     if f"{REPORT_DIR}/{PRIVACY_FIGURE}" in figures:
         lines.append(_figure(f"{REPORT_DIR}/{PRIVACY_FIGURE}"))
     return "\n\n".join(lines)

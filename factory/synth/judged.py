@@ -6,7 +6,8 @@ are the evidence: it re-embeds every synthetic image and every inquiry image and
 Spearman(requested m, similarity to the inquiry) over samples of plain (not mixed) identities,
 similarity to the judge's own identity centers, and the privacy check in its own space
 (each synthetic identity's maximum similarity to any real training identity, beside the level
-held-out real identities reach).
+held-out real identities reach), and every sample against every real identity center with the
+false-match rate at the judge's own threshold for FPR 1e-4 (:mod:`factory.synth.privacy`).
 
 Memory: one float32 judge embedding per sample is kept (1 KiB per sample at 256-d).
 """
@@ -20,37 +21,16 @@ import torch
 
 from factory import storage
 from factory.eval.compliance import spearman
+from factory.eval.threshold import ThresholdEstimate
 from factory.formats.dataset import open_dataset
-from factory.formats.images import decode_image
-from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.models.identity import inquiry_tensor, real_centers
+from factory.synth.privacy import BATCH, sample_privacy, sample_privacy_text, synthetic_embeddings
 from factory.synth.synthesize import first_index_per_identity, identity_name
-
-BATCH = 256
 
 
 @torch.no_grad()
 def _embed(judge: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
     return judge(inquiry_tensor(np.stack(images), judge.input_size)).numpy()
-
-
-def _stream_embeddings(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any]
-                       ) -> tuple[np.ndarray, list[dict]]:
-    """Judge embeddings of every synthetic sample, with its json, in shard order."""
-    embeddings, metadata, pending = [], [], []
-    for shard in manifest["shards"]:
-        uri = storage.join(dataset, SHARD_DIR, shard["shard"])
-        for sample in iter_shard(uri):
-            if sample["json"].get("real"):
-                continue
-            pending.append(decode_image(sample["jpg"], f"{uri}:{sample['__key__']}"))
-            metadata.append(sample["json"])
-            if len(pending) == BATCH:
-                embeddings.append(_embed(judge, pending))
-                pending = []
-    if pending:
-        embeddings.append(_embed(judge, pending))
-    return np.concatenate(embeddings), metadata
 
 
 def _centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +42,11 @@ def _centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
 
 
 def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
-                   inquiry_uri: str, real_uri: str, threshold: float) -> dict[str, Any]:
-    """The judge's figures for one dataset (see the module docstring)."""
-    embeddings, metadata = _stream_embeddings(judge, dataset, manifest)
+                   inquiry_uri: str, real_uri: str, threshold: float,
+                   false_match: tuple[ThresholdEstimate | None, str]) -> dict[str, Any]:
+    """The judge's figures for one dataset (see the module docstring); ``false_match`` is the
+    judge's own impostor threshold for the per-sample check (or None and why not)."""
+    embeddings, metadata = synthetic_embeddings(judge, judge.input_size, dataset, manifest)
     labels = np.array([int(meta["label"]) for meta in metadata])
     requested = np.array([float(meta["m"]) for meta in metadata])
     inquiry = open_dataset(inquiry_uri)
@@ -82,7 +64,7 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
     to_center = (embeddings * centers[rows]).sum(1)
     real = real_centers(judge, judge.input_size, open_dataset(real_uri), BATCH)
     maxima = (centers @ real.T).max(1)
-    reference = None
+    reference, held_out = None, None
     if storage.absolute(inquiry_uri) != storage.absolute(real_uri):
         held_out = _embed(judge, [inquiry.image(i) for i in firsts.values()])
         reference = (held_out @ real.T).max(1)
@@ -97,7 +79,9 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
                     "flagged": int((maxima >= threshold).sum()),
                     "held_out_reference": None if reference is None else {
                         "identities": len(reference), "max_similarity": float(reference.max()),
-                        "mean_max_similarity": float(reference.mean())}},
+                        "mean_max_similarity": float(reference.mean())},
+                    "per_sample": sample_privacy(embeddings, labels, real, *false_match,
+                                                 held_out)},
     }
 
 
@@ -119,4 +103,5 @@ def judged_text(judged: dict[str, Any]) -> str:
         f"{privacy['threshold']:g}" + ("" if reference is None else
                                         f"; held-out real identities: mean of maxima "
                                         f"{reference['mean_max_similarity']:.3f}"),
+        sample_privacy_text("judge", privacy["per_sample"]),
     ])

@@ -1,7 +1,8 @@
 """What a synthesis run makes, decided before any image is sampled.
 
 The plan is a pure function of the config, the inquiry embeddings and the seed: which inquiry
-identities are kept (1-shot, every pair below ``inquiry.max_similarity``), which extra
+identities are kept (1-shot, every pair below ``inquiry.max_similarity``, a number or E_id's
+threshold at an FPR, resolved before planning), which extra
 identities SynFace identity mixup makes (``normalise(phi f_i + (1 - phi) f_j)``), which m and
 seed every sample gets, and which identities share a shard. An identity's samples always land in
 one shard, so its center is known when the shard is written. Because nothing here depends on
@@ -86,13 +87,16 @@ def mixup_identities(embeddings: np.ndarray, count: int, phis: list[float],
 
 
 def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[str],
-                    image_indices: list[int]) -> list[PlannedIdentity]:
+                    image_indices: list[int], max_similarity: float | None = None
+                    ) -> list[PlannedIdentity]:
     """Kept inquiries (labels 0..) then mixup identities (labels after them).
 
     ``embeddings`` holds one unit-length row per inquiry identity, ``names`` its id, and
-    ``image_indices`` the dataset index of its inquiry image.
+    ``image_indices`` the dataset index of its inquiry image; ``max_similarity`` is the filter's
+    threshold, resolved when the config gives an FPR (default: ``inquiry.max_similarity``).
     """
-    kept = select_inquiries(embeddings, cfg.inquiry.max_similarity, cfg.inquiry.identities)
+    threshold = cfg.inquiry.max_similarity if max_similarity is None else max_similarity
+    kept = select_inquiries(embeddings, float(threshold), cfg.inquiry.identities)
     identities = [
         PlannedIdentity(label, names[index], embeddings[index].astype(float).tolist(),
                         image_index=image_indices[index])

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from factory import storage
 from factory.config import ActorsConfig, FactoryConfig, SynthesisConfig
 from factory.errors import FormatError, UserError
+from factory.eval.threshold import encoder_threshold, parse_fpr
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import (
     SHARD_DIR,
@@ -160,20 +161,38 @@ def embed_inquiries(generator: LoadedGenerator, dataset: FaceDataset, indices: l
     return np.concatenate(rows).astype(np.float64)
 
 
-def make_plan(config: FactoryConfig, generator: LoadedGenerator) -> list[PlannedIdentity]:
-    """The identities of this run, from the inquiry dataset and the generator's E_id."""
+def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator) -> dict[str, Any]:
+    """The inquiry filter's threshold: ``inquiry.max_similarity`` itself, or for ``fpr:<rate>``
+    E_id's impostor threshold at that rate on the threshold benchmarks (with what it came
+    from)."""
+    spec = config.synthesis.inquiry.max_similarity
+    if not isinstance(spec, str):
+        return {"max_similarity": spec, "threshold": float(spec)}
+    estimate = encoder_threshold(config, generator.encoder, generator.image_size, parse_fpr(spec))
+    return {"max_similarity": spec, **estimate.as_dict()}
+
+
+def make_plan(config: FactoryConfig, generator: LoadedGenerator
+              ) -> tuple[list[PlannedIdentity], dict[str, Any]]:
+    """The identities of this run, from the inquiry dataset and the generator's E_id, and the
+    inquiry filter's record (threshold, candidates, how many passed), which is printed."""
     cfg = config.synthesis
     dataset = open_dataset(config.synthesis_inquiry_uri())
     firsts = first_index_per_identity(dataset)
     labels, indices = list(firsts), list(firsts.values())
     embeddings = embed_inquiries(generator, dataset, indices)
+    record = inquiry_threshold(config, generator)
     identities = plan_identities(cfg, embeddings, [identity_name(dataset, l) for l in labels],
-                                 indices)
+                                 indices, record["threshold"])
     kept = sum(1 for identity in identities if identity.partner is None)
-    if kept < min(cfg.inquiry.identities, len(labels)):
-        print(f"synthesis: {kept} of {len(labels)} inquiry identities pass the pairwise cosine "
-              f"< {cfg.inquiry.max_similarity} filter (asked for {cfg.inquiry.identities})")
-    return identities
+    record.update(candidates=len(labels), asked=cfg.inquiry.identities, passed=kept)
+    source = ("" if record["max_similarity"] == record["threshold"] else
+              f" = E_id's {record['max_similarity']} threshold over "
+              f"{record['impostor_pairs']:,} impostor pairs of {record['images']} validation "
+              "images")
+    print(f"synthesis: inquiry filter: pairwise E_id cosine < {record['threshold']:.4f}{source}; "
+          f"{kept} of {len(labels)} inquiry identities pass (asked for {cfg.inquiry.identities})")
+    return identities, record
 
 
 def plan_record(config: FactoryConfig, generator: LoadedGenerator,
@@ -182,6 +201,8 @@ def plan_record(config: FactoryConfig, generator: LoadedGenerator,
     cfg = config.synthesis.model_dump(mode="json")
     # where it is written and how fast, not what it makes: a moved dataset still resumes
     del cfg["out"], cfg["actors"], cfg["privacy"]
+    if not isinstance(config.synthesis.inquiry.max_similarity, str):
+        del cfg["threshold_benchmarks"]  # used by an 'fpr:' filter only
     return {"synthesis": cfg, "generator": checkpoint_id(generator),
             "inquiry_data": config.synthesis_inquiry_uri(), "identities": len(identities),
             "shards": len(shard_items(identities, config.synthesis.identities_per_shard))}
@@ -397,6 +418,18 @@ def _pool_text(actors: ActorsConfig) -> str:
     return str(low) if low == high else f"{low} to {high}, autoscaling"
 
 
+def _kept_privacy(out: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The privacy record ``factory analyze`` added to an earlier manifest of these very shards
+    (same checksums), so that a rerun's manifest keeps it; empty otherwise."""
+    uri = storage.join(out, MANIFEST_FILE)
+    if not storage.exists(uri):
+        return {}
+    previous = storage.read_json_object(uri)
+    if "privacy" in previous and previous.get("shards") == manifest["shards"]:
+        return {"privacy": previous["privacy"]}
+    return {}
+
+
 @dataclass
 class SynthesisRun:
     out: str
@@ -413,7 +446,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     storage.ensure_writable(out)
     checkpoint = config.synthesis_checkpoint_uri()
     generator = load_generator(checkpoint)
-    identities = make_plan(config, generator)
+    identities, inquiry_filter = make_plan(config, generator)
     record = plan_record(config, generator, identities)
     claim_output(out, record)
     remove_stale_temporaries(out)
@@ -435,6 +468,8 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
               f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
               f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
     manifest = build_manifest(config, out, record, generator, identities)
+    manifest["inquiry_filter"] = inquiry_filter
+    manifest.update(_kept_privacy(out, manifest))
     storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
     with tempfile.TemporaryDirectory() as scratch:
         histogram = similarity_histogram_png(manifest["histograms"],

@@ -2,9 +2,11 @@
 
 The driver validates the inputs, then a ``TorchTrainer`` runs :func:`train_loop` on every worker
 (DDP over gloo on CPUs, NCCL on GPUs; workers, CPUs and GPUs from config). Each epoch rank 0
-evaluates on the benchmarks when due, writes a checkpoint and logs to MLflow; the other ranks
-only train. A rerun with the same ``run_name`` and storage resumes from the latest checkpoint,
-as does Ray Train itself after a worker failure.
+evaluates the validation benchmarks when due (``eval_every``) and the test benchmarks at the
+final epoch only, writes a checkpoint and logs to MLflow; the other ranks only train. The run
+selects nothing: its published checkpoint is the final epoch's, reported on test. A rerun
+with the same ``run_name`` and storage resumes from the latest checkpoint, as does Ray Train
+itself after a worker failure.
 """
 
 from __future__ import annotations
@@ -23,12 +25,7 @@ from tqdm import tqdm
 
 from factory import storage
 from factory.config import FactoryConfig, RecognizerConfig, ShardSelectionConfig
-from factory.eval.benchmarks import (
-    accuracy_metrics,
-    backbone_embedder,
-    evaluate_embedder,
-    load_benchmarks,
-)
+from factory.eval.benchmarks import VALIDATION_AVERAGE, EpochEvaluation, backbone_embedder
 from factory.errors import UserError
 from factory.eval.verification import plot_roc
 from factory.formats.dataset import open_checked, open_dataset
@@ -149,7 +146,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
               **parent.tags},
         parent_run_id=parent.run_id,
     )
-    benchmarks = None
+    evaluation = EpochEvaluation(loop_config["validation_benchmarks"], loop_config["benchmarks"],
+                                 cfg.backbone.input_size)
     for epoch in range(start_epoch, cfg.optimizer.epochs):
         samples.set_epoch(epoch)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -186,11 +184,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         final = epoch == cfg.optimizer.epochs - 1
         due = final or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
         results = []
-        if rank == 0 and due and loop_config["benchmarks"]:
-            if benchmarks is None:
-                benchmarks = load_benchmarks(loop_config["benchmarks"], cfg.backbone.input_size)
-            results = evaluate_embedder(backbone_embedder(core.backbone, device), benchmarks)
-            metrics.update(accuracy_metrics(results))
+        if rank == 0 and due:
+            scores, results = evaluation.evaluate(backbone_embedder(core.backbone, device), final)
+            metrics.update(scores)
         _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config)
         tracker.log_metrics(metrics, step=epoch)
         if rank == 0:
@@ -234,7 +230,10 @@ def _epoch_line(metrics: dict[str, Any]) -> str:
             f"{metrics['images_per_s']:.0f} img/s")
     if accuracies:
         text += ", " + ", ".join(f"{k} {v:.1f}%" for k, v in accuracies.items())
-        text += f", AVG {metrics['avg_acc']:.2f}%"
+    if VALIDATION_AVERAGE in metrics:
+        text += f", validation AVG {metrics[VALIDATION_AVERAGE]:.2f}%"
+    if "avg_acc" in metrics:
+        text += f", test AVG {metrics['avg_acc']:.2f}%"
     return text
 
 
@@ -258,13 +257,36 @@ class RecognizerRun:
 
 
 def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
-    """Explicit ``evaluate.benchmarks`` (each must exist), else the face world's if present."""
-    if config.evaluate.benchmarks:
-        for uri in config.evaluate.benchmarks:
+    """The test benchmarks: explicit ``evaluate.benchmarks`` (each must exist), else the face
+    world's if present."""
+    return _existing(config.evaluate.benchmarks, config.benchmark_uris(), "evaluate.benchmarks")
+
+
+def validation_benchmarks(config: FactoryConfig) -> list[str]:
+    """The validation benchmarks: explicit ``evaluate.validation_benchmarks`` (each must
+    exist, and none may be a test benchmark), else the face world's if present."""
+    uris = _existing(config.evaluate.validation_benchmarks, config.validation_benchmark_uris(),
+                     "evaluate.validation_benchmarks")
+    names = {_stem(uri) for uri in evaluation_benchmarks(config)}
+    shared = sorted(names & {_stem(uri) for uri in uris})
+    if shared:
+        raise UserError(f"evaluate.validation_benchmarks: {', '.join(shared)} is also a test "
+                        "benchmark's name (validation and test must be different sets, and the "
+                        "name keys the metrics)")
+    return uris
+
+
+def _existing(given: Sequence[str], defaults: Sequence[str], key: str) -> list[str]:
+    if given:
+        for uri in given:
             if not storage.exists(uri):
-                raise UserError(f"{uri}: benchmark file not found")
-        return list(config.evaluate.benchmarks)
-    return [uri for uri in config.benchmark_uris() if storage.exists(uri)]
+                raise UserError(f"{key}: {uri}: benchmark file not found")
+        return list(given)
+    return [uri for uri in defaults if storage.exists(uri)]
+
+
+def _stem(uri: str) -> str:
+    return os.path.basename(uri.rstrip("/")).removesuffix(".bin")
 
 
 RUN_IDENTITY_FILE = "run.json"
@@ -320,6 +342,7 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
             "config": config.model_dump(mode="json"),
             "data_uri": data_uri,
             "benchmarks": evaluation_benchmarks(config),
+            "validation_benchmarks": validation_benchmarks(config),
             "tracking_uri": mlflow_tracking_uri(config.runtime),
             "code_version": code_version(),
             "parent": parent or ParentRun(),
