@@ -78,7 +78,8 @@ def shards_in_this_process(config, todo, checkpoint, out, cli_address):
                                                checkpoint, out, config.synthesis_inquiry_uri())
     images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
                      ["images"][0]) for item in todo)
-    return images, 1.0
+    return synthesize_module.PoolRun(images=images, seconds=1.0, shard_seconds=1.0,
+                                     first_result_seconds=0.0, first_shard_seconds=0.0)
 
 
 @pytest.fixture(scope="module")
