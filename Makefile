@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart sweep test bench clean
+.PHONY: venv quickstart sweep experiments experiments-small test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ sweep: $(STAMP)
 	test -f runs/quickstart/recognizer/quickstart-real/final/metrics.json || $(MAKE) quickstart
 	$(VENV)/bin/factory sweep --config configs/sweep/faceworld.yaml
 	$(VENV)/bin/factory compare --config configs/sweep/faceworld.yaml --out runs/quickstart/sweeps
+
+# The face-world studies (docs/experiments/): hours on 2 cores, resumable (rerun to continue);
+# experiments-small is the same machinery in under 30 minutes (docs/experiments/small/).
+experiments: $(STAMP)
+	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml
+
+experiments-small: $(STAMP)
+	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml --small
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15

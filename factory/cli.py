@@ -167,6 +167,13 @@ def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
     run_pipeline(config, cli_address=args.address)
 
 
+def _experiments(config: FactoryConfig, args: argparse.Namespace) -> None:
+    from factory.experiments.run import run_experiments
+
+    page = run_experiments(config, cli_address=args.address, small=args.small, only=args.study)
+    print(f"results page: {page}")
+
+
 def _doctor(config: FactoryConfig, args: argparse.Namespace) -> int:
     from factory.doctor import run_doctor
 
@@ -202,6 +209,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                 "with test AVG and GtR, and accuracy against m, from MLflow",
                 _compare),
     "pipeline": ("run every stage end to end from one config", _pipeline),
+    "experiments": ("the face-world studies (m, similarity groups, lambda = 0, SynFace, GtR) "
+                    "over seeds, resumably, into a results page", _experiments),
     "doctor": ("check Python, torch, Ray, MLflow and storage, one line each (starts nothing)",
                _doctor),
 }
@@ -245,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("target", metavar="OUT", help="the folder to publish to")
         if name == "export":
             _export_arguments(sub)
+        if name == "experiments":
+            sub.add_argument("--small", action="store_true",
+                             help="the experiments.small preset (minutes, not hours), in its "
+                                  "own workdir and results folder")
+            sub.add_argument("--study", action="append", metavar="NAME",
+                             help="run only this study (repeatable; the others need the m "
+                                  "study's results)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 

@@ -1,0 +1,176 @@
+"""What the face-world studies train on: the datasets they need and the cells that use them.
+
+A *cell* is one bar of a results table: a dataset (plus, for some, a metadata selection or
+SynFace's domain mixup with real data), trained with the experiments' recognizer recipe once
+per seed. Datasets are described by value (:class:`RealSet`, :class:`SyntheticSet`,
+:class:`MeasuredSet`), so two cells that need the same data share one copy, and two cells
+with the same data and settings share their runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from factory.config import ExperimentsConfig, VolumeConfig
+
+
+def signed(value: float, decimals: int = 2) -> str:
+    """A number for a folder name: ``p0.25``, ``n0.25`` (run names allow no '+')."""
+    return f"{'n' if value < 0 else 'p'}{abs(value):.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """The first ``identities`` identities of the experiments' face world, ``images`` each
+    (the face world draws every identity and image from its own seeded stream, so a smaller
+    world is exactly a subset of a larger one)."""
+
+    identities: int
+    images: int
+
+    @property
+    def key(self) -> str:
+        return f"real-{self.identities}x{self.images}"
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """``identities`` identities x ``images`` images synthesised from held-out inquiries at the
+    listed m values (cycled over each identity's images), by ``generator`` (empty: the
+    experiments' generator); ``mixup`` of the identities are SynFace identity-mixup ones."""
+
+    identities: int
+    images: int
+    m_values: tuple[float, ...]
+    generator: str = ""
+    mixup: int = 0
+
+    @property
+    def key(self) -> str:
+        values = "_".join(signed(m) for m in self.m_values)
+        name = f"synthetic-{self.identities}x{self.images}-m{values}"
+        if self.mixup:
+            name += f"-mixup{self.mixup}"
+        return name + ("-lambda0" if self.generator else "")
+
+
+@dataclass(frozen=True)
+class MeasuredSet:
+    """A real set whose every sample records E_id's similarity to its identity center."""
+
+    source: RealSet
+
+    @property
+    def key(self) -> str:
+        return f"measured-{self.source.key}"
+
+
+Dataset = RealSet | SyntheticSet | MeasuredSet
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One bar: a study, its label, what it trains on, and where it sits on a curve."""
+
+    study: str
+    name: str
+    data: Dataset
+    m: tuple[float, float] | None = None
+    """Requested-m selection (synthetic pools)."""
+    similarity: tuple[float, float] | None = None
+    """Similarity-to-center selection (measured pools); filled in once the pool exists."""
+    group: int | None = None
+    """Index of the similarity group (measured pools), 0 the least similar."""
+    real: RealSet | None = None
+    """SynFace domain mixup with this real set (psi over the 21-value grid)."""
+    position: float | None = None
+    """Where the cell sits on its study's curve (its m)."""
+    tags: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        """Names the cell's runs: cells with equal keys train the same thing."""
+        parts = [self.data.key]
+        if self.m is not None:
+            parts.append(f"sel-m{signed(self.m[0], 3)}_{signed(self.m[1], 3)}")
+        if self.group is not None:
+            parts.append(f"group{self.group}")
+        if self.real is not None:
+            parts.append(f"domainmix-{self.real.key}")
+        return "-".join(parts)
+
+
+def volume(v: VolumeConfig) -> tuple[int, int]:
+    return v.identities, v.images_per_identity
+
+
+M_TOLERANCE = 0.005
+"""Half-width of the m selection picking one of a pool's m values."""
+
+
+def m_study(cfg: ExperimentsConfig) -> list[Cell]:
+    """CemiFace's m study at the first volume: one pool sampled at every m value, each cell
+    the pool's images at one m (equal volume), plus each mixture as its own set."""
+    identities, images = volume(cfg.volumes[0])
+    pool = SyntheticSet(identities, images * len(cfg.m_values), tuple(cfg.m_values))
+    cells = [Cell("m", f"m = {m:+.2f}", pool, m=(m - M_TOLERANCE, m + M_TOLERANCE), position=m)
+             for m in cfg.m_values]
+    for mixture in cfg.m_mixtures:
+        label = "mix {" + ", ".join(f"{m:+.2f}" for m in mixture) + "}"
+        cells.append(Cell("m", label, SyntheticSet(identities, images, tuple(mixture))))
+    return cells
+
+
+def group_study(cfg: ExperimentsConfig) -> list[Cell]:
+    """CemiFace's similarity-group study: the largest real set measured with E_id and split
+    into equal-count groups by similarity to center (bounds filled in from the pool)."""
+    identities, images = volume(cfg.volumes[-1])
+    pool = MeasuredSet(RealSet(identities, images))
+    return [Cell("similarity_groups", f"group {g + 1} of {cfg.similarity_groups}", pool, group=g)
+            for g in range(cfg.similarity_groups)]
+
+
+def best_m_set(cfg: ExperimentsConfig, best_m: float, identities: int | None = None,
+               generator: str = "", mixup: int = 0) -> SyntheticSet:
+    """A set at the m study's best m (chosen on validation), by default at the first volume."""
+    default_identities, images = volume(cfg.volumes[0])
+    return SyntheticSet(identities or default_identities, images, (best_m,), generator, mixup)
+
+
+def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
+    """The paper's ablation: the lambda = 0 generator's data against the similarity-matched
+    generator's, both sampled at the best m at the first volume."""
+    return [Cell("lambda0", "similarity-matched (lambda > 0)", best_m_set(cfg, best_m)),
+            Cell("lambda0", "lambda = 0", best_m_set(cfg, best_m,
+                                                     generator=cfg.lambda0_checkpoint))]
+
+
+def synface_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
+    """SynFace's two mixups at the first volume and the best m: identity mixup (soft labels)
+    with ``mixup_share`` of the identities mixed, and domain mixup with a small real share."""
+    plain = best_m_set(cfg, best_m)
+    mixed = round(plain.identities * cfg.mixup_share)
+    real = RealSet(*volume(cfg.real_share))
+    return [
+        Cell("synface", "plain identities", plain),
+        Cell("synface", f"identity mixup ({mixed} of {plain.identities} identities)",
+             best_m_set(cfg, best_m, identities=plain.identities - mixed, mixup=mixed)),
+        Cell("synface", f"domain mixup with {real.identities}x{real.images} real", plain,
+             real=real),
+    ]
+
+
+def gtr_study(cfg: ExperimentsConfig, best_m: float,
+              synthetic_identities: dict[int, int]) -> list[Cell]:
+    """GtR at each volume: the real subset against the synthetic set of the best m with as many
+    identities as synthesis could give (``synthetic_identities``: asked -> got) and images."""
+    cells = []
+    for v in cfg.volumes:
+        identities, images = volume(v)
+        got = synthetic_identities.get(identities, identities)
+        cells.append(Cell("gtr", f"real {got}x{images}", RealSet(got, images),
+                          tags={"volume": f"{got}x{images}", "side": "real"}))
+        cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {best_m:+.2f})",
+                          best_m_set(cfg, best_m, identities=identities),
+                          tags={"volume": f"{got}x{images}", "side": "synthetic"}))
+    return cells

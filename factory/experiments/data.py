@@ -1,0 +1,105 @@
+"""Make the datasets the studies train on, each once, under ``<workdir>/data/<key>``.
+
+Every maker is resumable the way the stage it calls is (synthesis skips finished shards, the
+measured pool skips finished shards, a real subset is written whole or not at all) and returns
+at once when its dataset is complete, so an interrupted ``factory experiments`` picks up where
+it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from factory import storage
+from factory.config import FactoryConfig
+from factory.experiments.cells import Dataset, MeasuredSet, RealSet, SyntheticSet
+from factory.formats.dataset import open_dataset
+from factory.formats.recordio import write_insightface_rec
+from factory.synth.measure import measure_pool
+from factory.synth.synthesize import MANIFEST_FILE, synthesize
+
+SUBSET_MARKER = "subset.json"
+IDENTITIES_PER_SHARD = 50
+
+
+def data_uri(config: FactoryConfig, dataset: Dataset) -> str:
+    return storage.join(config.workdir, "data", dataset.key)
+
+
+def make_dataset(config: FactoryConfig, dataset: Dataset, cli_address: str | None) -> str:
+    """The URI of ``dataset``, made first if it is not complete."""
+    if isinstance(dataset, RealSet):
+        return make_real_subset(config, dataset)
+    if isinstance(dataset, MeasuredSet):
+        return make_measured_set(config, dataset)
+    return make_synthetic_set(config, dataset, cli_address)
+
+
+def make_real_subset(config: FactoryConfig, subset: RealSet) -> str:
+    """The first identities x images of the face world's training set as insightface RecordIO."""
+    out = data_uri(config, subset)
+    if storage.exists(storage.join(out, SUBSET_MARKER)):
+        return out
+    world = open_dataset(storage.join(config.faceworld_uri(), "train"))
+    labels = np.asarray(world.labels)
+    if subset.identities > world.num_classes:
+        raise ValueError(f"{subset.key}: the face world has {world.num_classes} identities")
+    indices = [int(i) for label in range(subset.identities)
+               for i in np.flatnonzero(labels == label)[:subset.images]]
+    if len(indices) != subset.identities * subset.images:
+        raise ValueError(f"{subset.key}: the face world has fewer than {subset.images} images "
+                         "of some identity")
+    size = world.image(0).shape[:2]
+    write_insightface_rec(out, ((int(labels[i]), world.raw(i)) for i in indices),
+                          num_images=len(indices), num_classes=subset.identities,
+                          image_size=(int(size[0]), int(size[1])))
+    storage.write_text(storage.join(out, SUBSET_MARKER), json.dumps(
+        {"source": storage.join(config.faceworld_uri(), "train"),
+         "identities": subset.identities, "images_per_identity": subset.images}))
+    return out
+
+
+def make_measured_set(config: FactoryConfig, measured: MeasuredSet) -> str:
+    """The real subset measured with E_id (the generator's identity encoder) into shards that
+    record each sample's similarity to its identity center."""
+    out = data_uri(config, measured)
+    if storage.exists(storage.join(out, MANIFEST_FILE)):
+        return out
+    source = make_real_subset(config, measured.source)
+    measuring = config.model_copy(deep=True)
+    measuring.sweep.measure.data = source
+    measuring.sweep.measure.encoder = config.synthesis_checkpoint_uri()
+    measure_pool(measuring, out)
+    return out
+
+
+def make_synthetic_set(config: FactoryConfig, synthetic: SyntheticSet,
+                       cli_address: str | None) -> str:
+    """Synthesise the set from the face world's held-out inquiries with the synthesis section's
+    sampler, filter and privacy check."""
+    out = data_uri(config, synthetic)
+    if storage.exists(storage.join(out, MANIFEST_FILE)):
+        return out
+    run = config.model_copy(deep=True)
+    cfg = run.synthesis
+    cfg.out = out
+    if synthetic.generator:
+        cfg.checkpoint = synthetic.generator
+    cfg.inquiry.identities = synthetic.identities
+    cfg.inquiry.mixup_identities = synthetic.mixup
+    cfg.images_per_identity = synthetic.images
+    cfg.m.kind = "values"
+    cfg.m.values = list(synthetic.m_values)
+    cfg.identities_per_shard = IDENTITIES_PER_SHARD
+    cfg.privacy.real_data = cfg.privacy.real_data or storage.join(config.faceworld_uri(), "train")
+    synthesize(run, cli_address=cli_address)
+    return out
+
+
+def synthetic_identities(uri: str) -> int:
+    """How many identities a finished synthetic set holds (the inquiry filter may give fewer
+    than asked)."""
+    manifest = json.loads(storage.read_text(storage.join(uri, MANIFEST_FILE)))
+    return int(manifest["counts"]["identities"])

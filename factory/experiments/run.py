@@ -1,0 +1,207 @@
+"""``factory experiments``: the face-world studies, cell by cell and seed by seed, resumably.
+
+Order: the m study first (its best m, chosen on the validation benchmarks' AVG, is what the
+lambda = 0, SynFace and GtR studies synthesise at), then the similarity groups, lambda = 0,
+SynFace and GtR. Each finished run's figures go into ``<out>/results.json`` at once (written
+atomically), and a rerun skips every run found there; a run interrupted mid-training resumes
+from its own Ray Train checkpoints. Every run trains the config's ``recognizer`` recipe with its
+own seed, selects nothing, and is evaluated on the validation benchmarks during training and on
+the test benchmarks once, at its final epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from factory import storage
+from factory.config import EXPERIMENT_STUDIES, FactoryConfig
+from factory.errors import UserError
+from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
+from factory.experiments.cells import (
+    Cell,
+    group_study,
+    gtr_study,
+    lambda0_study,
+    m_study,
+    synface_study,
+)
+from factory.experiments.data import make_dataset, make_real_subset, synthetic_identities
+from factory.faceworld.build import build_faceworld
+from factory.provenance import code_version
+from factory.sweep.space import similarity_groups
+from factory.train.recognizer import train_recognizer
+
+RESULTS_FILE = "results.json"
+SMALL_FOLDER = "small"
+
+
+def small_preset(config: FactoryConfig) -> FactoryConfig:
+    """The config with ``experiments.small`` applied: its own workdir and results folder, so a
+    small run never mixes with the full one."""
+    small = config.model_copy(deep=True)
+    exp, preset = small.experiments, config.experiments.small
+    exp.seeds, exp.volumes, exp.m_values = list(preset.seeds), list(preset.volumes), \
+        list(preset.m_values)
+    exp.similarity_groups = preset.similarity_groups
+    exp.out = storage.join(config.experiments.out, SMALL_FOLDER)
+    small.recognizer.optimizer.epochs = preset.epochs
+    small.recognizer.eval_every = 0
+    small.workdir = config.workdir.rstrip("/") + "-" + SMALL_FOLDER
+    return small
+
+
+class Results:
+    """``results.json``: every finished run's figures by run name, plus what the studies chose."""
+
+    def __init__(self, config: FactoryConfig) -> None:
+        self.uri = storage.join(config.experiments.out, RESULTS_FILE)
+        self.document: dict[str, Any] = {"runs": {}, "cells": [], "chosen": {}}
+        if storage.exists(self.uri):
+            self.document = storage.read_json_object(self.uri)
+        self.document["config"] = config.model_dump(mode="json")
+        self.document["code_version"] = code_version()
+
+    @property
+    def runs(self) -> dict[str, dict[str, Any]]:
+        return self.document["runs"]
+
+    def record_cell(self, cell: Cell, uri: str, seeds: list[int]) -> None:
+        entry = {"study": cell.study, "name": cell.name, "key": cell.key, "data": uri,
+                 "position": cell.position, "tags": cell.tags,
+                 "runs": [run_name(cell, seed) for seed in seeds]}
+        self.document["cells"] = [c for c in self.document["cells"]
+                                  if (c["study"], c["name"]) != (cell.study, cell.name)]
+        self.document["cells"].append(entry)
+        self.save()
+
+    def record_run(self, name: str, figures: dict[str, Any]) -> None:
+        self.runs[name] = figures
+        self.save()
+
+    def save(self) -> None:
+        storage.write_text(self.uri, json.dumps(self.document, indent=2, allow_nan=False))
+
+
+def run_name(cell: Cell, seed: int) -> str:
+    return f"{cell.key}-seed{seed}"
+
+
+def figures_of(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What the page needs of a run's final metrics: the two AVGs, every benchmark's accuracy."""
+    kept = {key: float(value) for key, value in metrics.items()
+            if key in (TEST_AVERAGE, VALIDATION_AVERAGE) or key.endswith("/acc")}
+    if TEST_AVERAGE not in kept or VALIDATION_AVERAGE not in kept:
+        raise UserError("experiments: a run ended without validation and test accuracies "
+                        "(does the face world have both benchmark sets?)")
+    return {**kept, "epoch": int(metrics.get("epoch", -1)), "seconds": round(seconds, 1)}
+
+
+def train_cell(config: FactoryConfig, cell: Cell, uri: str, seed: int,
+               cli_address: str | None) -> dict[str, Any]:
+    """Train the experiments' recipe on the cell's data with ``seed``; its figures."""
+    run = config.model_copy(deep=True)
+    recognizer = run.recognizer
+    recognizer.data = uri
+    recognizer.seed = seed
+    recognizer.run_name = run_name(cell, seed)
+    recognizer.storage = storage.join(config.workdir, "recognizers")
+    recognizer.select.m = cell.m
+    recognizer.select.similarity = cell.similarity
+    if cell.real is not None:
+        recognizer.domain_mixup.real_data = make_real_subset(config, cell.real)
+        recognizer.domain_mixup.psi = "grid"
+    started = time.perf_counter()
+    result = train_recognizer(run, cli_address=cli_address)
+    return figures_of(result.metrics, time.perf_counter() - started)
+
+
+def best_m(results: Results, config: FactoryConfig) -> float:
+    """The single m value whose cells have the best mean validation AVG (never test)."""
+    best: tuple[float, float] | None = None
+    for cell in m_study(config.experiments):
+        runs = [results.runs.get(run_name(cell, seed)) for seed in config.experiments.seeds]
+        if cell.position is None or not all(runs):
+            continue
+        mean = sum(r[VALIDATION_AVERAGE] for r in runs) / len(runs)
+        if best is None or mean > best[0]:
+            best = (mean, cell.position)
+    if best is None:
+        raise UserError("experiments.studies: the later studies synthesise at the m study's best "
+                        "m; run the m study first (add 'm' to experiments.studies)")
+    results.document["chosen"]["best_m"] = {"m": best[1], "validation_avg": best[0]}
+    return best[1]
+
+
+def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
+              cli_address: str | None) -> None:
+    exp = config.experiments
+    for cell in cells:
+        uri = make_dataset(config, cell.data, cli_address)
+        if cell.group is not None:
+            bounds = similarity_groups(uri, exp.similarity_groups)[cell.group]
+            cell = Cell(cell.study, f"{cell.name}: similarity {bounds[0]:.2f} .. {bounds[1]:.2f}",
+                        cell.data, similarity=(bounds[0], bounds[1]), group=cell.group,
+                        position=(bounds[0] + bounds[1]) / 2)
+        results.record_cell(cell, uri, exp.seeds)
+        for seed in exp.seeds:
+            name = run_name(cell, seed)
+            if name in results.runs:
+                continue
+            print(f"== experiments: {cell.study}: {cell.name}, seed {seed}", flush=True)
+            results.record_run(name, train_cell(config, cell, uri, seed, cli_address))
+
+
+def study_cells(config: FactoryConfig, study: str, results: Results,
+                cli_address: str | None) -> list[Cell]:
+    exp = config.experiments
+    if study == "m":
+        return m_study(exp)
+    if study == "similarity_groups":
+        return group_study(exp)
+    chosen = best_m(results, config)
+    if study == "lambda0":
+        return lambda0_study(exp, chosen)
+    if study == "synface":
+        return synface_study(exp, chosen)
+    got = {}
+    for cell in gtr_study(exp, chosen, {}):
+        if cell.tags.get("side") == "synthetic":
+            uri = make_dataset(config, cell.data, cli_address)
+            got[cell.data.identities] = synthetic_identities(uri)
+    results.document["chosen"]["gtr_identities"] = {str(k): v for k, v in got.items()}
+    return gtr_study(exp, chosen, got)
+
+
+def run_experiments(config: FactoryConfig, cli_address: str | None = None,
+                    small: bool = False, only: list[str] | None = None) -> str:
+    """Run (or resume) the configured studies; returns the results page's path."""
+    from factory.experiments.page import write_page
+
+    if small:
+        config = small_preset(config)
+    exp = config.experiments
+    if "lambda0" in exp.studies and not (exp.lambda0_checkpoint and
+                                         storage.exists(exp.lambda0_checkpoint)):
+        raise UserError(f"experiments.lambda0_checkpoint: {exp.lambda0_checkpoint or 'empty'}: "
+                        "the lambda = 0 study needs a generator trained with lambda = 0 "
+                        "(factory train-generator --config "
+                        "configs/faceworld-generator-lambda0.yaml), or leave 'lambda0' out of "
+                        "experiments.studies")
+    for name in only or []:
+        if name not in EXPERIMENT_STUDIES:
+            raise UserError(f"--study {name}: expected one of {', '.join(EXPERIMENT_STUDIES)}")
+    storage.ensure_writable(exp.out)
+    build_faceworld(config)
+    results = Results(config)
+    started = time.perf_counter()
+    for study in EXPERIMENT_STUDIES:
+        if study not in exp.studies or (only and study not in only):
+            continue
+        run_cells(config, study_cells(config, study, results, cli_address), results, cli_address)
+    results.document.setdefault("wall_seconds", {})[time.strftime("%Y-%m-%dT%H:%M:%S")] = \
+        round(time.perf_counter() - started, 1)
+    results.save()
+    return write_page(config, results.document)
+

@@ -1,0 +1,157 @@
+"""``factory experiments``: which cells the studies train, that choices read validation only,
+that the page's verdicts follow the seeds' spread, and that a rerun trains nothing twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from factory.config import FactoryConfig, load_config
+from factory.errors import UserError
+from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
+from factory.experiments import run as run_module
+from factory.experiments.cells import (
+    RealSet,
+    SyntheticSet,
+    gtr_study,
+    lambda0_study,
+    m_study,
+    synface_study,
+)
+from factory.experiments.page import Summary, findings, verdict, write_page
+from factory.experiments.run import Results, best_m, run_name, small_preset
+
+CONFIG = "configs/experiments/faceworld.yaml"
+
+
+def test_the_m_study_selects_equal_volumes_from_one_pool():
+    exp = load_config(CONFIG).experiments
+    cells = m_study(exp)
+    singles = [c for c in cells if c.position is not None]
+    assert [c.position for c in singles] == exp.m_values
+    pool = singles[0].data
+    assert all(c.data == pool for c in singles)  # one synthesis serves every single m
+    assert pool.images == 16 * len(exp.m_values) and pool.identities == 200
+    for cell in singles:
+        low, high = cell.m
+        assert low < cell.position < high and high - low < 0.05  # exactly one of the values
+    mixture = cells[-1]
+    assert mixture.data.m_values == (0.0, 1.0) and mixture.data.images == 16
+
+
+def test_cells_that_train_the_same_thing_share_data_and_runs():
+    exp = load_config(CONFIG).experiments
+    matched = lambda0_study(exp, 0.0)[0]
+    plain = synface_study(exp, 0.0)[0]
+    synthetic_200 = [c for c in gtr_study(exp, 0.0, {}) if c.tags["side"] == "synthetic"][0]
+    assert matched.key == plain.key == synthetic_200.key
+    lambda0 = lambda0_study(exp, 0.0)[1]
+    assert lambda0.key != matched.key and lambda0.data.generator == exp.lambda0_checkpoint
+    mixup = synface_study(exp, 0.0)[1]
+    assert mixup.data.identities + mixup.data.mixup == plain.data.identities  # equal volume
+    domain = synface_study(exp, 0.0)[2]
+    assert domain.data == plain.data and domain.real == RealSet(20, 16)
+
+
+def test_gtr_matches_the_real_side_to_the_identities_synthesis_gave():
+    exp = load_config(CONFIG).experiments
+    cells = gtr_study(exp, 0.0, {1000: 612})
+    real = {c.tags["volume"]: c.data for c in cells if c.tags["side"] == "real"}
+    assert real == {"200x16": RealSet(200, 16), "612x16": RealSet(612, 16)}
+    synthetic = [c.data for c in cells if c.tags["side"] == "synthetic"]
+    assert synthetic[1] == SyntheticSet(1000, 16, (0.0,))
+
+
+def test_the_small_preset_has_its_own_folders():
+    config = load_config(CONFIG)
+    small = small_preset(config)
+    assert small.workdir != config.workdir and small.experiments.out.endswith("/small")
+    assert small.experiments.seeds == [0, 1, 2]
+    assert small.recognizer.optimizer.epochs == config.experiments.small.epochs
+    assert [v.label() for v in small.experiments.volumes] == ["100x8"]
+
+
+def _results(tmp_path, runs: dict[str, tuple[float, float]]) -> Results:
+    config = FactoryConfig()
+    config.experiments.out = str(tmp_path)
+    config.experiments.m_values = [1.0, 0.0]
+    results = Results(config)
+    for name, (validation, test) in runs.items():
+        results.runs[name] = {VALIDATION_AVERAGE: validation, TEST_AVERAGE: test, "seconds": 1.0}
+    return results
+
+
+def test_the_best_m_is_chosen_on_validation_never_on_test(tmp_path):
+    config = FactoryConfig()
+    config.experiments.out = str(tmp_path)
+    config.experiments.m_values = [1.0, 0.0]
+    one, zero = m_study(config.experiments)[:2]
+    # validation prefers m = 1, test prefers m = 0: the choice must follow validation
+    runs = {run_name(one, s): (80.0, 60.0) for s in config.experiments.seeds}
+    runs |= {run_name(zero, s): (70.0, 90.0) for s in config.experiments.seeds}
+    results = _results(tmp_path, runs)
+    assert best_m(results, config) == 1.0
+    assert results.document["chosen"]["best_m"] == {"m": 1.0, "validation_avg": 80.0}
+
+
+def test_later_studies_need_the_m_study(tmp_path):
+    config = FactoryConfig()
+    config.experiments.out = str(tmp_path)
+    with pytest.raises(UserError, match="run the m study first"):
+        best_m(_results(tmp_path, {}), config)
+
+
+def test_verdicts_follow_the_seeds_spread():
+    assert "**reproduced**" in verdict("x", Summary(90.0, 0.5, 3), Summary(85.0, 0.5, 3), "")
+    assert "**not reproduced**" in verdict("x", Summary(85.0, 0.5, 3), Summary(90.0, 0.5, 3), "")
+    noisy = verdict("x", Summary(90.0, 4.0, 3), Summary(89.0, 4.0, 3), "")
+    assert "**not separable from noise**" in noisy
+    assert "not measured yet" in verdict("x", Summary(0, 0, 0), Summary(85.0, 0.5, 3), "")
+
+
+def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
+    config = FactoryConfig()
+    config.experiments.out = str(tmp_path)
+    config.experiments.m_values = [1.0, 0.0]
+    config.experiments.m_mixtures = []
+    results = Results(config)
+    for cell, (validation, test) in zip(m_study(config.experiments), [(70, 71), (80, 81)]):
+        results.record_cell(cell, "data", config.experiments.seeds)
+        for seed in config.experiments.seeds:
+            results.record_run(run_name(cell, seed), {VALIDATION_AVERAGE: validation + seed,
+                                                      TEST_AVERAGE: test + seed,
+                                                      "seconds": 10.0})
+    page = write_page(config, results.document)
+    text = open(page).read()
+    assert "semi-hard m = 0 trains a better recognizer than easy m = 1: **reproduced**" in text
+    assert "| m = +0.00 | 81.00 +- 1.00 (n=3) | 82.00 +- 1.00 (n=3) | 10 |" in text
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert len(findings(results.document)) == 1
+
+
+def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
+    """Every finished run is in results.json; the next invocation trains none of them again."""
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
+                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]"])
+    trained: list[str] = []
+    interrupt = [True]
+    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
+    monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+
+    def fake_train(config, cell, uri, seed, address):
+        trained.append(run_name(cell, seed))
+        if len(trained) == 3 and interrupt and interrupt.pop():
+            raise KeyboardInterrupt  # stopped mid-study, once
+        return {VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0}
+
+    monkeypatch.setattr(run_module, "train_cell", fake_train)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.run_experiments(config)
+    assert len(trained) == 3
+    trained.clear()
+    run_module.run_experiments(config)
+    assert len(trained) == 2 * len(config.experiments.m_values) - 2  # the two recorded ones skipped
+    assert len(set(trained)) == len(trained)
