@@ -27,6 +27,8 @@ from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.verification_bin import write_bin
 from factory.synth import synthesize as synthesize_module
+from factory.synth.inquiries import embed_inquiries_here
+from factory.train.generator_checkpoint import load_generator
 
 
 @dataclass
@@ -81,6 +83,11 @@ def shards_in_this_process(config, todo, checkpoint, out, cli_address):
     return images, 1.0
 
 
+def inquiries_in_this_process(config, cli_address=None):
+    """The inquiry-embedding stage without Ray: the same embeddings, computed here."""
+    return embed_inquiries_here(config, load_generator(config.synthesis_checkpoint_uri()))
+
+
 @pytest.fixture(scope="module")
 def dataset(world, tiny_generator, tmp_path_factory):
     """A complete synthesised dataset of 2 shards (its MLflow store beside it)."""
@@ -88,6 +95,7 @@ def dataset(world, tiny_generator, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(out.parent)
         patch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+        patch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
         synthesize_module.synthesize(load_config(None, synthesis_overrides(world, tiny_generator,
                                                                            out)))
     return out
@@ -387,6 +395,7 @@ def test_a_rerun_rewrites_a_damaged_shard_and_verify_then_passes(dataset, world,
                                                                    tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
     copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     shard = copy / "shards" / "shard-000001.tar"
     original = shard.read_bytes()
@@ -405,6 +414,7 @@ def test_a_moved_dataset_resumes(dataset, world, tiny_generator, tmp_path, capsy
     """The plan records what the dataset is, not where: a copy elsewhere, even one whose plan
     an earlier version wrote with its location, resumes with nothing to write."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
     moved = Path(shutil.copytree(dataset, tmp_path / "elsewhere" / "moved"))
     plan = json.loads((moved / "plan.json").read_text())
     assert "out" not in plan["synthesis"]

@@ -53,9 +53,8 @@ from factory.synth.layout import (
     SAMPLES_FIGURE,
     STATISTICS_FILE,
 )
+from factory.synth.inquiries import embed_inquiries, first_index_per_identity
 from factory.synth.synthesize import (
-    embed_inquiries,
-    first_index_per_identity,
     read_centers,
     read_manifest,
     read_stats,

@@ -24,7 +24,7 @@ from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image
 from factory.formats.shards import SHARD_DIR, iter_shard
 from factory.models.identity import inquiry_tensor, real_centers
-from factory.synth.synthesize import first_index_per_identity, identity_name
+from factory.synth.inquiries import first_index_per_identity, identity_name
 
 BATCH = 256
 

@@ -45,9 +45,10 @@ class SampledShard:
     histogram_center: list[int]
 
 
-def checkpoint_id(generator: LoadedGenerator) -> str:
-    """How a sample names the model that made it: checkpoint URI and training step."""
-    return f"{generator.uri}@step{generator.meta.get('step', '?')}"
+def checkpoint_id(uri: str, meta: dict) -> str:
+    """How a sample names the model that made it: checkpoint URI and training step (from its
+    ``generator.json``)."""
+    return f"{uri}@step{meta.get('step', '?')}"
 
 
 def _mixup(identity: PlannedIdentity) -> dict | None:
@@ -69,8 +70,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     """
     rows = [(position, index) for position in range(len(item.identities))
             for index in range(cfg.images_per_identity)]
-    embeddings = torch.tensor([identity.embedding for identity in item.identities],
-                              dtype=torch.float32, device=device)
+    embeddings = torch.tensor(item.embeddings(), dtype=torch.float32, device=device)
     m_values = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
     seeds = [sample_seed(cfg.seed, item.identities[p].label, i) for p, i in rows]
     images, measured = [], []
@@ -93,7 +93,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     to_inquiry = (sample_embeddings * embeddings[owner]).sum(-1).cpu().numpy()
     to_center = (sample_embeddings * centers[owner]).sum(-1).cpu().numpy()
 
-    common = {"generator": checkpoint_id(generator), "sampler": "ddim",
+    common = {"generator": checkpoint_id(generator.uri, generator.meta), "sampler": "ddim",
               "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
               "identity_handoff": cfg.sampling.identity_handoff}
     records: list[ShardSample] = []

@@ -59,9 +59,16 @@ def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Mo
         yaml.safe_dump(document, stream, sort_keys=False)
 
 
-def read_torch_file(uri: str) -> Any:
-    """A torch file of tensors and plain values (``weights_only``: never runs code)."""
+def read_torch_file(uri: str, mmap: bool = False) -> Any:
+    """A torch file of tensors and plain values (``weights_only``: never runs code).
+
+    ``mmap`` (local files only) maps the tensors instead of reading them, for a caller that
+    looks at names and shapes without touching the values.
+    """
     try:
+        if mmap:
+            return torch.load(storage.local_path(uri), map_location="cpu", weights_only=True,
+                              mmap=True)
         return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except UserError:
         raise
