@@ -118,7 +118,9 @@ def main() -> None:
         env = dict(os.environ)
         if path == "driver" and args.before_code:
             env["PYTHONPATH"] = os.path.abspath(args.before_code)
-        result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode:
+            sys.exit(f"the {path} run failed:\n{result.stderr[-3000:]}")
         line = json.loads(result.stdout.strip().splitlines()[-1])
         print(f"{line['path']:>7}: {line['identities']} inquiries, start-up "
               f"{line['startup_s']} s, driver peak RSS {line['peak_rss_mib']} MiB "

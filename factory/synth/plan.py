@@ -102,7 +102,8 @@ def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[st
     """
     kept = select_inquiries(embeddings, cfg.inquiry.max_similarity, cfg.inquiry.identities)
     identities = [
-        PlannedIdentity(label, names[index], embeddings[index].astype(np.float64),
+        # a view of the float64 row, not a copy: the driver holds the plan's embeddings once
+        PlannedIdentity(label, names[index], np.asarray(embeddings[index], np.float64),
                         image_index=image_indices[index])
         for label, index in enumerate(kept)
     ]
