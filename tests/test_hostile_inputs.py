@@ -224,6 +224,15 @@ def unet_config_of_the_wrong_shape(inputs: Inputs) -> Case:
     return Case(case.argv, ("generator/unet", "damaged"))
 
 
+def unet_weights_truncated(inputs: Inputs) -> Case:
+    """Caught by the driver's header check, before any actor loads the weights."""
+    checkpoint = inputs.copy("generator", "generator")
+    weights = checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-512])
+    return Case(["synthesize", f"synthesis.checkpoint={checkpoint}",
+                 f"synthesis.out={inputs.tmp_path / 'synthetic'}"], ("generator/unet", "damaged"))
+
+
 def s3_uri_with_an_empty_region(inputs: Inputs) -> Case:
     # a closed local port instead of AWS: the same failure, without the network
     uri = "s3://bucket/data?region=&endpoint_override=127.0.0.1:9&scheme=http"
@@ -295,6 +304,7 @@ CASES: list[Callable[[Inputs], Case]] = [
     bin_with_fewer_pairs_than_folds, shard_label_of_ten_to_the_26,
     recognizer_checkpoint_without_backbone_args, generator_json_not_json,
     generator_json_without_image_size, unet_config_not_json, unet_config_of_the_wrong_shape,
+    unet_weights_truncated,
     s3_uri_with_an_empty_region,
     analyze_corrupt_manifest, analyze_manifest_naming_a_shard_outside_the_dataset,
     analyze_corrupt_centers, synthesis_rerun_over_a_corrupt_plan,

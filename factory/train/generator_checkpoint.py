@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 
 from factory import storage
 from factory.errors import FormatError, UserError
@@ -41,6 +42,7 @@ UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
 ENCODER_FILE, META_FILE, STATE_FILE, CONFIG_FILE = (
     "identity_encoder.pt", "generator.json", "training_state.pt", "config.yaml")
 PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 def encoder_record(uri: str, backbone: IResNet, input_size: int) -> dict[str, Any]:
@@ -139,7 +141,9 @@ def check_generator(uri: str) -> dict[str, Any]:
             config = json.loads(storage.read_bytes(storage.join(part, config_name)))
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                kind.from_config(config)
+                model = kind.from_config(config)
+            if name != SCHEDULER_DIR and not storage.is_remote(part):
+                _check_weight_file(model, storage.join(part, WEIGHTS_FILE))
         except UserError:
             raise
         except json.JSONDecodeError as exc:
@@ -153,6 +157,18 @@ def check_generator(uri: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # loading into meta tensors checks shapes, copies none
         load_encoder(record, record_uri)
     return meta
+
+
+def _check_weight_file(model: torch.nn.Module, uri: str) -> None:
+    """The safetensors file holds exactly ``model``'s tensor names and shapes, and its length
+    matches its header (a truncated file fails to open); only the header is read."""
+    with safe_open(storage.local_path(uri), framework="pt") as weights:
+        found = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if found != expected:
+        differ = sorted(set(found) ^ set(expected)) or sorted(
+            key for key in found if found[key] != expected[key])
+        raise ValueError(f"{uri}: weights do not fit the config (first: {differ[0]})")
 
 
 def load_checkpoint_encoder(uri: str) -> IdentityEncoder:
