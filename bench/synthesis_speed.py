@@ -176,7 +176,7 @@ def plain_loop(config: FactoryConfig, device: str, threads: int) -> tuple[int, f
     started = time.perf_counter()
     generator = load_generator(config.synthesis_checkpoint_uri())
     settings = prepare(generator, config.synthesis.sampling, device)
-    identities = make_plan(config, generator)
+    identities, _ = make_plan(config, generator)
     images = 0
     for item in shard_items(identities, config.synthesis.identities_per_shard):
         images += write_sampled_shard(config.synthesis_out_uri(), item.shard, generator, item,

@@ -384,8 +384,8 @@ class GeneratorConfig(StrictModel):
 
     data: Uri = Field("", description="Training images URI; empty: the face world's training set")
     identity_encoder: Uri = Field(
-        "", description="Recognizer checkpoint dir or arcface_torch model.pt (E_id); empty: "
-                        "this config's recognizer run")
+        "", description="Recognizer checkpoint dir, arcface_torch model.pt or AdaFace .ckpt "
+                        "(E_id); empty: this config's recognizer run")
     identity_encoder_backbone: BackboneConfig | None = Field(
         None, description="Architecture of a plain model.pt given as identity_encoder")
     storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/generator")
@@ -552,16 +552,19 @@ class JudgeConfig(StrictModel):
     analyze). It must share nothing with E_id (architecture, width, seed, training run) and is
     never used in training or sampling, so its similarities are evidence, not the objective."""
 
-    checkpoint: Uri = Field("", description="Recognizer checkpoint dir or arcface model.pt; "
-                                            "empty: no judge (E_id's figures only)")
-    backbone: BackboneConfig | None = Field(None, description="Needed for a plain model.pt")
+    checkpoint: Uri = Field("", description="Recognizer checkpoint dir, arcface model.pt or "
+                                            "AdaFace .ckpt; empty: no judge (E_id's figures only)")
+    backbone: BackboneConfig | None = Field(
+        None, description="Needed for a plain model.pt (not for AdaFace: read from its keys)")
 
 
 class EvaluateConfig(StrictModel):
     """``factory evaluate``: a recognizer against .bin benchmarks."""
 
-    checkpoint: Uri = Field("", description="Recognizer checkpoint dir or arcface model.pt")
-    backbone: BackboneConfig | None = Field(None, description="Needed for a plain model.pt")
+    checkpoint: Uri = Field("", description="Recognizer checkpoint dir, arcface model.pt or "
+                                            "AdaFace .ckpt")
+    backbone: BackboneConfig | None = Field(
+        None, description="Needed for a plain model.pt (not for AdaFace: read from its keys)")
     benchmarks: list[Uri] = Field(default_factory=list, description="Test benchmarks, "
                                   "evaluated once at the end of training; empty: the face "
                                   "world's")
@@ -610,8 +613,8 @@ class MeasuredPoolConfig(StrictModel):
     similarity to its identity center is measured once and stored with it in shards."""
 
     data: Uri = Field("", description="Real dataset to measure; empty: the pool is synthesised")
-    encoder: Uri = Field("", description="E_id: recognizer checkpoint dir or arcface model.pt; "
-                                         "empty: this config's recognizer run")
+    encoder: Uri = Field("", description="E_id: recognizer checkpoint dir, arcface model.pt or "
+                                         "AdaFace .ckpt; empty: this config's recognizer run")
     encoder_backbone: BackboneConfig | None = Field(
         None, description="Architecture of a plain model.pt given as encoder")
     samples_per_shard: int = Field(5000, ge=1)

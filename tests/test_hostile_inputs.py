@@ -27,6 +27,8 @@ from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.verification_bin import write_bin
 from factory.synth import synthesize as synthesize_module
+from factory.synth.inquiries import embed_inquiries_here
+from factory.train.generator_checkpoint import load_generator
 
 
 @dataclass
@@ -82,6 +84,11 @@ def shards_in_this_process(config, todo, checkpoint, out, cli_address):
                                      first_result_seconds=0.0, first_shard_seconds=0.0)
 
 
+def inquiries_in_this_process(config, cli_address=None):
+    """The inquiry-embedding stage without Ray: the same embeddings, computed here."""
+    return embed_inquiries_here(config, load_generator(config.synthesis_checkpoint_uri()))
+
+
 @pytest.fixture(scope="module")
 def dataset(world, tiny_generator, tmp_path_factory):
     """A complete synthesised dataset of 2 shards (its MLflow store beside it)."""
@@ -89,6 +96,7 @@ def dataset(world, tiny_generator, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(out.parent)
         patch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+        patch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
         synthesize_module.synthesize(load_config(None, synthesis_overrides(world, tiny_generator,
                                                                            out)))
     return out
@@ -265,6 +273,15 @@ def unet_config_of_the_wrong_shape(inputs: Inputs) -> Case:
     return Case(case.argv, ("generator/unet", "damaged"))
 
 
+def unet_weights_truncated(inputs: Inputs) -> Case:
+    """Caught by the driver's header check, before any actor loads the weights."""
+    checkpoint = inputs.copy("generator", "generator")
+    weights = checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-512])
+    return Case(["synthesize", f"synthesis.checkpoint={checkpoint}",
+                 f"synthesis.out={inputs.tmp_path / 'synthetic'}"], ("generator/unet", "damaged"))
+
+
 def s3_uri_with_an_empty_region(inputs: Inputs) -> Case:
     # a closed local port instead of AWS: the same failure, without the network
     uri = "s3://bucket/data?region=&endpoint_override=127.0.0.1:9&scheme=http"
@@ -337,6 +354,7 @@ CASES: list[Callable[[Inputs], Case]] = [
     rec_with_a_corrupt_jpeg, rec_index_pointing_mid_record, shard_with_a_corrupt_jpeg,
     recognizer_checkpoint_without_backbone_args, generator_json_not_json,
     generator_json_without_image_size, unet_config_not_json, unet_config_of_the_wrong_shape,
+    unet_weights_truncated,
     s3_uri_with_an_empty_region,
     analyze_corrupt_manifest, analyze_manifest_naming_a_shard_outside_the_dataset,
     analyze_corrupt_centers, synthesis_rerun_over_a_corrupt_plan,
@@ -437,6 +455,7 @@ def test_a_rerun_rewrites_a_damaged_shard_and_verify_then_passes(dataset, world,
                                                                    tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
     copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     shard = copy / "shards" / "shard-000001.tar"
     original = shard.read_bytes()
@@ -455,6 +474,7 @@ def test_a_moved_dataset_resumes(dataset, world, tiny_generator, tmp_path, capsy
     """The plan records what the dataset is, not where: a copy elsewhere, even one whose plan
     an earlier version wrote with its location, resumes with nothing to write."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
     moved = Path(shutil.copytree(dataset, tmp_path / "elsewhere" / "moved"))
     plan = json.loads((moved / "plan.json").read_text())
     assert "out" not in plan["synthesis"]

@@ -82,8 +82,12 @@ def test_plan_labels_shards_and_keys():
     assert all(i.partner and i.phi == 0.5 and i.image_index is None for i in identities[10:])
     items = shard_items(identities, 4)
     assert [len(item.identities) for item in items] == [4, 4, 4, 1]
-    again = ShardItem.from_row(**items[1].to_row())
+    row = items[1].to_row()
+    assert row["embeddings"].shape == (4, 32) and row["embeddings"].dtype == np.float64
+    assert "embedding" not in row["item"]  # the array travels as an array, not as JSON text
+    again = ShardItem.from_row(**row)
     assert again == items[1]
+    assert np.array_equal(again.embeddings(), items[1].embeddings())
     keys = planned_keys(cfg, identities)
     assert len(keys) == len(set(keys)) == 13 * 3 + 10
     assert all("." not in key for key in keys)

@@ -55,6 +55,7 @@ from factory.synth.layout import (
     SAMPLES_FIGURE,
     STATISTICS_FILE,
 )
+from factory.synth.inquiries import embed_inquiries, first_index_per_identity
 from factory.synth.privacy import (
     privacy_threshold,
     sample_privacy,
@@ -62,8 +63,6 @@ from factory.synth.privacy import (
     synthetic_embeddings,
 )
 from factory.synth.synthesize import (
-    embed_inquiries,
-    first_index_per_identity,
     read_centers,
     read_manifest,
     read_stats,

@@ -24,8 +24,8 @@ from factory.eval.compliance import spearman
 from factory.eval.threshold import ThresholdEstimate
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor, real_centers
+from factory.synth.inquiries import first_index_per_identity, identity_name
 from factory.synth.privacy import BATCH, sample_privacy, sample_privacy_text, synthetic_embeddings
-from factory.synth.synthesize import first_index_per_identity, identity_name
 
 
 @torch.no_grad()

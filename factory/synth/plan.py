@@ -12,7 +12,7 @@ timing or on which actor runs what, a rerun plans exactly the same keys.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -21,11 +21,15 @@ from factory.config import MValuesConfig, SynthesisConfig
 
 @dataclass
 class PlannedIdentity:
-    """One identity to synthesise: its label, where its embedding came from, the embedding."""
+    """One identity to synthesise: its label, where its embedding came from, the embedding.
+
+    The embedding is a float64 array (a mixup vector is computed in float64; the sampler casts
+    it to float32) and is left out of equality, which compares the record's plain fields.
+    """
 
     label: int
     inquiry: str
-    embedding: list[float]
+    embedding: np.ndarray = field(compare=False, repr=False)
     partner: str | None = None
     phi: float | None = None
     image_index: int | None = None
@@ -61,9 +65,13 @@ def select_inquiries(embeddings: np.ndarray, max_similarity: float, count: int) 
     """Greedy 1-shot filter: walk the identities in order, keep one if its cosine to every kept
     one is below ``max_similarity``, stop at ``count``."""
     kept: list[int] = []
+    # the kept rows, appended in place: indexing embeddings[kept] anew for every candidate
+    # would copy the growing matrix each time (quadratic memory traffic at 10k identities)
+    rows = np.empty((min(count, len(embeddings)), embeddings.shape[1]), embeddings.dtype)
     for index in range(len(embeddings)):
-        if kept and float(np.max(embeddings[kept] @ embeddings[index])) >= max_similarity:
+        if kept and float(np.max(rows[:len(kept)] @ embeddings[index])) >= max_similarity:
             continue
+        rows[len(kept)] = embeddings[index]
         kept.append(index)
         if len(kept) == count:
             break
@@ -98,7 +106,8 @@ def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[st
     threshold = cfg.inquiry.max_similarity if max_similarity is None else max_similarity
     kept = select_inquiries(embeddings, float(threshold), cfg.inquiry.identities)
     identities = [
-        PlannedIdentity(label, names[index], embeddings[index].astype(float).tolist(),
+        # a view of the float64 row, not a copy: the driver holds the plan's embeddings once
+        PlannedIdentity(label, names[index], np.asarray(embeddings[index], np.float64),
                         image_index=image_indices[index])
         for label, index in enumerate(kept)
     ]
@@ -106,7 +115,7 @@ def plan_identities(cfg: SynthesisConfig, embeddings: np.ndarray, names: list[st
     for i, j, phi, vector in mixup_identities(kept_embeddings, cfg.inquiry.mixup_identities,
                                               cfg.inquiry.mixup_phi, cfg.seed):
         identities.append(PlannedIdentity(
-            len(identities), identities[i].inquiry, vector.astype(float).tolist(),
+            len(identities), identities[i].inquiry, vector.astype(np.float64),
             partner=identities[j].inquiry, phi=phi, parents=[i, j],
             mixup_labels=cfg.inquiry.mixup_labels))
     return identities
@@ -119,14 +128,26 @@ class ShardItem:
     shard: int
     identities: list[PlannedIdentity]
 
+    def embeddings(self) -> np.ndarray:
+        """``[identities, D]`` float64: the conditioning embedding of each identity."""
+        return np.stack([identity.embedding for identity in self.identities])
+
     def to_row(self) -> dict:
-        """A Ray Data row (a JSON string keeps the nested record one plain column)."""
-        return {"shard": self.shard,
-                "item": json.dumps([asdict(identity) for identity in self.identities])}
+        """A Ray Data row: the embeddings as an array (an Arrow tensor column, exact float64),
+        the few plain fields of each identity as one JSON string."""
+        records = [{key: value for key, value in asdict(identity).items() if key != "embedding"}
+                   for identity in self.identities]
+        return {"shard": self.shard, "item": json.dumps(records),
+                "embeddings": self.embeddings()}
 
     @classmethod
-    def from_row(cls, shard: int, item: str) -> ShardItem:
-        return cls(int(shard), [PlannedIdentity(**record) for record in json.loads(item)])
+    def from_row(cls, shard: int, item: str, embeddings: np.ndarray) -> ShardItem:
+        records = json.loads(item)
+        if len(records) != len(embeddings):
+            raise ValueError(f"shard {shard}: {len(records)} identities, "
+                             f"{len(embeddings)} embeddings")
+        return cls(int(shard), [PlannedIdentity(**record, embedding=np.asarray(row, np.float64))
+                                for record, row in zip(records, embeddings)])
 
 
 def shard_items(identities: list[PlannedIdentity], per_shard: int) -> list[ShardItem]:

@@ -49,9 +49,10 @@ class SampledShard:
     histogram_center: list[int]
 
 
-def checkpoint_id(generator: LoadedGenerator) -> str:
-    """How a sample names the model that made it: checkpoint URI and training step."""
-    return f"{generator.uri}@step{generator.meta.get('step', '?')}"
+def checkpoint_id(uri: str, meta: dict) -> str:
+    """How a sample names the model that made it: checkpoint URI and training step (from its
+    ``generator.json``)."""
+    return f"{uri}@step{meta.get('step', '?')}"
 
 
 def _mixup(identity: PlannedIdentity) -> dict | None:
@@ -80,8 +81,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     device = torch.device(settings.device)
     rows = [(position, index) for position in range(len(item.identities))
             for index in range(cfg.images_per_identity)]
-    embeddings = torch.tensor([identity.embedding for identity in item.identities],
-                              dtype=torch.float32, device=device)
+    embeddings = torch.tensor(item.embeddings(), dtype=torch.float32, device=device)
     m_values = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
     seeds = [sample_seed(cfg.seed, item.identities[p].label, i) for p, i in rows]
     encoded, measured = [], []
@@ -108,7 +108,8 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     to_inquiry = (sample_embeddings * embeddings[owner]).sum(-1).cpu().numpy()
     to_center = (sample_embeddings * centers[owner]).sum(-1).cpu().numpy()
 
-    common = {"generator": checkpoint_id(generator), "sampler": cfg.sampling.solver,
+    common = {"generator": checkpoint_id(generator.uri, generator.meta),
+              "sampler": cfg.sampling.solver,
               "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
               "identity_handoff": cfg.sampling.identity_handoff,
               "inference": settings.record()}

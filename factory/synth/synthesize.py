@@ -1,9 +1,11 @@
 """``factory synthesize``: the plan fanned out over a Ray Data actor pool into WebDataset shards.
 
-The driver plans (inquiry embeddings, identity mixup, shard assignment), skips shards a previous
-run finished, and streams the remaining work items, one per shard, to a pool of
-:class:`ShardSynthesizer` actors. Each actor loads the generator and E_id once, samples a whole
-shard in fixed batches, measures every sample's similarity to its inquiry embedding and to its
+The driver checks the generator checkpoint without loading its weights, has the inquiry
+embeddings computed by a Ray Data stage on the actors' resources (:mod:`factory.synth.inquiries`),
+plans (identity mixup, shard assignment), skips shards a previous run finished, and streams the
+remaining work items, one per shard (identity records plus their embeddings as an array), to a
+pool of :class:`ShardSynthesizer` actors. Each actor loads the generator and E_id once, samples a
+whole shard in fixed batches, measures every sample's similarity to its inquiry embedding and to its
 identity center in the same pass, and writes, in this order, the identity centers, the tar (to a
 temporary name, then renamed) and the shard's stats file. A shard counts as done only when its
 stats file exists, which is written last, so a killed run leaves nothing half-done under a final
@@ -52,12 +54,12 @@ from factory.formats.shards import (
     shard_pattern,
     write_shard,
 )
-from factory.models.identity import embedding_batches
 from factory.models.inference import InferenceSettings, prepare
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
+from factory.synth.inquiries import embed_inquiries_here, embed_inquiries_on_actors
 from factory.synth.layout import HISTOGRAM_FILE, MANIFEST_FILE, PLAN_FILE, STATS_DIR
 from factory.synth.plan import (
     PlannedIdentity,
@@ -68,7 +70,13 @@ from factory.synth.plan import (
 )
 from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
 from factory.tracking import RunTracker
-from factory.train.generator_checkpoint import LoadedGenerator, load_generator
+from factory.train.generator_checkpoint import (
+    LoadedGenerator,
+    check_generator,
+    checkpoint_meta,
+    load_checkpoint_encoder,
+    load_generator,
+)
 
 LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
                    "compile": False}
@@ -127,75 +135,57 @@ class ShardSynthesizer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards, images, seconds = [], [], []
-        for shard, item in zip(batch["shard"], batch["item"]):
+        for shard, item, embeddings in zip(batch["shard"], batch["item"], batch["embeddings"]):
             started = time.perf_counter()
             images.append(write_sampled_shard(self.out, int(shard), self.generator,
-                                              ShardItem.from_row(shard, item), self.cfg,
-                                              self.settings, self.inquiries))
+                                              ShardItem.from_row(shard, item, embeddings),
+                                              self.cfg, self.settings, self.inquiries))
             shards.append(int(shard))
             seconds.append(time.perf_counter() - started)
         return {"shard": np.array(shards), "images": np.array(images),
                 "seconds": np.array(seconds)}
 
 
-def first_index_per_identity(dataset: FaceDataset) -> dict[int, int]:
-    """label -> index of that identity's first image, in label order."""
-    firsts: dict[int, int] = {}
-    for index, label in enumerate(dataset.labels):
-        firsts.setdefault(int(label), index)
-    return dict(sorted(firsts.items()))
-
-
-def identity_name(dataset: FaceDataset, label: int) -> str:
-    names = getattr(dataset, "class_names", None)
-    return str(names[label]) if names is not None else f"id{label}"
-
-
-@torch.no_grad()
-def embed_inquiries(generator: LoadedGenerator, dataset: FaceDataset, indices: list[int],
-                    batch_size: int = 256) -> np.ndarray:
-    """Unit-length E_id embeddings of the given images, as the generator is conditioned."""
-    rows = [embeddings.numpy() for _, embeddings in
-            embedding_batches(generator.encoder, generator.image_size, dataset, indices,
-                              batch_size)]
-    return np.concatenate(rows).astype(np.float64)
-
-
-def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator) -> dict[str, Any]:
+def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator | None = None
+                      ) -> dict[str, Any]:
     """The inquiry filter's threshold: ``inquiry.max_similarity`` itself, or for ``fpr:<rate>``
     E_id's impostor threshold at that rate on the threshold benchmarks (with what it came
-    from)."""
+    from). Only then is E_id loaded here (the generator's own when it is loaded anyway)."""
     spec = config.synthesis.inquiry.max_similarity
     if not isinstance(spec, str):
         return {"max_similarity": spec, "threshold": float(spec)}
-    estimate = encoder_threshold(config, generator.encoder, generator.image_size, parse_fpr(spec))
+    checkpoint = config.synthesis_checkpoint_uri()
+    encoder = generator.encoder if generator else load_checkpoint_encoder(checkpoint)
+    size = generator.image_size if generator else int(checkpoint_meta(checkpoint)["image_size"])
+    estimate = encoder_threshold(config, encoder, size, parse_fpr(spec))
     return {"max_similarity": spec, **estimate.as_dict()}
 
 
-def make_plan(config: FactoryConfig, generator: LoadedGenerator
-              ) -> tuple[list[PlannedIdentity], dict[str, Any]]:
-    """The identities of this run, from the inquiry dataset and the generator's E_id, and the
-    inquiry filter's record (threshold, candidates, how many passed), which is printed."""
+def make_plan(config: FactoryConfig, generator: LoadedGenerator | None = None,
+              cli_address: str | None = None) -> tuple[list[PlannedIdentity], dict[str, Any]]:
+    """The identities of this run, from the inquiry dataset embedded by the generator's E_id (by
+    a Ray Data stage on the actors' resources, :mod:`factory.synth.inquiries`, or in this
+    process when a loaded ``generator`` is given), and the inquiry filter's record (threshold,
+    candidates, how many passed), which is printed."""
     cfg = config.synthesis
-    dataset = open_dataset(config.synthesis_inquiry_uri())
-    firsts = first_index_per_identity(dataset)
-    labels, indices = list(firsts), list(firsts.values())
-    embeddings = embed_inquiries(generator, dataset, indices)
+    inquiries = (embed_inquiries_here(config, generator) if generator is not None
+                 else embed_inquiries_on_actors(config, cli_address))
     record = inquiry_threshold(config, generator)
-    identities = plan_identities(cfg, embeddings, [identity_name(dataset, l) for l in labels],
-                                 indices, record["threshold"])
+    identities = plan_identities(cfg, inquiries.embeddings, inquiries.names, inquiries.indices,
+                                 record["threshold"])
     kept = sum(1 for identity in identities if identity.partner is None)
-    record.update(candidates=len(labels), asked=cfg.inquiry.identities, passed=kept)
+    record.update(candidates=len(inquiries.names), asked=cfg.inquiry.identities, passed=kept)
     source = ("" if record["max_similarity"] == record["threshold"] else
               f" = E_id's {record['max_similarity']} threshold over "
               f"{record['impostor_pairs']:,} impostor pairs of {record['images']} validation "
               "images")
     print(f"synthesis: inquiry filter: pairwise E_id cosine < {record['threshold']:.4f}{source}; "
-          f"{kept} of {len(labels)} inquiry identities pass (asked for {cfg.inquiry.identities})")
+          f"{kept} of {len(inquiries.names)} inquiry identities pass (asked for "
+          f"{cfg.inquiry.identities})")
     return identities, record
 
 
-def plan_record(config: FactoryConfig, generator: LoadedGenerator,
+def plan_record(config: FactoryConfig, meta: dict[str, Any],
                 identities: list[PlannedIdentity]) -> dict[str, Any]:
     """What makes this directory this dataset; a rerun must match it to resume."""
     cfg = config.synthesis.model_dump(mode="json")
@@ -203,27 +193,35 @@ def plan_record(config: FactoryConfig, generator: LoadedGenerator,
     del cfg["out"], cfg["actors"], cfg["privacy"]
     if not isinstance(config.synthesis.inquiry.max_similarity, str):
         del cfg["threshold_benchmarks"]  # used by an 'fpr:' filter only
-    return {"synthesis": cfg, "generator": checkpoint_id(generator),
+    return {"synthesis": cfg,
+            "generator": checkpoint_id(config.synthesis_checkpoint_uri(), meta),
             "inquiry_data": config.synthesis_inquiry_uri(), "identities": len(identities),
             "shards": len(shard_items(identities, config.synthesis.identities_per_shard))}
 
 
-def claim_output(out: str, record: dict[str, Any]) -> None:
-    """Write the plan record, or check the one a previous run left matches it."""
+def previous_plan(out: str) -> dict[str, Any] | None:
+    """The plan record a previous run left in ``out`` (None: a fresh output folder); read
+    before planning, so a damaged one stops the run before any work."""
     uri = storage.join(out, PLAN_FILE)
-    if storage.exists(uri):
-        previous = storage.read_json_object(uri)
-        if isinstance(previous.get("synthesis"), dict):
-            previous["synthesis"].pop("out", None)  # earlier versions recorded the location
-            if isinstance(previous["synthesis"].get("sampling"), dict):
-                for key, value in LEGACY_SAMPLING.items():
-                    previous["synthesis"]["sampling"].setdefault(key, value)
-        if previous != record:
-            changed = sorted(k for k in record if previous.get(k) != record[k])
-            raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
-                            "differ); choose another synthesis.out or remove it")
-        return
-    storage.write_text(uri, json.dumps(record, indent=2))
+    if not storage.exists(uri):
+        return None
+    previous = storage.read_json_object(uri)
+    if isinstance(previous.get("synthesis"), dict):
+        previous["synthesis"].pop("out", None)  # earlier versions recorded the location
+        if isinstance(previous["synthesis"].get("sampling"), dict):
+            for key, value in LEGACY_SAMPLING.items():
+                previous["synthesis"]["sampling"].setdefault(key, value)
+    return previous
+
+
+def claim_output(out: str, record: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """Write the plan record, or check the one a previous run left matches it."""
+    if previous is None:
+        storage.write_text(storage.join(out, PLAN_FILE), json.dumps(record, indent=2))
+    elif previous != record:
+        changed = sorted(k for k in record if previous.get(k) != record[k])
+        raise UserError(f"{out}: holds a dataset with another plan ({', '.join(changed)} "
+                        "differ); choose another synthesis.out or remove it")
 
 
 def complete_shards(out: str) -> set[int]:
@@ -380,7 +378,7 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
 
 
 def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
-                   generator: LoadedGenerator,
+                   meta: dict[str, Any],
                    identities: list[PlannedIdentity]) -> dict[str, Any]:
     """The dataset's manifest, assembled from every shard's stats file, the generator's record
     (its E_id and training data) and the plan's requested m."""
@@ -395,7 +393,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
         "code_version": code_version(),
         "generator": record["generator"],
         "generator_uri": config.synthesis_checkpoint_uri(),
-        "generator_checkpoint": {key: generator.meta.get(key) for key in (
+        "generator_checkpoint": {key: meta.get(key) for key in (
             "step", "image_size", "identity_encoder", "data", "code_version")},
         "counts": {"identities": record["identities"],
                    "mixup_identities": config.synthesis.inquiry.mixup_identities,
@@ -445,13 +443,16 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     out = config.synthesis_out_uri()
     storage.ensure_writable(out)
     checkpoint = config.synthesis_checkpoint_uri()
-    generator = load_generator(checkpoint)
-    identities, inquiry_filter = make_plan(config, generator)
-    record = plan_record(config, generator, identities)
-    claim_output(out, record)
-    remove_stale_temporaries(out)
+    meta = check_generator(checkpoint)  # the actors load it; the driver only checks it
+    # what a previous run left is read (never changed) before the embedding stage runs
+    previous = previous_plan(out)
     done = complete_shards(out)
-    for shard, reason in damaged_shards(out, done).items():
+    damaged = damaged_shards(out, done)
+    identities, inquiry_filter = make_plan(config, cli_address=cli_address)
+    record = plan_record(config, meta, identities)
+    claim_output(out, record, previous)
+    remove_stale_temporaries(out)
+    for shard, reason in damaged.items():
         print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
         storage.delete(stats_uri(out, shard))  # the shard is no longer complete
         done.discard(shard)
@@ -461,13 +462,16 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
           f"{record['shards']} shards -> {out} ({len(todo)} to write, "
           f"{record['shards'] - len(todo)} already complete)")
     pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
+    # an actor lost mid-shard (a preempted node) leaves its temporary behind; its work item
+    # was retried elsewhere, and with the pool finished no writer is left to own one
+    remove_stale_temporaries(out)
     images, seconds = (pool.images, pool.seconds) if pool else (0, 0.0)
     rate = images / seconds if seconds else 0.0
     if images:
         print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
               f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
               f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
-    manifest = build_manifest(config, out, record, generator, identities)
+    manifest = build_manifest(config, out, record, meta, identities)
     manifest["inquiry_filter"] = inquiry_filter
     manifest.update(_kept_privacy(out, manifest))
     storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))

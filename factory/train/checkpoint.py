@@ -9,6 +9,11 @@ A checkpoint directory holds
   ``model.pt``, so insightface tooling reads it as it is;
 * ``config.yaml``: the resolved config and code version, for people.
 
+Besides these, :func:`load_backbone` reads two foreign formats as frozen backbones (E_id, judge,
+evaluation): arcface_torch's ``model.pt`` (a plain state_dict whose architecture the config
+names) and an AdaFace release (``*.ckpt``, recognised by its key names, architecture read from
+them; see :mod:`factory.models.adaface`).
+
 ``publish_backbone`` writes the slim form of a finished checkpoint for shipping (the face
 world's judge in ``assets/``): ``recognizer.pt`` with the backbone, its constructor arguments,
 config and code version only, which is all that rebuilding the model needs.
@@ -29,8 +34,13 @@ import yaml
 from factory import storage
 from factory.config import BackboneConfig, JudgeConfig
 from factory.errors import FormatError, UserError
+from factory.models.adaface import AdaFaceIR, adaface_depth, adaface_weights, is_adaface
+from factory.models.adaface import FAMILY as ADAFACE
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet, build_backbone
+
+Backbone = IResNet | AdaFaceIR
+"""A recognizer backbone: images in [-1, 1] RGB -> raw embeddings, ``config`` its arguments."""
 
 STATE_FILE = "recognizer.pt"
 BACKBONE_FILE = "backbone.pt"
@@ -49,9 +59,16 @@ def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Mo
         yaml.safe_dump(document, stream, sort_keys=False)
 
 
-def read_torch_file(uri: str) -> Any:
-    """A torch file of tensors and plain values (``weights_only``: never runs code)."""
+def read_torch_file(uri: str, mmap: bool = False) -> Any:
+    """A torch file of tensors and plain values (``weights_only``: never runs code).
+
+    ``mmap`` (local files only) maps the tensors instead of reading them, for a caller that
+    looks at names and shapes without touching the values.
+    """
     try:
+        if mmap:
+            return torch.load(storage.local_path(uri), map_location="cpu", weights_only=True,
+                              mmap=True)
         return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except UserError:
         raise
@@ -64,24 +81,40 @@ def load_state(checkpoint_uri: str) -> dict[str, Any]:
     return read_torch_file(storage.join(checkpoint_uri, STATE_FILE))
 
 
-def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> IResNet:
-    """A backbone in eval mode from a facefactory checkpoint directory or a plain ``model.pt``.
+def load_backbone(uri: str, backbone: BackboneConfig | None = None) -> Backbone:
+    """A backbone in eval mode from a facefactory checkpoint directory, an AdaFace release or
+    a plain ``model.pt``.
 
-    A facefactory checkpoint carries its own constructor arguments. A plain state_dict (an
-    arcface_torch ``model.pt``) needs ``backbone`` to say which architecture it is.
+    A facefactory checkpoint carries its own constructor arguments; an AdaFace file is told by
+    its key names and its depth read from them (``backbone`` is not consulted). A plain
+    state_dict (an arcface_torch ``model.pt``) needs ``backbone`` to say which architecture
+    it is.
     """
     if storage.is_dir(uri):
         state_uri = storage.join(uri, STATE_FILE)
         return backbone_from_record(read_torch_file(state_uri), state_uri)
+    weights = read_torch_file(uri)
+    if is_adaface(weights):
+        state = adaface_weights(weights)
+        model: Backbone = AdaFaceIR(adaface_depth(state, uri))
+        _load_weights(model, state, uri)
+        return model.eval()
     if backbone is None:
         raise UserError(f"{uri}: a plain state_dict needs its architecture (evaluate.backbone or "
                         "generator.identity_encoder_backbone: name, input_size)")
     model = build_backbone(**backbone.model_dump())
-    _load_weights(model, read_torch_file(uri), uri)
+    _load_weights(model, weights, uri)
     return model.eval()
 
 
-def backbone_from_record(record: Any, uri: str) -> IResNet:
+def backbone_from_args(args: dict[str, Any]) -> Backbone:
+    """Rebuild a backbone from its ``config`` (an IResNet unless ``family`` says AdaFace)."""
+    if args.get("family") == ADAFACE:
+        return AdaFaceIR(args.get("num_layers", 0))
+    return IResNet(**args)
+
+
+def backbone_from_record(record: Any, uri: str) -> Backbone:
     """The backbone a checkpoint record describes, in eval mode: its constructor arguments
     (``backbone_args``) and weights (``backbone``). FormatError naming ``uri`` when the record
     does not describe one, since such records come from files anyone may have written."""
@@ -89,14 +122,14 @@ def backbone_from_record(record: Any, uri: str) -> IResNet:
         raise FormatError(f"{uri}: expected a facefactory checkpoint with backbone_args (the "
                           "backbone's constructor arguments); found none")
     try:
-        model = IResNet(**record["backbone_args"])
+        model = backbone_from_args(record["backbone_args"])
     except (TypeError, ValueError, UserError) as exc:
-        raise FormatError(f"{uri}: backbone_args do not describe an IResNet ({exc})") from None
+        raise FormatError(f"{uri}: backbone_args do not describe a backbone ({exc})") from None
     _load_weights(model, record.get("backbone"), uri)
     return model.eval()
 
 
-def _load_weights(model: IResNet, weights: Any, uri: str) -> None:
+def _load_weights(model: Backbone, weights: Any, uri: str) -> None:
     """Load a state_dict exactly (every key, every shape); FormatError naming ``uri`` if not."""
     if not isinstance(weights, dict):
         raise FormatError(f"{uri}: expected a state_dict (a mapping of tensors)")

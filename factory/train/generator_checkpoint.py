@@ -22,15 +22,17 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 
 from factory import storage
-from factory.errors import FormatError
+from factory.errors import FormatError, UserError
 from factory.models.generator import CemiFaceGenerator, SimilarityCondition
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet
@@ -40,6 +42,7 @@ UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
 ENCODER_FILE, META_FILE, STATE_FILE, CONFIG_FILE = (
     "identity_encoder.pt", "generator.json", "training_state.pt", "config.yaml")
 PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 def encoder_record(uri: str, backbone: IResNet, input_size: int) -> dict[str, Any]:
@@ -114,11 +117,69 @@ def load_encoder(record: dict[str, Any], source: str) -> IdentityEncoder:
     return IdentityEncoder(backbone, input_size)
 
 
-def load_generator(uri: str) -> LoadedGenerator:
-    """Rebuild a generator checkpoint (a run's checkpoint or a published ``final/``)."""
+def checkpoint_meta(uri: str) -> dict[str, Any]:
+    """The ``generator.json`` of the checkpoint at ``uri``; FormatError when there is none."""
     if not storage.exists(storage.join(uri, META_FILE)):
         raise FormatError(f"{uri}: not a generator checkpoint (no {META_FILE})")
-    meta = read_meta(storage.join(uri, META_FILE))
+    return read_meta(storage.join(uri, META_FILE))
+
+
+def check_generator(uri: str) -> dict[str, Any]:
+    """Check a checkpoint without loading its weights into memory; returns its metadata.
+
+    For a driver that only plans (synthesis): each diffusers part is built from its config on
+    torch's ``meta`` device (no memory), and E_id's record is rebuilt there against the
+    stored tensors' names and shapes (a local file is memory-mapped, not read). What this
+    cannot see is damage inside the weight files themselves, which the loading actor meets.
+    """
+    meta = checkpoint_meta(uri)
+    for kind, name, config_name in ((UNet2DConditionModel, UNET_DIR, "config.json"),
+                                    (SimilarityCondition, CONDITION_DIR, "config.json"),
+                                    (DDPMScheduler, SCHEDULER_DIR, "scheduler_config.json")):
+        part = storage.join(uri, name)
+        try:
+            config = json.loads(storage.read_bytes(storage.join(part, config_name)))
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = kind.from_config(config)
+            if name != SCHEDULER_DIR and not storage.is_remote(part):
+                _check_weight_file(model, storage.join(part, WEIGHTS_FILE))
+        except UserError:
+            raise
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{part}: {config_name} is not a valid JSON file ({exc})") from None
+        except Exception as exc:  # a config of the wrong shape fails in many ways
+            raise FormatError(f"{part}: missing or damaged part of a generator checkpoint "
+                              f"({type(exc).__name__}: {exc})") from None
+    record_uri = storage.join(uri, ENCODER_FILE)
+    record = read_torch_file(record_uri, mmap=not storage.is_remote(record_uri))
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # loading into meta tensors checks shapes, copies none
+        load_encoder(record, record_uri)
+    return meta
+
+
+def _check_weight_file(model: torch.nn.Module, uri: str) -> None:
+    """The safetensors file holds exactly ``model``'s tensor names and shapes, and its length
+    matches its header (a truncated file fails to open); only the header is read."""
+    with safe_open(storage.local_path(uri), framework="pt") as weights:
+        found = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if found != expected:
+        differ = sorted(set(found) ^ set(expected)) or sorted(
+            key for key in found if found[key] != expected[key])
+        raise ValueError(f"{uri}: weights do not fit the config (first: {differ[0]})")
+
+
+def load_checkpoint_encoder(uri: str) -> IdentityEncoder:
+    """Only the E_id of the generator checkpoint at ``uri`` (what embedding inquiries needs)."""
+    record_uri = storage.join(uri, ENCODER_FILE)
+    return load_encoder(read_torch_file(record_uri), record_uri).eval()
+
+
+def load_generator(uri: str) -> LoadedGenerator:
+    """Rebuild a generator checkpoint (a run's checkpoint or a published ``final/``)."""
+    meta = checkpoint_meta(uri)
     scratch = tempfile.mkdtemp(prefix="generator-")
     try:
         local = _local_copy(uri, scratch)
