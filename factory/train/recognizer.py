@@ -138,7 +138,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         start_epoch, global_step = resumed["epoch"] + 1, resumed["global_step"]
         run_id, resume_digest = resumed.get("mlflow_run_id"), optimizer_digest(optimizer)
 
-    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     parent: ParentRun = loop_config["parent"]
     run_id = tracker.start(
         cfg.run_name, run_id=run_id,
