@@ -101,7 +101,7 @@ def child_peak_rss(args, root: str, identities: int) -> dict:
 def rss_child(args) -> None:
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
     out = tempfile.mkdtemp(prefix="rss-", dir=args.root)
     images, _ = pipeline(bench_config(args, args.root, out, args.rss_child, 1, steps=1))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -140,7 +140,7 @@ def main() -> None:
                                                   1), args.device, args.threads)
         plain = images / seconds
         print(f"plain loop            {images:5d} images {seconds:7.1f} s {plain:7.2f} img/s")
-        ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
         rates = {}
         for actors in (1, 2):
             images, seconds = pipeline(bench_config(args, root, f"{root}/pool{actors}",
