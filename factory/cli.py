@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        config.require_inputs(args.command)
         use_storage_endpoint(config.runtime)
         code = COMMANDS[args.command][1](config, args)
     except UserError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -585,7 +586,11 @@ class FactoryConfig(StrictModel):
     name: str = "facefactory"
     workdir: Uri = Field("runs/default", description="Root URI of this run's outputs")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    faceworld: FaceWorldConfig = Field(default_factory=FaceWorldConfig)
+    faceworld: FaceWorldConfig | None = Field(
+        default_factory=FaceWorldConfig,
+        description="null: no face world; every stage then needs its data keys and E_id given "
+                    "explicitly (recognizer.data, generator.data, generator.identity_encoder, "
+                    "generator.compliance.data, synthesis.inquiry.data, evaluate.benchmarks)")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -596,15 +601,44 @@ class FactoryConfig(StrictModel):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def faceworld_uri(self) -> str:
+        if self.faceworld is None:
+            raise ConfigError("faceworld: null in this config, so there is no face world to "
+                              "build or read")
         return self.faceworld.out or storage.join(self.workdir, "faceworld")
+
+    def _given(self, key: str, value: str, default: Callable[[], str], what: str) -> str:
+        """``value`` when set; else the face-world ``default``, unless the config has no face
+        world (``faceworld: null``), where the key is required and the error names it."""
+        if value:
+            return value
+        if self.faceworld is None:
+            raise ConfigError(f"{key}: required, the URI of {what} (this config has "
+                              "faceworld: null, so there is no face-world default)")
+        return default()
 
     def benchmark_uris(self) -> list[str]:
         """The face world's benchmark files, in config order."""
         root = storage.join(self.faceworld_uri(), "benchmarks")
         return [storage.join(root, f"{spec.name}.bin") for spec in self.faceworld.benchmarks]
 
+    def evaluation_benchmark_uris(self) -> list[str]:
+        """``evaluate.benchmarks``, else the face world's benchmark files."""
+        if self.evaluate.benchmarks:
+            return list(self.evaluate.benchmarks)
+        self._given("evaluate.benchmarks", "", lambda: "", "your .bin benchmarks (a list)")
+        return self.benchmark_uris()
+
+    def baseline_benchmark_uris(self) -> list[str]:
+        """What the baselines (raw pixels, random init) measure: the face world's benchmarks,
+        or with no face world ``evaluate.benchmarks``."""
+        if self.faceworld is None:
+            return self.evaluation_benchmark_uris()
+        return self.benchmark_uris()
+
     def recognizer_data_uri(self) -> str:
-        return self.recognizer.data or storage.join(self.faceworld_uri(), "train")
+        return self._given("recognizer.data", self.recognizer.data,
+                           lambda: storage.join(self.faceworld_uri(), "train"),
+                           "the recognizer's training set")
 
     def recognizer_storage_uri(self) -> str:
         return self.recognizer.storage or storage.join(self.workdir, "recognizer")
@@ -614,13 +648,20 @@ class FactoryConfig(StrictModel):
         return storage.join(self.recognizer_storage_uri(), self.recognizer.run_name, FINAL_DIR)
 
     def generator_data_uri(self) -> str:
-        return self.generator.data or storage.join(self.faceworld_uri(), "train")
+        return self._given("generator.data", self.generator.data,
+                           lambda: storage.join(self.faceworld_uri(), "train"),
+                           "the generator's training images")
 
     def inquiry_data_uri(self) -> str:
-        return self.generator.compliance.data or storage.join(self.faceworld_uri(), "inquiry")
+        return self._given("generator.compliance.data", self.generator.compliance.data,
+                           lambda: storage.join(self.faceworld_uri(), "inquiry"),
+                           "held-out inquiry images for m-compliance")
 
     def identity_encoder_uri(self) -> str:
-        return self.generator.identity_encoder or self.recognizer_final_uri()
+        """E_id: named, or this config's recognizer run; with no face world it must be named
+        (a recognizer checkpoint or model.pt), so the run cannot train on a default."""
+        return self._given("generator.identity_encoder", self.generator.identity_encoder,
+                           self.recognizer_final_uri, "E_id (a recognizer checkpoint or model.pt)")
 
     def generator_storage_uri(self) -> str:
         return self.generator.storage or storage.join(self.workdir, "generator")
@@ -636,7 +677,32 @@ class FactoryConfig(StrictModel):
         return self.synthesis.checkpoint or self.generator_checkpoint_uri()
 
     def synthesis_inquiry_uri(self) -> str:
-        return self.synthesis.inquiry.data or storage.join(self.faceworld_uri(), "inquiry")
+        return self._given("synthesis.inquiry.data", self.synthesis.inquiry.data,
+                           lambda: storage.join(self.faceworld_uri(), "inquiry"),
+                           "the inquiry images to synthesise from")
+
+    def require_inputs(self, command: str) -> None:
+        """Resolve every input ``command`` reads, before it does any work: a config without a
+        face world stops at once on the first data key or E_id it leaves unset."""
+        needs: list[Callable[[], object]] = {
+            "faceworld": [self.faceworld_uri],
+            "baseline": [self.baseline_benchmark_uris],
+            "train-recognizer": [self.recognizer_data_uri, self.evaluation_benchmark_uris],
+            "train-generator": [self.generator_data_uri, self.identity_encoder_uri],
+            "generator-report": [self.inquiry_data_uri, self.generator_data_uri],
+            "generator-progress": [self.inquiry_data_uri],
+            "evaluate": [self.evaluation_benchmark_uris],
+            "synthesize": [self.synthesis_inquiry_uri],
+        }.get(command, [])
+        if command == "pipeline":
+            needs = [self.recognizer_data_uri, self.evaluation_benchmark_uris]
+            if self.generator.checkpoint:
+                needs += [self.inquiry_data_uri, self.generator_data_uri,
+                          self.synthesis_inquiry_uri]
+            if self.generator.checkpoint and self.generator.init_from:
+                needs.append(self.identity_encoder_uri)
+        for resolve in needs:
+            resolve()
 
     def synthesis_out_uri(self) -> str:
         return self.synthesis.out or storage.join(self.workdir, "synthetic")

@@ -264,7 +264,7 @@ def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
             if not storage.exists(uri):
                 raise UserError(f"{uri}: benchmark file not found")
         return list(config.evaluate.benchmarks)
-    return [uri for uri in config.benchmark_uris() if storage.exists(uri)]
+    return [uri for uri in config.evaluation_benchmark_uris() if storage.exists(uri)]
 
 
 RUN_IDENTITY_FILE = "run.json"
