@@ -10,6 +10,7 @@ MLflow tracking database alone is a local SQLite file.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -45,6 +46,7 @@ def endpoint():
     """moto's S3 server on loopback with one empty bucket, for this module."""
     boto3 = pytest.importorskip("boto3")
     server_module = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     port = _free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
