@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
+from factory.runtime import use_storage_endpoint
 
 EXIT_USER_ERROR = 2
 MAX_ERROR_CHARS = 500
@@ -295,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        config.require_inputs(args.command)
+        use_storage_endpoint(config.runtime)
         code = COMMANDS[args.command][1](config, args)
     except UserError as exc:
         print(error_line(args.command, exc), file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -67,12 +68,21 @@ class StrictModel(BaseModel):
 
 
 class RuntimeConfig(StrictModel):
-    """Where Ray and MLflow run. Environment variables win over the file (``RAY_ADDRESS``,
-    ``MLFLOW_TRACKING_URI``), and ``--address`` wins over both."""
+    """Where Ray, MLflow and the object store run. Environment variables win over the file
+    (``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI``, ``AWS_ENDPOINT_URL``), and ``--address`` wins
+    over both."""
 
-    ray_address: str | None = Field(None, description="Existing cluster; None starts a local one")
+    ray_address: str | None = Field(None, description="Existing cluster ('auto': the head "
+                                                       "`ray start` runs on this machine); "
+                                                       "None starts a local one of its own")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local cluster")
     mlflow_tracking_uri: str | None = Field(None, description="None: sqlite:///<cwd>/mlflow.db")
+    mlflow_artifact_location: Uri = Field(
+        "", description="Artifact root of an experiment the factory creates (s3://...); empty: "
+                        "mlartifacts/ beside a SQLite store, the server's default otherwise")
+    s3_endpoint: str | None = Field(
+        None, pattern=r"^https?://\S+$",
+        description="S3-compatible endpoint URL (MinIO, Ceph); None: AWS_ENDPOINT_URL or AWS")
     experiment: str = "facefactory"
 
 
@@ -752,7 +762,11 @@ class FactoryConfig(StrictModel):
     name: str = "facefactory"
     workdir: Uri = Field("runs/default", description="Root URI of this run's outputs")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    faceworld: FaceWorldConfig = Field(default_factory=FaceWorldConfig)
+    faceworld: FaceWorldConfig | None = Field(
+        default_factory=FaceWorldConfig,
+        description="null: no face world; every stage then needs its data keys and E_id given "
+                    "explicitly (recognizer.data, generator.data, generator.identity_encoder, "
+                    "generator.compliance.data, synthesis.inquiry.data, evaluate.benchmarks)")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -764,7 +778,20 @@ class FactoryConfig(StrictModel):
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
 
     def faceworld_uri(self) -> str:
+        if self.faceworld is None:
+            raise ConfigError("faceworld: null in this config, so there is no face world to "
+                              "build or read")
         return self.faceworld.out or storage.join(self.workdir, "faceworld")
+
+    def _given(self, key: str, value: str, default: Callable[[], str], what: str) -> str:
+        """``value`` when set; else the face-world ``default``, unless the config has no face
+        world (``faceworld: null``), where the key is required and the error names it."""
+        if value:
+            return value
+        if self.faceworld is None:
+            raise ConfigError(f"{key}: required, the URI of {what} (this config has "
+                              "faceworld: null, so there is no face-world default)")
+        return default()
 
     def benchmark_uris(self) -> list[str]:
         """The face world's benchmark files, in config order."""
@@ -772,13 +799,32 @@ class FactoryConfig(StrictModel):
         return [storage.join(root, f"{spec.name}.bin") for spec in self.faceworld.benchmarks]
 
     def validation_benchmark_uris(self) -> list[str]:
-        """The face world's validation benchmark files, in config order."""
+        """The face world's validation benchmark files, in config order; none without a face
+        world (give ``evaluate.validation_benchmarks`` then)."""
+        if self.faceworld is None:
+            return []
         root = storage.join(self.faceworld_uri(), VALIDATION_DIR)
         return [storage.join(root, f"{spec.name}.bin")
                 for spec in self.faceworld.validation_benchmarks]
 
+    def evaluation_benchmark_uris(self) -> list[str]:
+        """``evaluate.benchmarks``, else the face world's benchmark files."""
+        if self.evaluate.benchmarks:
+            return list(self.evaluate.benchmarks)
+        self._given("evaluate.benchmarks", "", lambda: "", "your .bin benchmarks (a list)")
+        return self.benchmark_uris()
+
+    def baseline_benchmark_uris(self) -> list[str]:
+        """What the baselines (raw pixels, random init) measure: the face world's benchmarks,
+        or with no face world ``evaluate.benchmarks``."""
+        if self.faceworld is None:
+            return self.evaluation_benchmark_uris()
+        return self.benchmark_uris()
+
     def recognizer_data_uri(self) -> str:
-        return self.recognizer.data or storage.join(self.faceworld_uri(), "train")
+        return self._given("recognizer.data", self.recognizer.data,
+                           lambda: storage.join(self.faceworld_uri(), "train"),
+                           "the recognizer's training set")
 
     def recognizer_storage_uri(self) -> str:
         return self.recognizer.storage or storage.join(self.workdir, "recognizer")
@@ -788,13 +834,20 @@ class FactoryConfig(StrictModel):
         return storage.join(self.recognizer_storage_uri(), self.recognizer.run_name, FINAL_DIR)
 
     def generator_data_uri(self) -> str:
-        return self.generator.data or storage.join(self.faceworld_uri(), "train")
+        return self._given("generator.data", self.generator.data,
+                           lambda: storage.join(self.faceworld_uri(), "train"),
+                           "the generator's training images")
 
     def inquiry_data_uri(self) -> str:
-        return self.generator.compliance.data or storage.join(self.faceworld_uri(), "inquiry")
+        return self._given("generator.compliance.data", self.generator.compliance.data,
+                           lambda: storage.join(self.faceworld_uri(), "inquiry"),
+                           "held-out inquiry images for m-compliance")
 
     def identity_encoder_uri(self) -> str:
-        return self.generator.identity_encoder or self.recognizer_final_uri()
+        """E_id: named, or this config's recognizer run; with no face world it must be named
+        (a recognizer checkpoint or model.pt), so the run cannot train on a default."""
+        return self._given("generator.identity_encoder", self.generator.identity_encoder,
+                           self.recognizer_final_uri, "E_id (a recognizer checkpoint or model.pt)")
 
     def generator_storage_uri(self) -> str:
         return self.generator.storage or storage.join(self.workdir, "generator")
@@ -810,7 +863,32 @@ class FactoryConfig(StrictModel):
         return self.synthesis.checkpoint or self.generator_checkpoint_uri()
 
     def synthesis_inquiry_uri(self) -> str:
-        return self.synthesis.inquiry.data or storage.join(self.faceworld_uri(), "inquiry")
+        return self._given("synthesis.inquiry.data", self.synthesis.inquiry.data,
+                           lambda: storage.join(self.faceworld_uri(), "inquiry"),
+                           "the inquiry images to synthesise from")
+
+    def require_inputs(self, command: str) -> None:
+        """Resolve every input ``command`` reads, before it does any work: a config without a
+        face world stops at once on the first data key or E_id it leaves unset."""
+        needs: list[Callable[[], object]] = {
+            "faceworld": [self.faceworld_uri],
+            "baseline": [self.baseline_benchmark_uris],
+            "train-recognizer": [self.recognizer_data_uri, self.evaluation_benchmark_uris],
+            "train-generator": [self.generator_data_uri, self.identity_encoder_uri],
+            "generator-report": [self.inquiry_data_uri, self.generator_data_uri],
+            "generator-progress": [self.inquiry_data_uri],
+            "evaluate": [self.evaluation_benchmark_uris],
+            "synthesize": [self.synthesis_inquiry_uri],
+        }.get(command, [])
+        if command == "pipeline":
+            needs = [self.recognizer_data_uri, self.evaluation_benchmark_uris]
+            if self.generator.checkpoint:
+                needs += [self.inquiry_data_uri, self.generator_data_uri,
+                          self.synthesis_inquiry_uri]
+            if self.generator.checkpoint and self.generator.init_from:
+                needs.append(self.identity_encoder_uri)
+        for resolve in needs:
+            resolve()
 
     def threshold_benchmark_uris(self) -> list[str]:
         return self.synthesis.threshold_benchmarks or self.validation_benchmark_uris()

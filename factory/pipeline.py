@@ -64,7 +64,8 @@ def random_init_results(config: FactoryConfig) -> list[VerificationResult]:
     """The configured backbone with random weights: what the architecture alone achieves."""
     torch.manual_seed(config.recognizer.seed)
     backbone = build_backbone(**config.recognizer.backbone.model_dump())
-    benchmarks = load_benchmarks(config.benchmark_uris(), config.recognizer.backbone.input_size)
+    benchmarks = load_benchmarks(config.baseline_benchmark_uris(),
+                                 config.recognizer.backbone.input_size)
     return evaluate_embedder(backbone_embedder(backbone), benchmarks)
 
 
@@ -159,16 +160,20 @@ def gtr_line(gtr: float, counts: dict, real_images: int, real_identities: int) -
 def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     """Run every stage; returns the printed results table (also saved under ``workdir``)."""
     clock = StageClock()
-    print(f"== face world ({code_version()})")
-    with clock.stage("face world"):
-        print_summary(build_faceworld(config))
+    if config.faceworld is None:
+        print(f"== no face world (faceworld: null; {code_version()}): real data throughout")
+    else:
+        print(f"== face world ({code_version()})")
+        with clock.stage("face world"):
+            print_summary(build_faceworld(config))
 
     print("== raw-pixel baseline")
     with clock.stage("baselines"):
         columns = {"raw pixels": run_pixel_baseline(config)}
         columns["random init"] = random_init_results(config)
 
-    print(f"== train recognizer on the face world ({config.recognizer.backbone.name}, Ray Train)")
+    print(f"== train recognizer on {config.recognizer_data_uri()} "
+          f"({config.recognizer.backbone.name}, Ray Train)")
     with clock.stage("real-trained recognizer"):
         real_run = train_recognizer(config, cli_address)
     with clock.stage("evaluation"):

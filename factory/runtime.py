@@ -1,19 +1,32 @@
 """The one place that connects to Ray and MLflow.
 
-Ray: an address from ``--address``, ``RAY_ADDRESS`` or the config joins an existing cluster;
-otherwise a local cluster starts, sized to this machine (or ``runtime.num_cpus``). Callers that
+Ray: an address from ``--address``, ``RAY_ADDRESS`` or the config joins an existing cluster
+(``auto``: the head that ``ray start`` runs on this machine); otherwise a local cluster of this
+process's own starts, sized to this machine (or ``runtime.num_cpus``), whatever else runs here.
+Ray on its own would join the cluster named in its temp folder's ``ray_current_cluster`` file,
+which ``ray start --head`` writes and a killed head leaves behind, and then refuse the local
+cluster's size: so no address means ``address="local"``, never ``None``. Callers that
 start actor pools must leave CPU for the tasks that feed them (fractional ``num_cpus`` per
 actor): on a 2-CPU machine a pool that takes both CPUs starves its read tasks and hangs.
 
 MLflow: ``MLFLOW_TRACKING_URI`` or ``runtime.mlflow_tracking_uri``, else a SQLite file in the
 current directory, made absolute so Ray workers (whose working directory differs) share it; a
-SQLite store's artifacts go to ``mlartifacts/`` beside it (:func:`factory.tracking.use_experiment`).
+SQLite store's artifacts go to ``mlartifacts/`` beside it (:func:`factory.tracking.use_experiment`)
+unless ``runtime.mlflow_artifact_location`` names another root (an ``s3://`` bucket).
+
+Object storage: an S3-compatible endpoint (MinIO, Ceph, a test server) is ``AWS_ENDPOINT_URL``
+or ``runtime.s3_endpoint``, the environment first; credentials and region come the AWS way
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, instance roles).
+:func:`use_storage_endpoint` exports the endpoint to this process (pyarrow reads
+``AWS_ENDPOINT_URL``, MLflow's boto3 ``MLFLOW_S3_ENDPOINT_URL``) and :func:`init_ray` hands it
+and the region to every Ray worker; the secrets are never copied into Ray's job metadata.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from factory.config import RuntimeConfig
 
@@ -22,6 +35,14 @@ RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 """Where Ray warns that a new local cluster has token authentication on."""
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 """Where Ray Data warns that its progress bars are off."""
+LOCAL = "local"
+"""Ray's address for "start a new local cluster", never one found on the machine."""
+GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"
+"""Where a starting Ray head takes its GCS port from (Ray's own variable)."""
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+FORWARDED_VARIABLES = (*ENDPOINT_VARIABLES, "AWS_DEFAULT_REGION", "AWS_REGION")
+"""What Ray workers get from this process beside the tracking URI: where the object store is,
+not the credentials (those come from each node's own environment or role)."""
 
 
 def ray_address(runtime: RuntimeConfig, cli_address: str | None = None) -> str | None:
@@ -35,22 +56,68 @@ def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from factory.errors import UserError
+
+    use_storage_endpoint(runtime)
     address = ray_address(runtime, cli_address)
-    common = dict(
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(runtime)}},
-    )
+    env_vars = {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(runtime)}
+    env_vars.update({name: os.environ[name] for name in FORWARDED_VARIABLES
+                     if os.environ.get(name)})
+    common = dict(logging_level=logging.WARNING, log_to_driver=True,
+                  runtime_env={"env_vars": env_vars})
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as exc:  # "auto" with no head, or nothing at the address
+            raise UserError(f"Ray address {address}: {' '.join(str(exc).split())}") from None
     else:
         # A new local cluster gets Ray's token authentication by default, and Ray warns that it
         # did: a line the user has nothing to do about. The authentication stays on; the
         # warning stays out (a RAY_AUTH_MODE the user sets is Ray's to handle, as before).
         logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
+        _start_local_ray(runtime, common)
+
+
+def _start_local_ray(runtime: RuntimeConfig, common: dict) -> None:
+    """Start this process's own cluster, on a GCS port chosen here so that its workers can be
+    told it: Ray's state API, which Ray Train's placement-group cleaner calls from a worker with
+    no address, would otherwise look for "the" cluster on the machine and fail whenever another
+    one runs there (``Found multiple active Ray instances``)."""
+    import ray
+
+    port = _free_port()
+    common["runtime_env"]["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    saved = os.environ.get(GCS_PORT_VARIABLE)
+    os.environ[GCS_PORT_VARIABLE] = str(port)
+    try:
         # The dashboard stays on: Ray Train's state API (its placement-group cleaner) needs it.
-        ray.init(num_cpus=runtime.num_cpus or os.cpu_count() or 1, include_dashboard=True,
-                 dashboard_host="127.0.0.1", **common)
+        ray.init(address=LOCAL, num_cpus=runtime.num_cpus or os.cpu_count() or 1,
+                 include_dashboard=True, dashboard_host="127.0.0.1", **common)
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_VARIABLE, None)
+        else:
+            os.environ[GCS_PORT_VARIABLE] = saved
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def use_storage_endpoint(runtime: RuntimeConfig) -> str | None:
+    """Export the S3 endpoint for this process and the processes it starts; returns it.
+
+    ``AWS_ENDPOINT_URL`` wins over ``runtime.s3_endpoint``; MLflow's boto3 client is pointed
+    at the same endpoint unless ``MLFLOW_S3_ENDPOINT_URL`` is set already.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or runtime.s3_endpoint
+    if endpoint:
+        for name in ENDPOINT_VARIABLES:
+            os.environ.setdefault(name, endpoint)
+    return endpoint
 
 
 def quiet_ray_data() -> None:
@@ -82,5 +149,6 @@ def setup_mlflow(runtime: RuntimeConfig) -> str:
     from factory.tracking import use_experiment
 
     uri = mlflow_tracking_uri(runtime)
-    use_experiment(uri, runtime.experiment)
+    use_storage_endpoint(runtime)
+    use_experiment(uri, runtime.experiment, runtime.mlflow_artifact_location)
     return uri

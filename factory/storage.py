@@ -59,11 +59,24 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _bounded(uri: str) -> str:
-    """``uri`` with a retry time limit for the filesystems whose clients retry for minutes."""
-    if not uri.startswith(("gs://", "gcs://")) or "retry_limit_seconds=" in uri:
+    """``uri`` with the options its filesystem needs here, unless the URI sets them itself.
+
+    Google Cloud Storage gets a retry time limit (its client retries for minutes). S3 gets
+    ``allow_delayed_open``: pyarrow would otherwise start a multipart upload when a file is
+    opened, and a process killed before closing it leaves that upload in the bucket, unseen
+    by any listing but stored and billed; delayed, a file smaller than one upload part (every
+    small file and most shards) is sent in a single request when closed, or not at all.
+    """
+    if uri.startswith(("gs://", "gcs://")):
+        option = f"retry_limit_seconds={GCS_RETRY_SECONDS}"
+    elif uri.startswith("s3://"):
+        option = "allow_delayed_open=true"
+    else:
+        return uri
+    if option.split("=")[0] + "=" in uri:
         return uri
     separator = "&" if "?" in uri else "?"
-    return f"{uri}{separator}retry_limit_seconds={GCS_RETRY_SECONDS}"
+    return f"{uri}{separator}{option}"
 
 
 def join(uri: str, *parts: str) -> str:

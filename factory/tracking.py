@@ -58,14 +58,15 @@ def artifact_root(tracking_uri: str) -> str | None:
     return Path(os.path.dirname(database), ARTIFACT_DIR).as_uri()
 
 
-def use_experiment(tracking_uri: str, experiment: str) -> None:
-    """Point mlflow at ``tracking_uri`` and make ``experiment`` active, creating it with its
-    artifacts beside a local store (:func:`artifact_root`) when it does not exist yet."""
+def use_experiment(tracking_uri: str, experiment: str, artifact_location: str = "") -> None:
+    """Point mlflow at ``tracking_uri`` and make ``experiment`` active, creating it when it does
+    not exist yet with its artifacts at ``artifact_location`` (an existing experiment keeps its
+    own), else beside a local store (:func:`artifact_root`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(tracking_uri)
-    root = artifact_root(tracking_uri)
+    root = artifact_location or artifact_root(tracking_uri)
     if root is not None and mlflow.get_experiment_by_name(experiment) is None:
         try:
             mlflow.create_experiment(experiment, artifact_location=root)
@@ -77,11 +78,12 @@ def use_experiment(tracking_uri: str, experiment: str) -> None:
 class RunTracker:
     """One MLflow run, or nothing at all when ``enabled`` is False."""
 
-    def __init__(self, enabled: bool, tracking_uri: str, experiment: str) -> None:
+    def __init__(self, enabled: bool, tracking_uri: str, experiment: str,
+                 artifact_location: str = "") -> None:
         self.enabled = enabled
         self.run_id: str | None = None
         if enabled:
-            use_experiment(tracking_uri, experiment)
+            use_experiment(tracking_uri, experiment, artifact_location)
 
     def start(
         self,

@@ -54,7 +54,15 @@ def test_gcs_uris_get_a_retry_bound_unless_they_set_one():
     assert storage._bounded("gs://b/x?scheme=http") == \
         f"gs://b/x?scheme=http&retry_limit_seconds={limit}"
     assert storage._bounded("gs://b/x?retry_limit_seconds=5") == "gs://b/x?retry_limit_seconds=5"
-    assert storage._bounded("s3://b/x") == "s3://b/x"
+    assert storage._bounded("/local/x") == "/local/x"
+
+
+def test_s3_uris_open_files_for_writing_only_when_they_are_sent():
+    assert storage._bounded("s3://b/x") == "s3://b/x?allow_delayed_open=true"
+    assert storage._bounded("s3://b/x?region=eu-west-1") == \
+        "s3://b/x?region=eu-west-1&allow_delayed_open=true"
+    assert storage._bounded("s3://b/x?allow_delayed_open=false") == \
+        "s3://b/x?allow_delayed_open=false"
 
 
 @pytest.mark.parametrize("content, match", [

@@ -21,8 +21,9 @@ def pixel_embedding(images: np.ndarray) -> np.ndarray:
 
 
 def run_pixel_baseline(config: FactoryConfig) -> list[VerificationResult]:
-    """10-fold accuracy of raw pixels on the face world's benchmarks."""
-    benchmarks = load_benchmarks(config.benchmark_uris(), config.baseline.image_size)
+    """10-fold accuracy of raw pixels on the face world's benchmarks (with none, on
+    ``evaluate.benchmarks``)."""
+    benchmarks = load_benchmarks(config.baseline_benchmark_uris(), config.baseline.image_size)
     return evaluate_embedder(pixel_embedding, benchmarks)
 
 

@@ -100,7 +100,8 @@ def _save(config: FactoryConfig, evaluation: Evaluation) -> None:
     }
     storage.write_text(storage.join(out, "results.json"),
                        json.dumps(document, indent=2, allow_nan=False))
-    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     tracker.start(
         "evaluate", params={"evaluate": document["config"], "checkpoint": checkpoint},
         tags={"code_version": document["code_version"], "stage": "evaluate"},

@@ -119,7 +119,8 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
                 "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
                 "seeds_per_m": compliance_cfg.seeds, "config": config.model_dump(mode="json"),
                 **result.summary()}
-    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     tracker.start(f"{cfg.run_name}-report", params={"checkpoint": uri,
                                                     "judge": config.judge.checkpoint},
                   tags={"code_version": code_version(), "stage": "generator-report"})

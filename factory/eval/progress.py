@@ -110,7 +110,8 @@ def generator_progress(config: FactoryConfig, folder: str | None = None
 
 
 def _record(config: FactoryConfig, rows: list[dict[str, Any]], out: str, started_from: str) -> None:
-    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+    tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     tracker.start(f"{config.generator.run_name}-progress",
                   tags={"code_version": code_version(), "stage": "generator-progress"})
     document = {"code_version": code_version(), "config": config.model_dump(mode="json"),

@@ -142,7 +142,8 @@ def _parent_run(config: FactoryConfig, directory: str, reference: float | None) 
                               "id); remove the sweep's folder to start it afresh")
         client.update_run(run_id, status="RUNNING")
         return run_id
-    experiment = client.get_experiment_by_name(config.runtime.experiment)
+    experiment = client.get_experiment_by_name(config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     tags = {PARENT_TAG: config.sweep.name, "code_version": code_version(), "stage": "sweep",
             "mlflow.runName": config.sweep.name}
     run_id = client.create_run(experiment.experiment_id, run_name=config.sweep.name,
@@ -166,7 +167,8 @@ def _close_open_trials(config: FactoryConfig, parent_run_id: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(config.runtime.experiment)
+    experiment = client.get_experiment_by_name(config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     for run in client.search_runs(
             [experiment.experiment_id], max_results=10000,
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "

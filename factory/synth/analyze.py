@@ -266,7 +266,8 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
             files[name] = os.path.join(scratch, name)
             with open(files[name], "w") as stream:
                 stream.write(text_value)
-        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                             config.runtime.mlflow_artifact_location)
         tracker.start(f"analyze-{os.path.basename(dataset.rstrip('/'))}",
                       params={"dataset": dataset, "privacy": config.synthesis.privacy
                               .model_dump(mode="json")},

@@ -480,7 +480,8 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
                                              os.path.join(scratch, HISTOGRAM_FILE))
         with open(histogram, "rb") as stream:
             storage.write_bytes(storage.join(out, HISTOGRAM_FILE), stream.read())
-        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment)
+        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                             config.runtime.mlflow_artifact_location)
         tracker.start(f"synthesize-{config.name}",
                       params={"synthesis": cfg.model_dump(mode="json"), "generator": checkpoint,
                               "out": out},

@@ -137,7 +137,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         step, history, run_id = state["step"], state["history"], state.get("mlflow_run_id")
     ema.to(device)
 
-    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     run_id = tracker.start(
         cfg.run_name, run_id=run_id,
         params={"generator": cfg.model_dump(mode="json"), "data": loop_config["data_uri"],

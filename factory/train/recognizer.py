@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -136,7 +136,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         start_epoch, global_step = resumed["epoch"] + 1, resumed["global_step"]
         run_id, resume_digest = resumed.get("mlflow_run_id"), optimizer_digest(optimizer)
 
-    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment)
+    tracker = RunTracker(rank == 0, loop_config["tracking_uri"], config.runtime.experiment,
+                         config.runtime.mlflow_artifact_location)
     parent: ParentRun = loop_config["parent"]
     run_id = tracker.start(
         cfg.run_name, run_id=run_id,
@@ -259,13 +260,14 @@ class RecognizerRun:
 def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
     """The test benchmarks: explicit ``evaluate.benchmarks`` (each must exist), else the face
     world's if present."""
-    return _existing(config.evaluate.benchmarks, config.benchmark_uris(), "evaluate.benchmarks")
+    return _existing(config.evaluate.benchmarks, config.evaluation_benchmark_uris,
+                     "evaluate.benchmarks")
 
 
 def validation_benchmarks(config: FactoryConfig) -> list[str]:
     """The validation benchmarks: explicit ``evaluate.validation_benchmarks`` (each must
     exist, and none may be a test benchmark), else the face world's if present."""
-    uris = _existing(config.evaluate.validation_benchmarks, config.validation_benchmark_uris(),
+    uris = _existing(config.evaluate.validation_benchmarks, config.validation_benchmark_uris,
                      "evaluate.validation_benchmarks")
     names = {_stem(uri) for uri in evaluation_benchmarks(config)}
     shared = sorted(names & {_stem(uri) for uri in uris})
@@ -276,13 +278,14 @@ def validation_benchmarks(config: FactoryConfig) -> list[str]:
     return uris
 
 
-def _existing(given: Sequence[str], defaults: Sequence[str], key: str) -> list[str]:
+def _existing(given: Sequence[str], defaults: Callable[[], list[str]], key: str) -> list[str]:
+    """``given`` (each must exist), else those of ``defaults()`` that exist."""
     if given:
         for uri in given:
             if not storage.exists(uri):
                 raise UserError(f"{key}: {uri}: benchmark file not found")
         return list(given)
-    return [uri for uri in defaults if storage.exists(uri)]
+    return [uri for uri in defaults() if storage.exists(uri)]
 
 
 def _stem(uri: str) -> str:

@@ -1,0 +1,104 @@
+"""The production configs name real data and cannot fall back to the face world.
+
+They set ``faceworld: null``: every stage that reads data or E_id then needs its key, and a key
+left empty stops the command at once (exit 2, one line naming the key), before any storage or
+Ray is touched, instead of silently training on a synthetic world under the bucket.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from factory.cli import main
+from factory.config import FactoryConfig, load_config
+from factory.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRODUCTION = sorted((REPO_ROOT / "configs").glob("production-*.yaml"))
+DATA_KEYS = {
+    "recognizer.data": ["train-recognizer", "pipeline"],
+    "generator.data": ["train-generator", "generator-report"],
+    "generator.identity_encoder": ["train-generator"],
+    "generator.compliance.data": ["generator-report", "generator-progress"],
+    "synthesis.inquiry.data": ["synthesize"],
+    "evaluate.benchmarks": ["train-recognizer", "evaluate", "baseline", "pipeline"],
+}
+"""Each data key (E_id among them) and the commands that read it."""
+STOP_SECONDS = 5.0
+
+
+def test_there_are_three_production_configs():
+    assert [p.name for p in PRODUCTION] == ["production-0.5m.yaml", "production-1.2m.yaml",
+                                            "production-1m.yaml"]
+
+
+@pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
+def test_production_configs_name_every_input_as_user_supplied(path):
+    config = load_config(str(path))
+    assert config.faceworld is None
+    inputs = [config.recognizer_data_uri(), config.generator_data_uri(),
+              config.identity_encoder_uri(), config.inquiry_data_uri(),
+              config.synthesis_inquiry_uri(), *config.evaluation_benchmark_uris()]
+    assert all(uri.startswith("s3://YOUR-BUCKET/") for uri in inputs)
+    text = path.read_text()
+    for key in ("recognizer:\n  # The real-data", "  identity_encoder: s3://YOUR-BUCKET"):
+        assert key in text
+    assert text.count("# USER-SUPPLIED") >= 7
+
+
+@pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
+@pytest.mark.parametrize("key, command", [(key, command) for key, commands in DATA_KEYS.items()
+                                          for command in commands])
+def test_an_unset_data_key_stops_the_command_naming_it(path, key, command, capsys):
+    empty = "[]" if key == "evaluate.benchmarks" else ""
+    # generator-progress takes an optional folder first, which would swallow the override
+    folder = ["s3://YOUR-BUCKET/runs/generator"] if command == "generator-progress" else []
+    start = time.monotonic()
+    code = main([command, "--config", str(path), *folder, f"{key}={empty}"])
+    elapsed = time.monotonic() - start
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and elapsed < STOP_SECONDS
+    assert error.startswith(f"factory {command}: error: {key}: required") and "\n" not in error
+    assert "faceworld: null" in error
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
+def test_the_pipeline_stops_in_under_five_seconds_from_a_fresh_process(path):
+    """Counted in the process's CPU time (interpreter start and imports included): on an idle
+    machine that is its wall time (about 1 s here), and unlike wall time it does not grow with
+    the load of whatever else shares the machine."""
+    cpu_before = _children_cpu_seconds()
+    result = subprocess.run([sys.executable, "-m", "factory.cli", "pipeline", "--config",
+                             str(path), "recognizer.data="], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=60)
+    cpu = _children_cpu_seconds() - cpu_before
+    assert result.returncode == 2 and cpu < STOP_SECONDS, (cpu, result.stderr)
+    assert result.stderr.strip() == (
+        "factory pipeline: error: recognizer.data: required, the URI of the recognizer's "
+        "training set (this config has faceworld: null, so there is no face-world default)")
+
+
+def test_without_a_face_world_its_own_command_is_refused(capsys):
+    assert main(["faceworld", "--config", str(PRODUCTION[0])]) == 2
+    assert "faceworld: null in this config" in capsys.readouterr().err
+
+
+def test_a_config_with_a_face_world_still_defaults_to_it():
+    config = FactoryConfig(workdir="/w")
+    assert config.recognizer_data_uri() == "/w/faceworld/train"
+    assert config.identity_encoder_uri() == "/w/recognizer/recognizer/final"
+    assert config.evaluation_benchmark_uris()[0] == "/w/faceworld/benchmarks/fw_frontal.bin"
+    config.faceworld = None
+    with pytest.raises(ConfigError, match="^generator.identity_encoder: required"):
+        config.identity_encoder_uri()
