@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart sweep experiments experiments-small test bench clean
+.PHONY: venv quickstart sweep experiments experiments-small test test-heavy bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ experiments-small: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+# The production configs at their real shapes (112 px, r50, the DCFace-scale UNet) for one step
+# each, on the local S3 endpoint: about 12 minutes of both cores, so not part of make test.
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -m heavy --durations=5
 
 bench: $(STAMP)
 	$(PY) bench/faceworld_speed.py

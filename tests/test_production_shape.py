@@ -22,7 +22,7 @@ import pytest
 from factory.cli import main
 from test_object_store import BUCKET, _objects, aws, endpoint  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = str(REPO_ROOT / "configs" / "production-0.5m.yaml")
