@@ -623,8 +623,9 @@ class MeasuredPoolConfig(StrictModel):
     similarity to its identity center is measured once and stored with it in shards."""
 
     data: Uri = Field("", description="Real dataset to measure; empty: the pool is synthesised")
-    encoder: Uri = Field("", description="E_id: recognizer checkpoint dir, arcface model.pt or "
-                                         "AdaFace .ckpt; empty: this config's recognizer run")
+    encoder: Uri = Field("", description="E_id: recognizer checkpoint dir, arcface model.pt, "
+                                         "AdaFace .ckpt or a generator checkpoint (its E_id); "
+                                         "empty: this config's recognizer run")
     encoder_backbone: BackboneConfig | None = Field(
         None, description="Architecture of a plain model.pt given as encoder")
     samples_per_shard: int = Field(5000, ge=1)

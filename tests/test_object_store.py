@@ -145,7 +145,7 @@ def test_every_stage_runs_on_the_object_store(endpoint, aws, tmp_path, capsys):
     try:
         assert main(["synthesize", "--config", str(config_file)]) == 0
         assert f"{out}: 48 samples" in capsys.readouterr().out
-        identities = make_plan(config, load_generator(f"{RUN}/generator"))
+        identities, _ = make_plan(config, load_generator(f"{RUN}/generator"))
         shard_keys = [key for key in _objects(endpoint, "run/synthetic/shards/")
                       if not key.endswith("/")]  # pyarrow's directory markers
         assert len(shard_keys) == 16 and all(

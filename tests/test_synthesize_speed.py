@@ -125,13 +125,16 @@ def test_a_plan_written_before_the_solver_settings_resumes_as_legacy_sampling(tm
     """plan.json of an earlier version has no solver or precision: it was DDIM in float32,
     and a rerun that asks for exactly that resumes, while any other sampler is refused."""
     from factory.errors import UserError
-    from factory.synth.synthesize import LEGACY_SAMPLING, claim_output
+    from factory.synth.synthesize import LEGACY_SAMPLING, claim_output, previous_plan
 
     old = {"steps": 20, "eta": 0.0, "batch_size": 64, "identity_handoff": None}
     (tmp_path / "plan.json").write_text(json.dumps({"synthesis": {"sampling": old},
                                                     "generator": "g@step1"}))
     same = SamplingConfig(**{**old, **LEGACY_SAMPLING}).model_dump(mode="json")
-    claim_output(str(tmp_path), {"synthesis": {"sampling": same}, "generator": "g@step1"})
+    previous = previous_plan(str(tmp_path))
+    claim_output(str(tmp_path), {"synthesis": {"sampling": same}, "generator": "g@step1"},
+                 previous)
     other = SamplingConfig(**old, solver="unipc").model_dump(mode="json")
     with pytest.raises(UserError, match="another plan"):
-        claim_output(str(tmp_path), {"synthesis": {"sampling": other}, "generator": "g@step1"})
+        claim_output(str(tmp_path), {"synthesis": {"sampling": other}, "generator": "g@step1"},
+                     previous)

@@ -142,8 +142,7 @@ def _parent_run(config: FactoryConfig, directory: str, reference: float | None) 
                               "id); remove the sweep's folder to start it afresh")
         client.update_run(run_id, status="RUNNING")
         return run_id
-    experiment = client.get_experiment_by_name(config.runtime.experiment,
-                         config.runtime.mlflow_artifact_location)
+    experiment = client.get_experiment_by_name(config.runtime.experiment)
     tags = {PARENT_TAG: config.sweep.name, "code_version": code_version(), "stage": "sweep",
             "mlflow.runName": config.sweep.name}
     run_id = client.create_run(experiment.experiment_id, run_name=config.sweep.name,
@@ -167,8 +166,7 @@ def _close_open_trials(config: FactoryConfig, parent_run_id: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(config.runtime.experiment,
-                         config.runtime.mlflow_artifact_location)
+    experiment = client.get_experiment_by_name(config.runtime.experiment)
     for run in client.search_runs(
             [experiment.experiment_id], max_results=10000,
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
@@ -193,7 +191,6 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
                         "sweep.similarity_groups)")
     for params in corner_params(sweep.space):
         apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
-    check_validation(config)
     reference = reference_avg(config)
     root = config.sweep_storage_uri()
     directory = storage.join(root, sweep.name)
@@ -203,6 +200,7 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     restoring = tune.Tuner.can_restore(tune_path)
     if restoring:
         check_seal(tune_path, SWEEP_FILES)  # before Ray, Tune or MLflow read anything of it
+    check_validation(config)
     init_ray(config.runtime, cli_address)
     pool = ensure_pool(config, cli_address) if sweep.mode == "select" else ""
     groups = similarity_groups(pool, sweep.similarity_groups) if sweep.similarity_groups else None

@@ -24,6 +24,12 @@ from factory.models.identity import IdentityEncoder, embedding_batches
 from factory.provenance import code_version
 from factory.synth.synthesize import MANIFEST_FILE
 from factory.train.checkpoint import load_identity_encoder
+from factory.train.generator_checkpoint import META_FILE, load_checkpoint_encoder
+
+
+def is_generator_checkpoint(uri: str) -> bool:
+    """A generator checkpoint carries its E_id: measuring with it is measuring with E_id."""
+    return storage.exists(storage.join(uri, META_FILE))
 
 JPEG_QUALITY = 95
 
@@ -46,7 +52,8 @@ def measure_pool(config: FactoryConfig, out: str) -> dict:
     if not storage.exists(encoder_uri):
         raise UserError(f"{encoder_uri}: identity encoder not found (train the recognizer "
                         "first, or set sweep.measure.encoder)")
-    encoder = load_identity_encoder(encoder_uri, cfg.encoder_backbone)
+    encoder = (load_checkpoint_encoder(encoder_uri) if is_generator_checkpoint(encoder_uri)
+               else load_identity_encoder(encoder_uri, cfg.encoder_backbone))
     size = encoder.input_size
     dataset = open_dataset(cfg.data)
     print(f"== measuring {len(dataset)} images of {cfg.data} against their identity centers "
