@@ -228,7 +228,7 @@ def write_page(config: FactoryConfig, document: dict[str, Any]) -> str:
                   "studies synthesise at it.", ""]
     parts += ["## Findings", "", *findings(document), ""]
     if cells_of(document, "gtr"):
-        parts += ["## " + STUDY_TITLES["gtr"], "", *gtr_lines(document), ""]
+        parts += ["## GtR per volume", "", *gtr_lines(document), ""]
     with tempfile.TemporaryDirectory() as scratch:
         for study, title in STUDY_TITLES.items():
             if not cells_of(document, study):
