@@ -197,10 +197,10 @@ def child_peak_rss(args, root: str, identities: int) -> dict:
 
 
 def start_ray() -> None:
-    """A private local cluster (``address="local"``: never another session's cluster)."""
-    import ray
+    """A private local cluster (never another session's cluster; its workers know which)."""
+    from factory.runtime import start_local_ray
 
-    ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
+    start_local_ray(os.cpu_count() or 1, log_to_driver=False)
 
 
 def rss_child(args) -> None:

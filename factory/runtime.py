@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Any
 
 from factory.config import RuntimeConfig
 
@@ -75,24 +76,26 @@ def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
         # did: a line the user has nothing to do about. The authentication stays on; the
         # warning stays out (a RAY_AUTH_MODE the user sets is Ray's to handle, as before).
         logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
-        _start_local_ray(runtime, common)
+        start_local_ray(runtime.num_cpus or os.cpu_count() or 1, **common)
 
 
-def _start_local_ray(runtime: RuntimeConfig, common: dict) -> None:
+def start_local_ray(num_cpus: int, **init_kwargs: Any) -> None:
     """Start this process's own cluster, on a GCS port chosen here so that its workers can be
     told it: Ray's state API, which Ray Train's placement-group cleaner calls from a worker with
-    no address, would otherwise look for "the" cluster on the machine and fail whenever another
-    one runs there (``Found multiple active Ray instances``)."""
+    no address, would otherwise look for "the" cluster on the machine and, with another one
+    running there, fail (``Found multiple active Ray instances``) or judge this run's controller
+    dead and remove its workers' placement group."""
     import ray
 
     port = _free_port()
-    common["runtime_env"]["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    runtime_env = init_kwargs.setdefault("runtime_env", {})
+    runtime_env.setdefault("env_vars", {})["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     saved = os.environ.get(GCS_PORT_VARIABLE)
     os.environ[GCS_PORT_VARIABLE] = str(port)
     try:
         # The dashboard stays on: Ray Train's state API (its placement-group cleaner) needs it.
-        ray.init(address=LOCAL, num_cpus=runtime.num_cpus or os.cpu_count() or 1,
-                 include_dashboard=True, dashboard_host="127.0.0.1", **common)
+        ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=True,
+                 dashboard_host="127.0.0.1", **init_kwargs)
     finally:
         if saved is None:
             os.environ.pop(GCS_PORT_VARIABLE, None)

@@ -33,10 +33,11 @@ def ray_two_cpus():
     """A local Ray cluster the size of the CI machine (2 CPUs), for one test module."""
     import ray
 
-    # address="local": never the cluster a `ray start` on this machine (live or dead) named in
-    # Ray's temp folder, which ray.init would join and then refuse for num_cpus
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False)
+    from factory.runtime import start_local_ray
+
+    # the factory's own local start: never a cluster a `ray start` on this machine (live or
+    # dead) named in Ray's temp folder, and its workers told which cluster is theirs
+    start_local_ray(2, log_to_driver=False)
     yield
     ray.shutdown()
 
