@@ -248,6 +248,10 @@ class RecognizerConfig(StrictModel):
     """``factory train-recognizer``: data, model, optimisation and workers."""
 
     data: Uri = Field("", description="Training data URI; empty: the face world's training set")
+    extra_data: list[Uri] = Field(
+        default_factory=list,
+        description="Further training sets read after `data` as one set, each one's identities "
+                    "numbered after those before it (CemiFace's 1.2M: the 1.0M set + 40k x 5)")
     select: ShardSelectionConfig = Field(default_factory=ShardSelectionConfig)
     storage: Uri = Field("", description="Ray Train storage URI; empty: <workdir>/recognizer")
     run_name: FolderName = "recognizer"
@@ -264,6 +268,12 @@ class RecognizerConfig(StrictModel):
         50_000, ge=0, description="Decode every training image on the driver before training "
                                   "when there are at most this many (0: never), so a corrupt "
                                   "record stops the run in seconds, not when an epoch meets it")
+
+    def train_on(self, uri: str) -> None:
+        """Make ``uri`` the whole training set (a synthetic set replacing the real one), dropping
+        ``extra_data``, which belonged to the data it replaces."""
+        self.data = uri
+        self.extra_data = []
 
 
 class UNetConfig(StrictModel):

@@ -28,7 +28,7 @@ from factory.eval.evaluate import Evaluation, evaluate_checkpoint
 from factory.eval.generator_report import generator_report, report_text, sampler_text
 from factory.eval.verification import VerificationResult
 from factory.faceworld.build import build_faceworld, print_summary
-from factory.formats.dataset import open_dataset
+from factory.formats.dataset import open_training_data
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
 from factory.report import format_table
@@ -111,7 +111,7 @@ def synthetic_recognizer_config(config: FactoryConfig, dataset: str) -> FactoryC
     """The real-data recognizer's recipe, trained on the synthetic dataset under its own run
     name."""
     synthetic = config.model_copy(deep=True)
-    synthetic.recognizer.data = dataset
+    synthetic.recognizer.train_on(dataset)
     synthetic.recognizer.run_name = f"{config.recognizer.run_name}-synthetic"
     synthetic.recognizer.optimizer.epochs = config.pipeline.synthetic_epochs or \
         config.recognizer.optimizer.epochs
@@ -172,8 +172,8 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
         columns = {"raw pixels": run_pixel_baseline(config)}
         columns["random init"] = random_init_results(config)
 
-    print(f"== train recognizer on {config.recognizer_data_uri()} "
-          f"({config.recognizer.backbone.name}, Ray Train)")
+    training_sets = " + ".join([config.recognizer_data_uri(), *config.recognizer.extra_data])
+    print(f"== train recognizer on {training_sets} ({config.recognizer.backbone.name}, Ray Train)")
     with clock.stage("real-trained recognizer"):
         real_run = train_recognizer(config, cli_address)
     with clock.stage("evaluation"):
@@ -190,7 +190,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     print("\n== results (chance is 50%)")
     print(table)
     if synthetic_document:
-        real = open_dataset(config.recognizer_data_uri())
+        real = open_training_data([config.recognizer_data_uri(), *config.recognizer.extra_data])
         line = gtr_line(synthetic_document["gtr"], synthetic_document["counts"], len(real),
                         real.num_classes)
         print(f"synthetic data: {sampler_text(config.synthesis.sampling.model_dump())}")

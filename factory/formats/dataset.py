@@ -7,6 +7,7 @@ one new branch in :func:`open_dataset`.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -53,6 +54,49 @@ def training_targets(dataset: FaceDataset, index: int) -> tuple[tuple[int, int],
         return targets(index)
     label = int(dataset.labels[index])
     return (label, label), (1.0, 0.0)
+
+
+class ConcatenatedDataset:
+    """Several training sets read as one: each member's identities numbered after those of the
+    members before it (CemiFace's 1.2M set is its 1.0M set plus 40k further identities x 5, two
+    synthesised datasets). Soft identity-mixup targets are shifted with their member's labels."""
+
+    def __init__(self, members: Sequence[FaceDataset]):
+        if not members:
+            raise ValueError("ConcatenatedDataset needs at least one member")
+        self.members = list(members)
+        self.class_offsets = np.cumsum([0] + [m.num_classes for m in self.members])
+        self.starts = np.cumsum([0] + [len(m) for m in self.members])
+        self.labels = np.concatenate([np.asarray(m.labels, dtype=np.int64) + offset
+                                      for m, offset in zip(self.members, self.class_offsets)])
+        self.num_classes = int(self.class_offsets[-1])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        member = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return member, index - int(self.starts[member])
+
+    def image(self, index: int) -> np.ndarray:
+        member, local = self._locate(index)
+        return self.members[member].image(local)
+
+    def targets(self, index: int) -> tuple[tuple[int, int], tuple[float, float]]:
+        member, local = self._locate(index)
+        (first, second), weights = training_targets(self.members[member], local)
+        offset = int(self.class_offsets[member])
+        return (first + offset, second + offset), weights
+
+
+def open_training_data(uris: Sequence[str], precheck_images: int = 0,
+                       **selection) -> FaceDataset:
+    """The training set made of ``uris`` (one dataset, or several read as one by
+    :class:`ConcatenatedDataset`), each opened by :func:`open_checked` with the same selection."""
+    members = [open_checked(uri, precheck_images, **selection) for uri in uris]
+    return members[0] if len(members) == 1 else ConcatenatedDataset(members)
 
 
 def open_checked(uri: str, precheck_images: int, **selection) -> FaceDataset:

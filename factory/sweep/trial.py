@@ -52,9 +52,9 @@ def trial_config(setup: SweepSetup, params: dict[str, Any], trial_name: str) -> 
         if config.sweep.seeds > 1:
             config.synthesis.seed = recognizer.seed
         config.synthesis.out = storage.join(setup.directory, "data", trial_name)
-        recognizer.data = config.synthesis.out
+        recognizer.train_on(config.synthesis.out)
     else:
-        recognizer.data = setup.pool
+        recognizer.train_on(setup.pool)
     return config
 
 
