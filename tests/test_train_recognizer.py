@@ -43,6 +43,7 @@ def _config(world, tmp_path, **overrides) -> FactoryConfig:
 def test_workers_report_the_same_metrics(ray_two_cpus, world, tmp_path, workers):
     config = _config(world, tmp_path, **{"recognizer.workers.num_workers": workers,
                                          "recognizer.optimizer.epochs": 1})
+    epoch_lines_before = len(worker_log_lines("epoch 0: loss"))
     run = train_recognizer(config)
     assert EPOCH_KEYS <= set(run.metrics)
     assert 0.0 <= run.metrics["tiny/acc"] <= 100.0
@@ -51,6 +52,8 @@ def test_workers_report_the_same_metrics(ray_two_cpus, world, tmp_path, workers)
     backbone = load_backbone(run.checkpoint)
     assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
     assert not worker_log_lines("Reporting training result")  # Ray Train's per-report INFO line
+    # rank 0's epoch line reaches the console once (Ray Train's print patch would show it twice)
+    assert len(worker_log_lines("epoch 0: loss")) - epoch_lines_before == 1
 
 
 def worker_log_lines(text: str) -> list[str]:
@@ -152,3 +155,12 @@ def _record_bytes(train_dir, key: int) -> int:
         return len(unpack_record(reader.read(key))[1])
     finally:
         reader.close()
+
+
+def test_extra_data_is_trained_on_as_more_identities(ray_two_cpus, world, tmp_path):
+    train = world / "faceworld" / "train"
+    run = train_recognizer(_config(world, tmp_path, **{"recognizer.optimizer.epochs": 1,
+                                                       "recognizer.extra_data": f"[{train}]"}))
+    # 8 identities x 4 images twice over: 16 classes, 64 images, 8 steps of 8
+    assert load_state(run.checkpoint)["head"]["weight"].shape[0] == 16
+    assert run.metrics["global_step"] == 8

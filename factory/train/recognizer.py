@@ -21,14 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from factory import storage
 from factory.config import FactoryConfig, RecognizerConfig, ShardSelectionConfig
 from factory.eval.benchmarks import VALIDATION_AVERAGE, EpochEvaluation, backbone_embedder
 from factory.errors import UserError
 from factory.eval.verification import plot_roc
-from factory.formats.dataset import open_checked, open_dataset
+from factory.formats.dataset import open_checked, open_dataset, open_training_data
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
@@ -40,12 +39,13 @@ from factory.train.workers import (
     copies_that_fit,
     fit,
     make_trainer,
+    ProgressLines,
     worker_context,
 )
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
-PROGRESS_SECONDS = 20.0  # worker output goes through Ray's log stream: one line per refresh
+PROGRESS_SECONDS = 20.0  # at most one progress line per this many seconds between epoch lines
 
 
 class Recognizer(nn.Module):
@@ -95,7 +95,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     real = open_dataset(cfg.domain_mixup.real_data) if cfg.domain_mixup.real_data else None
     samples = TrainingSamples(
-        open_dataset(loop_config["data_uri"], **cfg.select.as_kwargs()), cfg.backbone.input_size,
+        open_training_data([loop_config["data_uri"], *cfg.extra_data], **cfg.select.as_kwargs()),
+        cfg.backbone.input_size,
         cfg.augment, cfg.seed,
         real=real, psi=cfg.domain_mixup.psi, real_fraction=cfg.domain_mixup.real_fraction,
     )
@@ -149,15 +150,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     )
     evaluation = EpochEvaluation(loop_config["validation_benchmarks"], loop_config["benchmarks"],
                                  cfg.backbone.input_size)
+    progress = ProgressLines("recognizer", cfg.optimizer.epochs * steps_per_epoch, "step",
+                             rank == 0, PROGRESS_SECONDS, initial=start_epoch * steps_per_epoch)
     for epoch in range(start_epoch, cfg.optimizer.epochs):
         samples.set_epoch(epoch)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        progress = tqdm(loader, desc=f"recognizer epoch {epoch}", disable=rank != 0, leave=False,
-                        mininterval=PROGRESS_SECONDS)
-        for images, labels, weights in progress:
+        for batch, (images, labels, weights) in enumerate(loader, start=1):
             images, labels, weights = (t.to(device) for t in (images, labels, weights))
             with autocast():
                 loss = model(images, labels, weights)
@@ -169,7 +170,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             global_step += 1
             seen += len(images)
             loss_sum += float(loss.detach()) * len(images)
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            progress.update(between_lines=batch < steps_per_epoch)  # the epoch line follows
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {
             "mlflow_run_id": run_id,
@@ -190,8 +191,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics.update(scores)
         _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config)
         tracker.log_metrics(metrics, step=epoch)
-        if rank == 0:
-            print(_epoch_line(metrics), flush=True)
+        progress.line(_epoch_line(metrics))
         if final and results and tracker.enabled:
             with tempfile.TemporaryDirectory() as directory:
                 tracker.log_artifact(plot_roc(results, os.path.join(directory, "roc.png")))
@@ -304,12 +304,15 @@ def _claim_run(run_root: str, cfg: RecognizerConfig, data_uri: str) -> None:
     identity = {"backbone": cfg.backbone.model_dump(mode="json"),
                 "head": cfg.head.model_dump(mode="json"), "data": data_uri,
                 "real_data": cfg.domain_mixup.real_data}
+    if cfg.extra_data:
+        identity["extra_data"] = cfg.extra_data
     if cfg.select != ShardSelectionConfig():
         identity["select"] = cfg.select.model_dump(mode="json")
     uri = storage.join(run_root, RUN_IDENTITY_FILE)
     if storage.exists(uri):
         previous = storage.read_json_object(uri)
-        changed = sorted(key for key in identity if previous.get(key) != identity[key])
+        changed = sorted(key for key in set(identity) | set(previous)
+                         if previous.get(key) != identity.get(key))
         if changed:
             raise UserError(
                 f"{run_root}: run {cfg.run_name!r} was started with a different "
@@ -329,7 +332,7 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
     # Fail fast, on the driver, in one line.
-    open_checked(data_uri, cfg.precheck_images, **cfg.select.as_kwargs())
+    open_training_data([data_uri, *cfg.extra_data], cfg.precheck_images, **cfg.select.as_kwargs())
     if cfg.domain_mixup.real_data:
         open_checked(cfg.domain_mixup.real_data, cfg.precheck_images)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
