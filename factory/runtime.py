@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from typing import Any
 
@@ -34,6 +35,8 @@ from factory.config import RuntimeConfig
 DEFAULT_MLFLOW_DB = "mlflow.db"
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 """Where Ray warns that a new local cluster has token authentication on."""
+RAY_DATA_LOGGER = "ray.data"
+"""Ray Data's logger, with a file handler (the session's ray-data.log) and a console handler."""
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 """Where Ray Data warns that its progress bars are off."""
 LOCAL = "local"
@@ -77,6 +80,42 @@ def init_ray(runtime: RuntimeConfig, cli_address: str | None = None) -> None:
         # warning stays out (a RAY_AUTH_MODE the user sets is Ray's to handle, as before).
         logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
         start_local_ray(runtime.num_cpus or os.cpu_count() or 1, **common)
+    hide_ray_internal_lines()
+
+
+RAY_INTERNAL_LINES = (
+    # Ray's core worker on Ray Train's and Ray Data's own actors (ray-project/ray#53727)
+    re.compile(r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in "
+               r"the object store and max_restarts > 0"),
+)
+"""Worker output about Ray's internals that a user cannot act on."""
+WORKER_LOG_HANDLER = "ray_print_logs"
+"""The name under which ``ray.init(log_to_driver=True)`` prints workers' output here."""
+
+
+def hide_ray_internal_lines() -> None:
+    """Keep :data:`RAY_INTERNAL_LINES` off this console (they stay in the workers' log files).
+
+    Wraps the handler Ray registers to print forwarded worker output; Ray has no public hook
+    for this, so if its internals move the lines simply show again."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        handlers = list(dispatcher.handlers)
+    except (ImportError, AttributeError):
+        return
+    for name, handle in handlers:
+        if name != WORKER_LOG_HANDLER or getattr(handle, "hides_ray_internals", False):
+            continue
+
+        def filtered(data: dict[str, Any], handle=handle) -> None:
+            lines = [line for line in data.get("lines", [])
+                     if not any(pattern.search(line) for pattern in RAY_INTERNAL_LINES)]
+            if lines:
+                handle({**data, "lines": lines})
+
+        filtered.hides_ray_internals = True  # type: ignore[attr-defined]
+        dispatcher.remove_handler(name)
+        dispatcher.add_handler(name, filtered)
 
 
 def start_local_ray(num_cpus: int, **init_kwargs: Any) -> None:
@@ -137,6 +176,11 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
     # ...and would then warn, once, that its progress bars are off: nothing to act on.
     logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
+    # Its INFO lines ("Dataset ... execution finished in N seconds") go to ray-data.log only:
+    # the console handler (a StreamHandler) takes warnings and errors.
+    for handler in logging.getLogger(RAY_DATA_LOGGER).handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.WARNING)
 
 
 def mlflow_tracking_uri(runtime: RuntimeConfig) -> str:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from factory import storage
 from factory.config import FactoryConfig, GeneratorConfig
@@ -52,6 +51,7 @@ from factory.train.workers import (
     copies_that_fit,
     fit,
     make_trainer,
+    ProgressLines,
     worker_context,
 )
 from factory.train.samples import DiffusionImages
@@ -60,7 +60,7 @@ from factory.train.schedule import warmup_cosine_multiplier
 PREVIEW_M = (1.0, 0.5, 0.0, -0.5, -1.0)
 PREVIEW_IDENTITIES = 4
 PREVIEW_SEED = 1234
-PROGRESS_SECONDS = 20.0
+PROGRESS_SECONDS = 20.0  # at most one progress line per this many seconds between log lines
 
 
 def build_generator(cfg: GeneratorConfig, identity_dim: int) -> CemiFaceGenerator:
@@ -149,8 +149,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     with torch.no_grad():
         preview_identity = encoder(torch.stack(
             [images[i] for i in range(min(PREVIEW_IDENTITIES, len(images)))]).to(device))
-    progress = tqdm(total=cfg.optimizer.steps, initial=step, desc="generator", unit="step",
-                    disable=rank != 0, mininterval=PROGRESS_SECONDS)
+    progress = ProgressLines("generator", cfg.optimizer.steps, "step", rank == 0,
+                             PROGRESS_SECONDS, initial=step)
     window: dict[str, float] = {"loss": 0.0, "mse": 0.0, "simmat": 0.0, "similarity": 0.0}
     window_steps, window_start, epoch = 0, time.perf_counter(), step // max(1, len(loader))
     while step < cfg.optimizer.steps:
@@ -183,28 +183,27 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             lr_schedule.step()
             ema.step(core.parameters())
             step += 1
-            progress.update()
+            final = step == cfg.optimizer.steps
+            summary_due = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or final
+            progress.update(between_lines=not summary_due)
             for key, value in (("loss", terms.total), ("mse", terms.mse),
                                ("simmat", terms.simmat), ("similarity", terms.similarity)):
                 window[key] += float(value.detach())
             window_steps += 1
-            final = step == cfg.optimizer.steps
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or final:
+            if summary_due:
                 elapsed = time.perf_counter() - window_start
                 metrics = {k: v / window_steps for k, v in window.items()}
                 metrics.update(step=step, lr=lr_schedule.get_last_lr()[0],
                                images_per_s=window_steps * len(clean) * world / max(elapsed, 1e-9))
                 history.append(metrics)
                 tracker.log_metrics(metrics, step=step)
-                if rank == 0:
-                    print(_log_line(metrics), flush=True)
+                progress.line(_log_line(metrics))
                 window = dict.fromkeys(window, 0.0)
                 window_steps, window_start = 0, time.perf_counter()
                 checkpoint_due = step % cfg.checkpoint_every == 0 or final
                 _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, scaler,
                         scheduler, encoder, history, run_id, preview_identity, loop_config, tracker)
         epoch += 1
-    progress.close()
     tracker.end()
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from factory import storage
 from factory.config import WorkersConfig
@@ -171,6 +173,43 @@ def copies_that_fit(workers: WorkersConfig, local: bool, field: str,
             f"local Ray cluster has {available.get('CPU', 0.0):g} CPUs and "
             f"{available.get('GPU', 0.0):g} GPUs; lower {field} or raise runtime.num_cpus")
     return fits
+
+
+class ProgressLines:
+    """A training run's progress as whole console lines: tqdm's meter (share done, count,
+    elapsed<remaining, rate) with the run's own text after it.
+
+    A Ray Train worker's output reaches the driver line by line, each line prefixed with the
+    worker's name, so a tqdm bar's in-place redraws would arrive as fragments and blank
+    clearing lines. :meth:`update` prints a line at most every ``interval`` seconds;
+    :meth:`line` prints one now (an epoch's or a logging step's summary). Ray Train patches
+    ``print`` on its workers to send each message to its logger as well as to stdout (which
+    shows it twice), so lines are written to the stream itself. Silent unless ``enabled``
+    (rank 0)."""
+
+    def __init__(self, desc: str, total: int, unit: str, enabled: bool, interval: float,
+                 initial: int = 0) -> None:
+        self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
+        self.interval, self.initial, self.n = interval, initial, initial
+        self.started = self.last_line = time.perf_counter()
+
+    def update(self, count: int = 1, between_lines: bool = True) -> None:
+        """Count ``count`` more; print a line if ``interval`` has passed since the last one
+        (``between_lines`` False: a summary line follows at once, so none)."""
+        self.n += count
+        if between_lines and self.enabled and \
+                time.perf_counter() - self.last_line >= self.interval:
+            self.line()
+
+    def line(self, text: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        meter = tqdm.format_meter(self.n, self.total, now - self.started, prefix=self.desc,
+                                  unit=self.unit, initial=self.initial)
+        sys.stdout.write(f"{meter} {text}".rstrip() + "\n")
+        sys.stdout.flush()
+        self.last_line = now
 
 
 def worker_context(workers: WorkersConfig, seed: int) -> tuple[int, int, torch.device]:
