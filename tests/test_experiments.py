@@ -155,3 +155,19 @@ def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
     run_module.run_experiments(config)
     assert len(trained) == 2 * len(config.experiments.m_values) - 2  # the two recorded ones skipped
     assert len(set(trained)) == len(trained)
+
+
+def test_a_missing_lambda0_generator_stops_only_the_lambda0_study(tmp_path, monkeypatch):
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.seeds=[0]",
+                                  "experiments.m_mixtures=[]",
+                                  f"experiments.lambda0_checkpoint={tmp_path / 'absent'}"])
+    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
+    monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "train_cell", lambda *args: {
+        VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0})
+    run_module.run_experiments(config, only=["m"])
+    with pytest.raises(UserError, match="experiments.lambda0_checkpoint: .*absent"):
+        run_module.run_experiments(config, only=["lambda0"])
+    with pytest.raises(UserError, match="experiments.lambda0_checkpoint"):
+        run_module.run_experiments(config)

@@ -14,11 +14,12 @@ import numpy as np
 
 from factory import storage
 from factory.config import FactoryConfig
+from factory.errors import UserError
 from factory.experiments.cells import Dataset, MeasuredSet, RealSet, SyntheticSet
 from factory.formats.dataset import open_dataset
 from factory.formats.recordio import write_insightface_rec
 from factory.synth.measure import measure_pool
-from factory.synth.synthesize import MANIFEST_FILE, synthesize
+from factory.synth.synthesize import MANIFEST_FILE, read_manifest, synthesize
 
 SUBSET_MARKER = "subset.json"
 IDENTITIES_PER_SHARD = 50
@@ -45,12 +46,15 @@ def make_real_subset(config: FactoryConfig, subset: RealSet) -> str:
     world = open_dataset(storage.join(config.faceworld_uri(), "train"))
     labels = np.asarray(world.labels)
     if subset.identities > world.num_classes:
-        raise ValueError(f"{subset.key}: the face world has {world.num_classes} identities")
+        raise UserError(f"experiments (volumes, real_share): {subset.key} needs "
+                        f"{subset.identities} identities; the face world has "
+                        f"{world.num_classes} (faceworld.identities)")
     indices = [int(i) for label in range(subset.identities)
                for i in np.flatnonzero(labels == label)[:subset.images]]
     if len(indices) != subset.identities * subset.images:
-        raise ValueError(f"{subset.key}: the face world has fewer than {subset.images} images "
-                         "of some identity")
+        raise UserError(f"experiments (volumes, real_share): {subset.key} needs "
+                        f"{subset.images} images per identity; the face world has fewer "
+                        "(faceworld.images_per_identity)")
     size = world.image(0).shape[:2]
     write_insightface_rec(out, ((int(labels[i]), world.raw(i)) for i in indices),
                           num_images=len(indices), num_classes=subset.identities,
@@ -101,5 +105,4 @@ def make_synthetic_set(config: FactoryConfig, synthetic: SyntheticSet,
 def synthetic_identities(uri: str) -> int:
     """How many identities a finished synthetic set holds (the inquiry filter may give fewer
     than asked)."""
-    manifest = json.loads(storage.read_text(storage.join(uri, MANIFEST_FILE)))
-    return int(manifest["counts"]["identities"])
+    return int(read_manifest(uri)["counts"]["identities"])

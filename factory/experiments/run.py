@@ -103,7 +103,7 @@ def train_cell(config: FactoryConfig, cell: Cell, uri: str, seed: int,
     """Train the experiments' recipe on the cell's data with ``seed``; its figures."""
     run = config.model_copy(deep=True)
     recognizer = run.recognizer
-    recognizer.data = uri
+    recognizer.train_on(uri)
     recognizer.seed = seed
     recognizer.run_name = run_name(cell, seed)
     recognizer.storage = storage.join(config.workdir, "recognizers")
@@ -182,8 +182,8 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
     if small:
         config = small_preset(config)
     exp = config.experiments
-    if "lambda0" in exp.studies and not (exp.lambda0_checkpoint and
-                                         storage.exists(exp.lambda0_checkpoint)):
+    running_lambda0 = "lambda0" in exp.studies and (not only or "lambda0" in only)
+    if running_lambda0 and not (exp.lambda0_checkpoint and storage.exists(exp.lambda0_checkpoint)):
         raise UserError(f"experiments.lambda0_checkpoint: {exp.lambda0_checkpoint or 'empty'}: "
                         "the lambda = 0 study needs a generator trained with lambda = 0 "
                         "(factory train-generator --config "
