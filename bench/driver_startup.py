@@ -72,7 +72,9 @@ def child(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        identities, _ = make_plan(config, load_generator(args.checkpoint))
+        plan = make_plan(config, load_generator(args.checkpoint))
+        # before issue 17's filter record, make_plan returned the identities alone
+        identities = plan[0] if isinstance(plan, tuple) else plan
         items = shard_items(identities, config.synthesis.identities_per_shard)
         rows = [{"shard": item.shard, "item": json.dumps(
             [{**asdict(i), "embedding": np.asarray(i.embedding).tolist()}
