@@ -180,15 +180,20 @@ def test_a_manifest_from_before_the_card_still_gets_one(dataset):
     assert "**E_id**: not recorded" in card and "not in this manifest" in card
 
 
-def test_the_webdataset_snippet_runs_as_printed(dataset):
-    """The card's first Python block, run against real shards, yields every sample."""
+def _write_shards(dataset, labels_per_shard: list[list[int]], m: float) -> None:
+    """Real shards of 8 px noise images under ``dataset/shards``, one per label list."""
     rng = np.random.default_rng(0)
-    for shard, labels in enumerate([[0, 0, 0, 1, 1, 1], [2, 2, 2]]):
+    for shard, labels in enumerate(labels_per_shard):
         write_shard(str(dataset / "shards" / shard_name(shard)), [
             ShardSample(f"{shard}{index:05d}",
                         encode_jpeg(rng.integers(0, 256, (8, 8, 3), np.uint8)), label,
-                        {"label": label, "m": 1.0})
+                        {"label": label, "m": m})
             for index, label in enumerate(labels)])
+
+
+def test_the_webdataset_snippet_runs_as_printed(dataset):
+    """The card's first Python block, run against real shards, yields every sample."""
+    _write_shards(dataset, [[0, 0, 0, 1, 1, 1], [2, 2, 2]], m=1.0)
     card = open(write_card(str(dataset))).read()
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     seen: list = []
@@ -201,6 +206,19 @@ def test_the_webdataset_snippet_runs_as_printed(dataset):
                     f"factory export {dataset} --format rec --out OUT",
                     f"factory export {dataset} --format folder --out OUT"):
         assert command in card
+
+
+def test_the_hugging_face_snippet_runs_as_printed(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # local files only, nothing fetched
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # its cache stays in the test's folder
+    _write_shards(dataset, [[0, 0, 1], [2, 2]], m=0.5)
+    card = open(write_card(str(dataset))).read()
+    snippet = re.search(r"```python\n(from datasets.*?)```", card, re.S).group(1)
+    scope: dict = {}
+    exec(snippet, scope)
+    rows = list(scope["dataset"])
+    assert sorted(row["cls"] for row in rows) == [0, 0, 1, 2, 2]
+    assert all(row["jpg"].size == (8, 8) and row["json"]["m"] == 0.5 for row in rows)
 
 
 def test_per_sample_privacy_and_an_fpr_inquiry_filter_are_shown(dataset):
