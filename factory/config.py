@@ -900,6 +900,19 @@ class FactoryConfig(StrictModel):
                 needs.append(self.identity_encoder_uri)
         for resolve in needs:
             resolve()
+        if command != "doctor":
+            self._refuse_placeholders()
+
+    def _refuse_placeholders(self) -> None:
+        """Stop on a URI still holding the production configs' ``YOUR-BUCKET`` placeholder,
+        naming its keys, instead of after the object store's region lookup times out."""
+        keys = [key for key, value in _leaves(self.model_dump(mode="json"))
+                if isinstance(value, str) and PLACEHOLDER_BUCKET in value]
+        if keys:
+            shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            raise ConfigError(f"{shown}: still the shipped placeholder {PLACEHOLDER_BUCKET}; set "
+                              "them to your own URIs (the keys marked USER-SUPPLIED in the "
+                              "config; README, \"Production on real data\")")
 
     def threshold_benchmark_uris(self) -> list[str]:
         return self.synthesis.threshold_benchmarks or self.validation_benchmark_uris()
@@ -916,6 +929,21 @@ class FactoryConfig(StrictModel):
 
     def sweep_storage_uri(self) -> str:
         return self.sweep.storage or storage.join(self.workdir, "sweeps")
+
+
+PLACEHOLDER_BUCKET = "YOUR-BUCKET"
+"""The bucket name the production configs use for every URI a user must supply."""
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted.key, value)`` for every leaf of a dumped config (list items as ``key[i]``)."""
+    if isinstance(node, dict):
+        return [leaf for key, child in node.items()
+                for leaf in _leaves(child, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(node, list):
+        return [leaf for index, child in enumerate(node)
+                for leaf in _leaves(child, f"{prefix}[{index}]")]
+    return [(prefix, node)]
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FactoryConfig:

@@ -102,3 +102,14 @@ def test_a_config_with_a_face_world_still_defaults_to_it():
     config.faceworld = None
     with pytest.raises(ConfigError, match="^generator.identity_encoder: required"):
         config.identity_encoder_uri()
+
+
+@pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
+def test_a_production_config_run_as_shipped_names_its_placeholders(path, capsys):
+    start = time.monotonic()
+    code = main(["train-recognizer", "--config", str(path)])
+    elapsed = time.monotonic() - start
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and elapsed < STOP_SECONDS and "\n" not in error
+    assert error.startswith("factory train-recognizer: error: workdir, ")
+    assert "recognizer.data" in error and "still the shipped placeholder YOUR-BUCKET" in error
