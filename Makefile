@@ -4,17 +4,19 @@
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
+# Every other package at the version that produced the README's figures; CONSTRAINTS= to float.
+CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv quickstart sweep experiments experiments-small test test-heavy bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: a bare torch requirement with no torch present pulls GBs of CUDA wheels.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 venv: $(STAMP)
