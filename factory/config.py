@@ -1058,8 +1058,12 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def save_config(config: StrictModel, uri: str, code_version: str) -> None:
-    """Write the resolved config, and the code version that used it, as YAML at ``uri``."""
-    document = {"code_version": code_version, "config": config.model_dump(mode="json")}
+    """Write the resolved config, and the code and library versions that used it, as YAML at
+    ``uri``."""
+    from factory.provenance import package_versions
+
+    document = {"code_version": code_version, "packages": package_versions(),
+                "config": config.model_dump(mode="json")}
     storage.write_text(uri, yaml.safe_dump(document, sort_keys=False))
 
 

@@ -2,7 +2,8 @@
 
 :class:`RunTracker` is a no-op when disabled, so a Ray Train loop creates one on every rank and
 enables it on rank 0 only. Runs record the resolved config and the code version as params and
-tags, and resume by run id after a restart.
+tags, the versions of the libraries results depend on as ``package.<name>`` tags, and resume by
+run id after a restart.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from factory.provenance import package_versions
 
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 MAX_PARAM_LENGTH = 6000
@@ -103,8 +106,8 @@ class RunTracker:
         run = mlflow.start_run(run_id=run_id, run_name=run_name if fresh else None,
                                parent_run_id=parent_run_id if fresh else None)
         self.run_id = run.info.run_id
-        if tags:
-            mlflow.set_tags(dict(tags))
+        mlflow.set_tags({f"package.{name}": version
+                         for name, version in package_versions().items()} | dict(tags or {}))
         if params and run_id is None:
             mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(params).items()})
         return self.run_id

@@ -62,6 +62,11 @@ def test_saved_config_round_trips_with_code_version(tmp_path):
     save_config(config, target, "facefactory test")
     document = yaml.safe_load(open(target))
     assert document["code_version"] == "facefactory test"
+    import cv2, numpy, torch  # noqa: E401 - the versions a saved config must name
+
+    assert document["packages"]["torch"] == torch.__version__
+    assert document["packages"]["numpy"] == numpy.__version__
+    assert document["packages"]["opencv-python"].startswith(cv2.__version__)
     assert load_config(None, [f"faceworld.identities={document['config']['faceworld']['identities']}"]).faceworld.identities == 7
 
 

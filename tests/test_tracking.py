@@ -18,3 +18,15 @@ def test_artifacts_go_beside_a_sqlite_store_not_into_the_working_directory(tmp_p
     assert (store / "mlartifacts" / run_id / "artifacts" / "note.txt").read_text() == "artifact"
     assert not (elsewhere / "mlruns").exists()
     assert list(elsewhere.iterdir()) == []
+
+
+def test_runs_record_the_library_versions(tmp_path):
+    import mlflow
+    import torch
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = RunTracker(True, uri, "versions")
+    run_id = tracker.start("run", tags={"stage": "test"})
+    tracker.end()
+    tags = mlflow.MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["package.torch"] == torch.__version__ and tags["stage"] == "test"

@@ -55,7 +55,7 @@ from factory.formats.shards import (
     write_shard,
 )
 from factory.models.inference import InferenceSettings, prepare
-from factory.provenance import code_version
+from factory.provenance import code_version, package_versions
 from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
@@ -391,6 +391,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
         "format": "facefactory-webdataset/1",
         "shard_pattern": f"{SHARD_DIR}/{shard_pattern(len(shards))}",
         "code_version": code_version(),
+        "packages": package_versions(),
         "generator": record["generator"],
         "generator_uri": config.synthesis_checkpoint_uri(),
         "generator_checkpoint": {key: meta.get(key) for key in (
