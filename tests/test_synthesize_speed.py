@@ -115,6 +115,9 @@ def test_actor_range_builds_an_autoscaling_pool():
     pool = actor_pool(ranged, shards=20)
     assert (pool.min_size, pool.max_size) == (1, 8)
     assert actor_pool(ranged, shards=5).max_size == 5
+    # one shard per actor at a time: the first actor up must not queue the others' shards
+    assert actor_pool(fixed, shards=2).max_tasks_in_flight_per_actor == 1
+    assert pool.max_tasks_in_flight_per_actor == 1
     with pytest.raises(ConfigError, match="num_actors"):
         load_config(None, ["synthesis.actors.num_actors=[4,2]"])
     with pytest.raises(ConfigError, match="num_actors"):

@@ -319,13 +319,19 @@ def remove_stale_temporaries(out: str) -> int:
 
 def actor_pool(actors: ActorsConfig, shards: int):
     """A fixed ``ActorPoolStrategy``, or an autoscaling one for a [min, max] range; never more
-    actors than shards to write."""
+    actors than shards to write.
+
+    One shard in flight per actor: Ray Data would otherwise queue up to four on the first actor
+    that is ready while the others are still starting (importing torch, loading the model), and
+    with few shards left (a resume, the last round) one actor wrote them one after another while
+    the rest idled. A shard is minutes of work, so there is nothing to gain from queueing."""
     import ray
 
     low, high = (min(size, shards) for size in actors.size_range())
     if low == high:
-        return ray.data.ActorPoolStrategy(size=low)
-    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+        return ray.data.ActorPoolStrategy(size=low, max_tasks_in_flight_per_actor=1)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high,
+                                      max_tasks_in_flight_per_actor=1)
 
 
 @dataclass
