@@ -837,6 +837,10 @@ class FactoryConfig(StrictModel):
                            lambda: storage.join(self.faceworld_uri(), "train"),
                            "the recognizer's training set")
 
+    def recognizer_data_uris(self) -> list[str]:
+        """The recognizer's whole training set: ``recognizer.data`` then ``extra_data``."""
+        return [self.recognizer_data_uri(), *self.recognizer.extra_data]
+
     def recognizer_storage_uri(self) -> str:
         return self.recognizer.storage or storage.join(self.workdir, "recognizer")
 

@@ -172,7 +172,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
         columns = {"raw pixels": run_pixel_baseline(config)}
         columns["random init"] = random_init_results(config)
 
-    training_sets = " + ".join([config.recognizer_data_uri(), *config.recognizer.extra_data])
+    training_sets = " + ".join(config.recognizer_data_uris())
     print(f"== train recognizer on {training_sets} ({config.recognizer.backbone.name}, Ray Train)")
     with clock.stage("real-trained recognizer"):
         real_run = train_recognizer(config, cli_address)
@@ -190,7 +190,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     print("\n== results (chance is 50%)")
     print(table)
     if synthetic_document:
-        real = open_training_data([config.recognizer_data_uri(), *config.recognizer.extra_data])
+        real = open_training_data(config.recognizer_data_uris())
         line = gtr_line(synthetic_document["gtr"], synthetic_document["counts"], len(real),
                         real.num_classes)
         print(f"synthetic data: {sampler_text(config.synthesis.sampling.model_dump())}")

@@ -332,7 +332,8 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
     cfg = config.recognizer
     data_uri = config.recognizer_data_uri()
     # Fail fast, on the driver, in one line.
-    open_training_data([data_uri, *cfg.extra_data], cfg.precheck_images, **cfg.select.as_kwargs())
+    open_training_data(config.recognizer_data_uris(), cfg.precheck_images,
+                       **cfg.select.as_kwargs())
     if cfg.domain_mixup.real_data:
         open_checked(cfg.domain_mixup.real_data, cfg.precheck_images)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
