@@ -16,8 +16,9 @@ Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cu
    ``--device cuda`` also a batch-size sweep (``--batch-sizes``) of the first setting.
 4. **End to end** (load, plan, sample, measure, encode, write, manifest): the plain loop
    (``write_sampled_shard`` in this process), then ``factory synthesize`` with each actor count
-   in ``--actors``; for a pool, where its time went (start-up before the first result, time
-   inside shards, the rest).
+   in ``--actors`` for each place of the JPEG encoding in ``--encode`` (``thread``: inside the
+   actor, overlapped with the next batch; ``stage``: a separate Ray Data CPU stage); for a
+   pool, where its time went (start-up before the first result, time inside shards, the rest).
 5. The driver's peak RSS for N and 10 N images (1-step sampling, fresh processes) and their
    ratio (target: within 1.2x).
 
@@ -78,7 +79,7 @@ def parse_solvers(text: str) -> list[tuple[str, int]]:
 
 
 def bench_config(args, root: str, out: str, identities: int, actors: int,
-                 steps: int | None = None) -> FactoryConfig:
+                 steps: int | None = None, encode: str = "thread") -> FactoryConfig:
     gpus = 1.0 if args.device == "cuda" else 0.0
     solver, default_steps = parse_solvers(args.solvers)[0]
     return load_config(None, [
@@ -95,6 +96,7 @@ def bench_config(args, root: str, out: str, identities: int, actors: int,
         f"synthesis.actors.cpus_per_actor={0.9 if actors > 1 else 1.0}",
         f"synthesis.actors.threads_per_actor={args.threads}",
         f"synthesis.actors.gpus_per_actor={gpus / actors}",
+        f"synthesis.actors.encode={encode}",
         f"runtime.mlflow_tracking_uri=sqlite:///{root}/mlflow.db",
     ])
 
@@ -264,24 +266,28 @@ def end_to_end_section(args, root: str, attainable: float) -> dict:
     start_ray()
     import ray
 
-    for actors in args.actors:
-        runs[actors] = []
-        for repeat in range(args.repeats):
-            started = time.perf_counter()
-            run = synthesize(bench_config(args, root, f"{root}/pool{actors}-{repeat}",
-                                          args.identities, actors))
-            runs[actors].append(run.images_written / (time.perf_counter() - started))
-            print(pool_breakdown(run))
+    for encode in args.encode:
+        for actors in args.actors:
+            name = str(actors) if encode == "thread" else f"{actors}-stage"
+            runs[name] = []
+            for repeat in range(args.repeats):
+                started = time.perf_counter()
+                run = synthesize(bench_config(args, root, f"{root}/pool{name}-{repeat}",
+                                              args.identities, actors, encode=encode))
+                runs[name].append(run.images_written / (time.perf_counter() - started))
+                print(pool_breakdown(run))
     ray.shutdown()
     plain = statistics.median(runs["plain"])
     for name, rates in runs.items():
+        actors = int(name.split("-")[0]) if name != "plain" else 1
         # CPU: each actor has its own core(s); CUDA: the actors share the one GPU measured
-        workers = 1 if name == "plain" or args.device == "cuda" else name
-        label = "plain loop" if name == "plain" else f"Ray Data, {name} actor(s)"
+        workers = 1 if name == "plain" or args.device == "cuda" else actors
+        encoding = " (encode: stage)" if name.endswith("-stage") else ""
+        label = "plain loop" if name == "plain" else f"Ray Data, {actors} actor(s){encoding}"
         fraction = statistics.median(rates) * flops["image"] / (workers * attainable)
-        print(f"{label:22s} {summary(rates)} img/s  {statistics.median(rates) / plain:.2f}x "
+        print(f"{label:40s} {summary(rates)} img/s  {statistics.median(rates) / plain:.2f}x "
               f"plain  {100 * fraction:5.1f}% of attainable per worker")
-    return {str(k): v for k, v in runs.items()}
+    return runs
 
 
 def main() -> None:
@@ -292,6 +298,8 @@ def main() -> None:
     parser.add_argument("--solvers", default="ddim:20,dpmsolver++:10,unipc:10",
                         help="solver:steps settings; the first one runs end to end")
     parser.add_argument("--actors", default="1,2")
+    parser.add_argument("--encode", default="thread,stage",
+                        help="synthesis.actors.encode settings the pools run with")
     parser.add_argument("--identities", type=int, default=64)
     parser.add_argument("--images-per-identity", type=int, default=8)
     parser.add_argument("--identities-per-shard", type=int, default=4)
@@ -312,6 +320,7 @@ def main() -> None:
         rss_child(args)
         return
     args.actors = [int(a) for a in args.actors.split(",") if a]
+    args.encode = [e for e in args.encode.split(",") if e]
     skip = set(args.skip.split(","))
     torch.set_num_threads(args.threads)
     attainable = attainable_flops(args.device, args.threads)
@@ -337,6 +346,10 @@ def main() -> None:
                     line += (f"; 2 actors / 1 actor: {ratios['2'] / ratios['1']:.2f} (target >= "
                              f"{TARGET_TWO_ACTORS})")
                 print(line)
+            for name, ratio in ratios.items():
+                if name.endswith("-stage") and name.split("-")[0] in ratios:
+                    print(f"{name.split('-')[0]} actor(s), encode stage / thread: "
+                          f"{ratio / ratios[name.split('-')[0]]:.2f}")
         if "rss" not in skip:
             small = child_peak_rss(args, root, args.rss_identities)
             large = child_peak_rss(args, root, 10 * args.rss_identities)

@@ -513,6 +513,15 @@ class ActorsConfig(StrictModel):
                                                            "read tasks need some")
     gpus_per_actor: float = Field(0.0, ge=0.0)
     threads_per_actor: int = Field(0, ge=0, description="torch threads; 0: from cpus_per_actor")
+    encode: Literal["thread", "stage"] = Field(
+        "thread", description="Where JPEG encoding and shard writing run: 'thread', inside each "
+                              "actor (a worker thread encodes a batch while the next one "
+                              "samples); 'stage', a separate Ray Data CPU stage after the "
+                              "actors, which hand it pixels, so the actors never wait for it. "
+                              "The shards' bytes are the same")
+    encode_cpus: float = Field(0.1, gt=0.0, description="CPUs one encoding task of 'encode: "
+                                                        "stage' reserves; keep the actors' CPUs "
+                                                        "plus this within the cluster's")
 
     @model_validator(mode="after")
     def _range(self) -> ActorsConfig:

@@ -19,7 +19,9 @@ from factory.errors import UserError
 from factory.formats.dataset import open_dataset
 from factory.formats.shards import ShardDataset, iter_shard
 from factory.synth.analyze import analyze
-from factory.synth.plan import planned_keys
+from factory.models.inference import prepare
+from factory.synth.plan import planned_keys, shard_items
+from factory.synth.sampler import encode_samples, sample_shard
 from factory.synth.synthesize import make_plan, synthesize
 from factory.train.generator_checkpoint import load_generator
 
@@ -105,6 +107,32 @@ def test_the_same_config_gives_identical_shards(synthesized, world, tiny_generat
                                         "synthesis.actors.num_actors=1"))
     assert [s["sha256"] for s in again.manifest["shards"]] == \
         [s["sha256"] for s in run.manifest["shards"]]
+
+
+def test_a_separate_encoding_stage_writes_the_same_shards(synthesized, world, tiny_generator,
+                                                          tmp_path):
+    config, run = synthesized
+    staged = synthesize(synthesis_config(world, tiny_generator, tmp_path / "staged",
+                                         "synthesis.actors.encode=stage"))
+    assert staged.manifest["shards"] == run.manifest["shards"]
+    assert staged.manifest["counts"] == run.manifest["counts"]
+
+
+def test_encoding_later_gives_the_same_samples_inquiry_copies_included(world, tiny_generator):
+    config = synthesis_config(world, tiny_generator, world / "unused",
+                              "synthesis.include_inquiry_images=true")
+    generator = load_generator(str(tiny_generator))
+    identities, _ = make_plan(config, generator)
+    item = shard_items(identities, 2)[0]
+    settings = prepare(generator, config.synthesis.sampling, "cpu")
+    inquiries = open_dataset(config.synthesis_inquiry_uri())
+    now = sample_shard(generator, item, config.synthesis, settings, inquiries)
+    later = sample_shard(generator, item, config.synthesis, settings, inquiries, encode=False)
+    assert later.pixels is not None and not any(sample.jpg for sample in later.samples)
+    encoded = encode_samples(later, config.synthesis.jpeg_quality)
+    assert encoded.pixels is None
+    assert any(sample.meta["real"] for sample in now.samples)
+    assert encoded.samples == now.samples
 
 
 def test_a_rerun_writes_only_unfinished_shards(synthesized, world, tiny_generator):

@@ -7,7 +7,9 @@ remaining work items, one per shard (identity records plus their embeddings as a
 pool of :class:`ShardSynthesizer` actors. Each actor loads the generator and E_id once, samples a
 whole shard in fixed batches, measures every sample's similarity to its inquiry embedding and to its
 identity center in the same pass, and writes, in this order, the identity centers, the tar (to a
-temporary name, then renamed) and the shard's stats file. A shard counts as done only when its
+temporary name, then renamed) and the shard's stats file; with ``synthesis.actors.encode: stage``
+the actor hands the sampled shard, pixels and all, to a separate CPU stage that encodes and
+writes it in the same order, so the actor goes on to its next shard. A shard counts as done only when its
 stats file exists, which is written last, so a killed run leaves nothing half-done under a final
 name and a rerun writes exactly the planned keys. A rerun does not trust those markers alone: it
 checks each complete shard against its stats (size, sha256, a loadable centers file) and writes
@@ -32,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import tempfile
 import time
@@ -68,7 +71,13 @@ from factory.synth.plan import (
     planned_m,
     shard_items,
 )
-from factory.synth.sampler import HISTOGRAM_EDGES, checkpoint_id, sample_shard
+from factory.synth.sampler import (
+    HISTOGRAM_EDGES,
+    SampledShard,
+    checkpoint_id,
+    encode_samples,
+    sample_shard,
+)
 from factory.tracking import RunTracker
 from factory.train.generator_checkpoint import (
     LoadedGenerator,
@@ -106,7 +115,12 @@ def write_sampled_shard(out: str, shard: int, generator: LoadedGenerator, item: 
                         cfg: SynthesisConfig, settings: InferenceSettings,
                         inquiries: FaceDataset | None = None) -> int:
     """Sample one shard and write it; the stats file goes last and marks it complete."""
-    sampled = sample_shard(generator, item, cfg, settings, inquiries)
+    return write_sampled(out, shard, sample_shard(generator, item, cfg, settings, inquiries))
+
+
+def write_sampled(out: str, shard: int, sampled: SampledShard) -> int:
+    """Write a sampled, encoded shard: centers, the tar, then the stats file that marks it
+    complete."""
     buffer = io.BytesIO()
     np.save(buffer, sampled.centers)
     storage.write_bytes(centers_uri(out, shard), buffer.getvalue())
@@ -121,7 +135,9 @@ def write_sampled_shard(out: str, shard: int, generator: LoadedGenerator, item: 
 
 
 class ShardSynthesizer:
-    """The Ray Data actor: loads the generator once, then turns work items into shards."""
+    """The Ray Data actor: loads the generator once, then turns work items into shards, or
+    (``actors.encode: stage``) into sampled shards with their pixels, pickled, for
+    :func:`encode_and_write`."""
 
     def __init__(self, config: dict[str, Any], checkpoint: str, out: str, inquiry_uri: str):
         self.cfg = SynthesisConfig.model_validate(config)
@@ -134,16 +150,33 @@ class ShardSynthesizer:
         self.inquiries = open_dataset(inquiry_uri) if self.cfg.include_inquiry_images else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, images, seconds = [], [], []
+        in_actor = self.cfg.actors.encode == "thread"
+        shards, results, seconds = [], [], []
         for shard, item, embeddings in zip(batch["shard"], batch["item"], batch["embeddings"]):
             started = time.perf_counter()
-            images.append(write_sampled_shard(self.out, int(shard), self.generator,
-                                              ShardItem.from_row(shard, item, embeddings),
-                                              self.cfg, self.settings, self.inquiries))
+            sampled = sample_shard(self.generator, ShardItem.from_row(shard, item, embeddings),
+                                   self.cfg, self.settings, self.inquiries, encode=in_actor)
+            results.append(write_sampled(self.out, int(shard), sampled) if in_actor
+                           else pickle.dumps(sampled, protocol=pickle.HIGHEST_PROTOCOL))
             shards.append(int(shard))
             seconds.append(time.perf_counter() - started)
-        return {"shard": np.array(shards), "images": np.array(images),
-                "seconds": np.array(seconds)}
+        column = (("images", np.array(results)) if in_actor
+                  else ("sampled", np.array(results, dtype=object)))
+        return {"shard": np.array(shards), column[0]: column[1], "seconds": np.array(seconds)}
+
+
+def encode_and_write(batch: dict[str, np.ndarray], out: str, quality: int
+                     ) -> dict[str, np.ndarray]:
+    """The CPU stage of ``actors.encode: stage``: JPEG-encode the sampled shards the actors
+    handed over and write them; its time is added to the shard's."""
+    images, seconds = [], []
+    for shard, sampled, sampling_seconds in zip(batch["shard"], batch["sampled"],
+                                                batch["seconds"]):
+        started = time.perf_counter()
+        images.append(write_sampled(out, int(shard),
+                                    encode_samples(pickle.loads(sampled), quality)))
+        seconds.append(float(sampling_seconds) + time.perf_counter() - started)
+    return {"shard": batch["shard"], "images": np.array(images), "seconds": np.array(seconds)}
 
 
 def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator | None = None
@@ -371,6 +404,10 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
                                "out": out, "inquiry_uri": config.synthesis_inquiry_uri()},
         **resources,
     )
+    if cfg.actors.encode == "stage":
+        results = results.map_batches(encode_and_write, batch_size=1, batch_format="numpy",
+                                      num_cpus=cfg.actors.encode_cpus,
+                                      fn_kwargs={"out": out, "quality": cfg.jpeg_quality})
     started, images, shard_seconds, first = time.perf_counter(), 0, 0.0, None
     with tqdm(total=len(todo), desc="synthesize", unit="shard") as progress:
         for row in results.iter_rows():
