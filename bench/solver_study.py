@@ -2,19 +2,19 @@
 within the run-to-run spread of the reference (DDIM 20).
 
 Run: ``.venv/bin/python bench/solver_study.py [--config configs/quickstart.yaml] [--identities
-16] [--seeds 2]``. Needs the config's face world (``factory faceworld``) and its generator and
-judge. For every (solver, steps) it samples the compliance protocol (held-out inquiry
-identities x ``generator.compliance.m_values`` x seeds, the generator report's sampler path) and
-records, by the judge and by E_id: Spearman(requested m, measured similarity) and the per-m mean
-similarity; by the judge: the Frechet distance to as many real training images; and the
-sampling rate (images/s, sampling only, this process's torch threads; on a shared machine a
-rough figure only: bench/synthesis_speed.py measures speed, and the PNG plots against steps,
-which cost the same for every solver). The reference is also
-drawn with ``--replicates`` other seed sets: the spread of those draws is the tolerance. A
-setting is *within the spread* when its judge Spearman is at least the lowest reference draw's,
-its Frechet distance at most the highest, and every per-m judge mean lies within the reference
-draws' range widened by half that range. Writes ``solver_study.json``, ``solver_study.md`` and
-``solver_study.png`` to ``--out``.
+16] [--seeds 2] [KEY=VALUE ...]`` (config overrides, as the factory commands take them). Needs
+the config's face world (``factory faceworld``) and its generator and judge. For every (solver,
+steps) it samples the compliance protocol (held-out inquiry identities x
+``generator.compliance.m_values`` x seeds, the generator report's sampler path) and records, by
+the judge and by E_id: Spearman(requested m, measured similarity) and the per-m mean similarity;
+by the judge: the Frechet distance to as many real training images; and the sampling rate
+(images/s, sampling only, this process's torch threads; on a shared machine a rough figure only:
+bench/synthesis_speed.py measures speed, and the PNG plots against steps, which cost the same
+for every solver). The reference is also drawn with ``--replicates`` other seed sets: the spread
+of those draws is the tolerance. A setting is *within the spread* when its judge Spearman is at
+least the lowest reference draw's, its Frechet distance at most the highest, and every per-m
+judge mean lies within the reference draws' range widened by half that range. Writes
+``solver_study.json``, ``solver_study.md`` and ``solver_study.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -149,9 +149,11 @@ def main() -> None:
                         help="extra seed sets of DDIM 20 (the spread)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/solver-study")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, as the factory commands take them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(args.config, [])
+    config = load_config(args.config, args.overrides)
     cfg = config.generator
     generator = load_generator(config.generator_checkpoint_uri())
     judge = load_judge(config.judge)
@@ -167,7 +169,8 @@ def main() -> None:
 
     # every result is appended as it comes, and a rerun with the same protocol reuses them
     partial = os.path.join(args.out, "solver_study.partial.jsonl")
-    protocol = {"config": args.config, "identities": args.identities, "seeds": args.seeds}
+    protocol = {"config": args.config, "overrides": args.overrides,
+                "identities": args.identities, "seeds": args.seeds}
     done = {}
     if os.path.exists(partial):
         with open(partial) as stream:
