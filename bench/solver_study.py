@@ -90,28 +90,40 @@ def within(result: dict, tol: dict) -> bool:
                 and np.all(means <= np.array(tol["means_high"])))
 
 
-def write_png(results: list[dict], references: list[dict], path: str) -> None:
+def write_png(results: list[dict], references: list[dict], tol: dict, m_values: list[float],
+              path: str) -> None:
+    """Spearman, Frechet distance and the judge's mean at the m nearest 0 (where the cheaper
+    settings drift first), each against steps, over the reference draws' band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    middle = int(np.argmin(np.abs(np.asarray(m_values))))
+    panels = (
+        ("Spearman(requested m, judge similarity)", lambda r: r["spearman"]["judge"]),
+        ("Frechet distance to real (judge features)", lambda r: r["frechet"]),
+        (f"judge mean similarity at m = {m_values[middle]:+.1f}",
+         lambda r: r["means"]["judge"][middle]),
+    )
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for solver in SOLVER_NAMES:
         rows = sorted((r for r in results if r["solver"] == solver), key=lambda r: r["steps"])
         if not rows:
             continue
-        for axis, key in zip(axes, ("spearman", "frechet")):
-            values = [r[key]["judge"] if key == "spearman" else r[key] for r in rows]
-            axis.plot([r["steps"] for r in rows], values, "o-", label=SOLVER_NAMES[solver])
-    for axis, key in zip(axes, ("spearman", "frechet")):
-        values = [r[key]["judge"] if key == "spearman" else r[key] for r in references]
+        for axis, (_, value) in zip(axes, panels):
+            axis.plot([r["steps"] for r in rows], [value(r) for r in rows], "o-",
+                      label=SOLVER_NAMES[solver])
+    for axis, (label, value) in zip(axes, panels):
+        values = [value(r) for r in references]
         axis.axhspan(min(values), max(values), color="grey", alpha=0.25,
                      label="DDIM 20, seed spread")
         axis.set_xlabel("steps (UNet calls per image; cost is linear in them)")
-    axes[0].set_ylabel("Spearman(requested m, judge similarity)")
-    axes[1].set_ylabel("Frechet distance to real (judge features)")
+        axis.set_ylabel(label)
+    axes[2].axhspan(tol["means_low"][middle], tol["means_high"][middle], color="grey",
+                    alpha=0.12, label="tolerance (spread widened by half)")
     axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
     figure.suptitle("Solver x steps against the seed spread of DDIM 20")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -212,7 +224,7 @@ def main() -> None:
     text = markdown(results, references[1:], tol, m_values, choice)
     with open(os.path.join(args.out, "solver_study.md"), "w") as stream:
         stream.write(text)
-    write_png(results, references, os.path.join(args.out, "solver_study.png"))
+    write_png(results, references, tol, m_values, os.path.join(args.out, "solver_study.png"))
     print(text)
 
 
