@@ -20,7 +20,8 @@ from factory.formats.dataset import open_dataset
 from factory.formats.shards import ShardDataset, iter_shard
 from factory.synth.analyze import analyze
 from factory.models.inference import prepare
-from factory.synth.plan import planned_keys, shard_items
+from factory.synth import synthesize as synthesize_module
+from factory.synth.plan import identities_from_bytes, planned_keys, shard_items
 from factory.synth.sampler import encode_samples, sample_shard
 from factory.synth.synthesize import make_plan, synthesize
 from factory.train.generator_checkpoint import load_generator
@@ -150,6 +151,24 @@ def test_a_rerun_writes_only_unfinished_shards(synthesized, world, tiny_generato
     with pytest.raises(UserError, match="another plan"):
         synthesize(synthesis_config(world, tiny_generator, run.out,
                                     "synthesis.images_per_identity=4"))
+
+
+def test_a_rerun_resumes_the_saved_plan_without_embedding_the_inquiries(
+        synthesized, monkeypatch):
+    config, run = synthesized
+    saved = os.path.join(run.out, "plan_identities.npz")
+    identities, inquiry_filter = identities_from_bytes(open(saved, "rb").read())
+    assert len(identities) == 6 and inquiry_filter == run.manifest["inquiry_filter"]
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("the plan was made again")
+
+    monkeypatch.setattr(synthesize_module, "make_plan", no_planning)
+    assert synthesize(config).manifest["shards"] == run.manifest["shards"]
+    monkeypatch.undo()
+    open(saved, "wb").write(b"not an npz")  # damaged: planned again, and saved again
+    assert synthesize(config).manifest["shards"] == run.manifest["shards"]
+    assert identities_from_bytes(open(saved, "rb").read())[0] == identities
 
 
 def test_analyze_reports_statistics_m_curve_and_privacy(synthesized):

@@ -4,6 +4,8 @@ or reads one (synthesis, analysis, the dataset card)::
     shards/shard-000000.tar ...     the samples (webdataset: key.jpg, key.cls, key.json)
     stats/shard-000000.json ...     per-shard counts, checksums, labels, histograms, centers
     plan.json                       what this directory is a dataset of (checked on rerun)
+    plan_identities.npz             the planned identities and their embeddings (a rerun
+                                    resumes with them instead of embedding the inquiries again)
     manifest.json                   config, code version, counts, checksums, histograms
     similarity_histogram.png        similarity to inquiry and to center, all samples
     report/                         ``factory analyze``: analysis.json, statistics.txt and
@@ -14,6 +16,7 @@ or reads one (synthesis, analysis, the dataset card)::
 from __future__ import annotations
 
 STATS_DIR, PLAN_FILE, MANIFEST_FILE = "stats", "plan.json", "manifest.json"
+IDENTITIES_FILE = "plan_identities.npz"
 HISTOGRAM_FILE = "similarity_histogram.png"
 REPORT_DIR = "report"
 ANALYSIS_FILE, STATISTICS_FILE = "analysis.json", "statistics.txt"

@@ -11,6 +11,7 @@ timing or on which actor runs what, a rerun plans exactly the same keys.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -35,6 +36,30 @@ class PlannedIdentity:
     image_index: int | None = None
     parents: list[int] | None = None  # labels of the two mixed identities (first gets phi)
     mixup_labels: str | None = None  # "soft" or "new_class" (InquiryConfig.mixup_labels)
+
+
+def identities_to_bytes(identities: list[PlannedIdentity], inquiry_filter: dict) -> bytes:
+    """The planned identities (plain fields as JSON, embeddings as an exact float64 array)
+    and the inquiry filter's record, as one ``.npz`` file's bytes."""
+    records = [{key: value for key, value in asdict(identity).items() if key != "embedding"}
+               for identity in identities]
+    buffer = io.BytesIO()
+    np.savez(buffer, identities=np.array(json.dumps(records)),
+             inquiry_filter=np.array(json.dumps(inquiry_filter)),
+             embeddings=np.stack([identity.embedding for identity in identities]))
+    return buffer.getvalue()
+
+
+def identities_from_bytes(data: bytes) -> tuple[list[PlannedIdentity], dict]:
+    """What :func:`identities_to_bytes` wrote; ValueError (or KeyError) for anything else."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+        records = json.loads(str(saved["identities"]))
+        embeddings = np.asarray(saved["embeddings"], np.float64)
+        inquiry_filter = json.loads(str(saved["inquiry_filter"]))
+    if len(records) != len(embeddings):
+        raise ValueError(f"{len(records)} identities, {len(embeddings)} embeddings")
+    return [PlannedIdentity(**record, embedding=row)
+            for record, row in zip(records, embeddings)], inquiry_filter
 
 
 def m_candidates(cfg: MValuesConfig) -> list[float]:

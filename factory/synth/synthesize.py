@@ -22,6 +22,8 @@ Output layout under ``synthesis.out``::
     stats/shard-000000.json         count, sha256, labels, similarity histograms of a shard
     stats/shard-000000.centers.npy  the synthetic identity centers (for the privacy check)
     plan.json                       what this directory is a dataset of (checked on rerun)
+    plan_identities.npz             the planned identities and embeddings (a rerun resumes
+                                    with them: the inquiries are embedded once)
     manifest.json                   config, code version, generator and E_id, counts,
                                     per-shard counts and checksums, histograms of the
                                     requested m and the measured similarities
@@ -38,6 +40,7 @@ import pickle
 import re
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,10 +66,18 @@ from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
 from factory.synth.inquiries import embed_inquiries_here, embed_inquiries_on_actors
-from factory.synth.layout import HISTOGRAM_FILE, MANIFEST_FILE, PLAN_FILE, STATS_DIR
+from factory.synth.layout import (
+    HISTOGRAM_FILE,
+    IDENTITIES_FILE,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    STATS_DIR,
+)
 from factory.synth.plan import (
     PlannedIdentity,
     ShardItem,
+    identities_from_bytes,
+    identities_to_bytes,
     plan_identities,
     planned_m,
     shard_items,
@@ -245,6 +256,33 @@ def previous_plan(out: str) -> dict[str, Any] | None:
             for key, value in LEGACY_SAMPLING.items():
                 previous["synthesis"]["sampling"].setdefault(key, value)
     return previous
+
+
+def resume_or_make_plan(config: FactoryConfig, out: str, meta: dict[str, Any],
+                        previous: dict[str, Any] | None, cli_address: str | None
+                        ) -> tuple[list[PlannedIdentity], dict[str, Any]]:
+    """The identities and inquiry filter record a previous run saved in ``out``, when its plan
+    is this config's; otherwise :func:`make_plan`'s, saved for the next rerun.
+
+    A rerun then skips the inquiry embedding stage (an actor start-up here, minutes for a
+    large inquiry set on CPUs), and plans exactly what the first run planned even on other
+    hardware, where E_id's last bits, and so a borderline inquiry filter decision, could
+    differ. An unreadable saved file is ignored: the plan is made again and checked as before.
+    """
+    uri = storage.join(out, IDENTITIES_FILE)
+    if previous is not None and storage.exists(uri):
+        try:
+            identities, inquiry_filter = identities_from_bytes(storage.read_bytes(uri))
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+            identities = []
+        if identities and plan_record(config, meta, identities) == previous:
+            print(f"synthesis: resuming the plan saved in {out} ({len(identities)} identities; "
+                  "the inquiries are not embedded again)")
+            return identities, inquiry_filter
+    identities, inquiry_filter = make_plan(config, cli_address=cli_address)
+    claim_output(out, plan_record(config, meta, identities), previous)
+    storage.write_bytes(uri, identities_to_bytes(identities, inquiry_filter))
+    return identities, inquiry_filter
 
 
 def claim_output(out: str, record: dict[str, Any], previous: dict[str, Any] | None) -> None:
@@ -492,9 +530,8 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     previous = previous_plan(out)
     done = complete_shards(out)
     damaged = damaged_shards(out, done)
-    identities, inquiry_filter = make_plan(config, cli_address=cli_address)
+    identities, inquiry_filter = resume_or_make_plan(config, out, meta, previous, cli_address)
     record = plan_record(config, meta, identities)
-    claim_output(out, record, previous)
     remove_stale_temporaries(out)
     for shard, reason in damaged.items():
         print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
