@@ -760,6 +760,12 @@ class ExperimentsConfig(StrictModel):
                                                         "world by similarity to center")
     lambda0_checkpoint: Uri = Field("", description="Generator trained with lambda = 0 (the "
                                                     "paper's ablation); empty: study skipped")
+    lambda0_reference_checkpoint: Uri = Field(
+        "", description="The similarity-matched generator trained exactly as "
+                        "lambda0_checkpoint (recipe, steps, data, E_id; only lambda differs): "
+                        "the ablation's equal-budget reference; empty: the lambda = 0 data is "
+                        "compared with the experiments' generator only, whose training may "
+                        "differ")
     mixup_share: float = Field(0.5, gt=0.0, lt=1.0,
                                description="Share of identity-mixup identities in the SynFace "
                                            "identity-mixup cell")

@@ -12,6 +12,7 @@ from factory.errors import UserError
 from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
 from factory.experiments import run as run_module
 from factory.experiments.cells import (
+    LAMBDA0_ROLES,
     RealSet,
     SyntheticSet,
     gtr_study,
@@ -52,6 +53,31 @@ def test_cells_that_train_the_same_thing_share_data_and_runs():
     assert mixup.data.identities + mixup.data.mixup == plain.data.identities  # equal volume
     domain = synface_study(exp, 0.0)[2]
     assert domain.data == plain.data and domain.real == RealSet(20, 16)
+
+
+def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
+    exp = load_config(CONFIG, ["experiments.lambda0_reference_checkpoint=runs/matched"]
+                      ).experiments
+    matched, lambda0, equal = lambda0_study(exp, 1.0)
+    assert lambda0.data.key == "synthetic-200x16-mp1.00-lambda0"  # the data made before stays
+    assert equal.data.generator == exp.lambda0_reference_checkpoint != lambda0.data.generator
+    assert len({c.key for c in (matched, lambda0, equal)}) == 3
+    assert [c.tags["generator"] for c in (matched, lambda0, equal)] == list(LAMBDA0_ROLES)
+    assert len(lambda0_study(load_config(CONFIG).experiments, 1.0)) == 2
+
+    config = FactoryConfig()
+    config.experiments.out = str(tmp_path)
+    results = Results(config)
+    for cell, test in zip((matched, lambda0, equal), (82.0, 75.0, 76.0)):
+        results.record_cell(cell, "data", [0, 1, 2])
+        for seed in (0, 1, 2):
+            results.record_run(run_name(cell, seed), {VALIDATION_AVERAGE: test,
+                                                      TEST_AVERAGE: test + 0.1 * seed,
+                                                      "seconds": 1.0})
+    lines = findings(results.document)
+    alike = next(line for line in lines if "both generators trained alike" in line)
+    assert "**reproduced**" in alike and "76.10 vs 75.10" in alike
+    assert any("training may differ" in line and "82.10 vs 75.10" in line for line in lines)
 
 
 def test_gtr_matches_the_real_side_to_the_identities_synthesis_gave():

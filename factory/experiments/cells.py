@@ -37,13 +37,19 @@ class RealSet:
 class SyntheticSet:
     """``identities`` identities x ``images`` images synthesised from held-out inquiries at the
     listed m values (cycled over each identity's images), by ``generator`` (empty: the
-    experiments' generator); ``mixup`` of the identities are SynFace identity-mixup ones."""
+    experiments' generator), named ``generator_tag`` in the key; ``mixup`` of the identities
+    are SynFace identity-mixup ones."""
 
     identities: int
     images: int
     m_values: tuple[float, ...]
     generator: str = ""
     mixup: int = 0
+    generator_tag: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.generator) != bool(self.generator_tag):
+            raise ValueError("a synthetic set by another generator needs a generator_tag")
 
     @property
     def key(self) -> str:
@@ -51,7 +57,7 @@ class SyntheticSet:
         name = f"synthetic-{self.identities}x{self.images}-m{values}"
         if self.mixup:
             name += f"-mixup{self.mixup}"
-        return name + ("-lambda0" if self.generator else "")
+        return name + (f"-{self.generator_tag}" if self.generator_tag else "")
 
 
 @dataclass(frozen=True)
@@ -131,18 +137,36 @@ def group_study(cfg: ExperimentsConfig) -> list[Cell]:
 
 
 def best_m_set(cfg: ExperimentsConfig, best_m: float, identities: int | None = None,
-               generator: str = "", mixup: int = 0) -> SyntheticSet:
+               generator: str = "", generator_tag: str = "", mixup: int = 0) -> SyntheticSet:
     """A set at the m study's best m (chosen on validation), by default at the first volume."""
     default_identities, images = volume(cfg.volumes[0])
-    return SyntheticSet(identities or default_identities, images, (best_m,), generator, mixup)
+    return SyntheticSet(identities or default_identities, images, (best_m,), generator, mixup,
+                        generator_tag)
+
+
+LAMBDA0_ROLES = ("experiments", "lambda0", "equal budget")
+"""The lambda = 0 study's generators (a cell's ``generator`` tag): the experiments' own, the
+lambda = 0 one, and the similarity-matched one trained with the lambda = 0 one's budget."""
 
 
 def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
     """The paper's ablation: the lambda = 0 generator's data against the similarity-matched
-    generator's, both sampled at the best m at the first volume."""
-    return [Cell("lambda0", "similarity-matched (lambda > 0)", best_m_set(cfg, best_m)),
-            Cell("lambda0", "lambda = 0", best_m_set(cfg, best_m,
-                                                     generator=cfg.lambda0_checkpoint))]
+    generator's, all sampled at the best m at the first volume. With
+    ``lambda0_reference_checkpoint``, also the similarity-matched generator trained exactly as
+    the lambda = 0 one (recipe, steps, data, E_id): the comparison that isolates lambda."""
+    experiments, lambda0, equal = LAMBDA0_ROLES
+    cells = [Cell("lambda0", "similarity-matched (lambda > 0)", best_m_set(cfg, best_m),
+                  tags={"generator": experiments}),
+             Cell("lambda0", "lambda = 0", best_m_set(cfg, best_m,
+                                                      generator=cfg.lambda0_checkpoint,
+                                                      generator_tag="lambda0"),
+                  tags={"generator": lambda0})]
+    if cfg.lambda0_reference_checkpoint:
+        cells.append(Cell("lambda0", "similarity-matched (lambda > 0), lambda = 0's training",
+                          best_m_set(cfg, best_m, generator=cfg.lambda0_reference_checkpoint,
+                                     generator_tag="matched-budget"),
+                          tags={"generator": equal}))
+    return cells
 
 
 def synface_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:

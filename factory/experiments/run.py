@@ -189,6 +189,10 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
                         "(factory train-generator --config "
                         "configs/faceworld-generator-lambda0.yaml), or leave 'lambda0' out of "
                         "experiments.studies")
+    reference = exp.lambda0_reference_checkpoint
+    if running_lambda0 and reference and not storage.exists(reference):
+        raise UserError(f"experiments.lambda0_reference_checkpoint: {reference}: not found; "
+                        "train it as configs/experiments/faceworld.yaml says, or set it empty")
     for name in only or []:
         if name not in EXPERIMENT_STUDIES:
             raise UserError(f"--study {name}: expected one of {', '.join(EXPERIMENT_STUDIES)}")
