@@ -41,10 +41,8 @@ class PlannedIdentity:
 def identities_to_bytes(identities: list[PlannedIdentity], inquiry_filter: dict) -> bytes:
     """The planned identities (plain fields as JSON, embeddings as an exact float64 array)
     and the inquiry filter's record, as one ``.npz`` file's bytes."""
-    records = [{key: value for key, value in asdict(identity).items() if key != "embedding"}
-               for identity in identities]
     buffer = io.BytesIO()
-    np.savez(buffer, identities=np.array(json.dumps(records)),
+    np.savez(buffer, identities=np.array(json.dumps(plain_records(identities))),
              inquiry_filter=np.array(json.dumps(inquiry_filter)),
              embeddings=np.stack([identity.embedding for identity in identities]))
     return buffer.getvalue()
@@ -56,10 +54,22 @@ def identities_from_bytes(data: bytes) -> tuple[list[PlannedIdentity], dict]:
         records = json.loads(str(saved["identities"]))
         embeddings = np.asarray(saved["embeddings"], np.float64)
         inquiry_filter = json.loads(str(saved["inquiry_filter"]))
+    return from_records(records, embeddings), inquiry_filter
+
+
+def plain_records(identities: list[PlannedIdentity]) -> list[dict]:
+    """Each identity's plain fields (everything but the embedding), JSON-ready."""
+    return [{key: value for key, value in asdict(identity).items() if key != "embedding"}
+            for identity in identities]
+
+
+def from_records(records: list[dict], embeddings: np.ndarray) -> list[PlannedIdentity]:
+    """The identities :func:`plain_records` described, each with its float64 embedding row;
+    ValueError when the two counts differ."""
     if len(records) != len(embeddings):
         raise ValueError(f"{len(records)} identities, {len(embeddings)} embeddings")
-    return [PlannedIdentity(**record, embedding=row)
-            for record, row in zip(records, embeddings)], inquiry_filter
+    return [PlannedIdentity(**record, embedding=np.asarray(row, np.float64))
+            for record, row in zip(records, embeddings)]
 
 
 def m_candidates(cfg: MValuesConfig) -> list[float]:
@@ -160,19 +170,15 @@ class ShardItem:
     def to_row(self) -> dict:
         """A Ray Data row: the embeddings as an array (an Arrow tensor column, exact float64),
         the few plain fields of each identity as one JSON string."""
-        records = [{key: value for key, value in asdict(identity).items() if key != "embedding"}
-                   for identity in self.identities]
-        return {"shard": self.shard, "item": json.dumps(records),
+        return {"shard": self.shard, "item": json.dumps(plain_records(self.identities)),
                 "embeddings": self.embeddings()}
 
     @classmethod
     def from_row(cls, shard: int, item: str, embeddings: np.ndarray) -> ShardItem:
-        records = json.loads(item)
-        if len(records) != len(embeddings):
-            raise ValueError(f"shard {shard}: {len(records)} identities, "
-                             f"{len(embeddings)} embeddings")
-        return cls(int(shard), [PlannedIdentity(**record, embedding=np.asarray(row, np.float64))
-                                for record, row in zip(records, embeddings)])
+        try:
+            return cls(int(shard), from_records(json.loads(item), embeddings))
+        except ValueError as exc:
+            raise ValueError(f"shard {shard}: {exc}") from None
 
 
 def shard_items(identities: list[PlannedIdentity], per_shard: int) -> list[ShardItem]:
