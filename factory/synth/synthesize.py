@@ -11,9 +11,9 @@ temporary name, then renamed) and the shard's stats file; with ``synthesis.actor
 the actor hands the sampled shard, pixels and all, to a separate CPU stage that encodes and
 writes it in the same order, so the actor goes on to its next shard. A shard counts as done only
 when its stats file exists, which is written last, so a killed run leaves nothing half-done
-under a final name and a rerun writes exactly the planned keys. A rerun does not trust those markers alone: it
-checks each complete shard against its stats (size, sha256, a loadable centers file) and writes
-a damaged one again. The driver only ever holds the plan and one
+under a final name and a rerun writes exactly the planned keys. A rerun does not trust those
+markers alone: it checks each complete shard against its stats (size, sha256, a loadable centers
+file) and writes a damaged one again. The driver only ever holds the plan and one
 small stats record per shard, so its memory does not grow with the number of images.
 
 Output layout under ``synthesis.out``::
