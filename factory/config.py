@@ -605,6 +605,14 @@ class EvaluateConfig(StrictModel):
     reference_run: str = Field("", description="MLflow run name of the real-data run, for GtR")
     out: Uri = Field("", description="Results URI; empty: next to the checkpoint")
 
+    @field_validator("reference_run")
+    @classmethod
+    def _quotable(cls, value: str) -> str:
+        # the name goes into an MLflow search filter as a quoted string literal
+        if "'" in value or '"' in value:
+            raise ValueError("expected an MLflow run name without quote characters")
+        return value
+
 
 class SearchSpec(StrictModel):
     """One searched parameter: exactly one of ``grid`` (every value, in every combination),

@@ -41,6 +41,12 @@ def test_wrong_type_names_key_and_type():
     assert "integer" in str(info.value)
 
 
+def test_a_reference_run_name_with_a_quote_is_refused_before_it_reaches_mlflow():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["evaluate.reference_run=real's run"])
+    assert "evaluate.reference_run" in str(info.value) and "quote" in str(info.value)
+
+
 def test_override_without_equals_is_refused():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(None, ["faceworld.image_size"])
