@@ -15,11 +15,16 @@ of those draws is the tolerance. A setting is *within the spread* when its judge
 least the lowest reference draw's, its Frechet distance at most the highest, and every per-m
 judge mean lies within the reference draws' range widened by half that range. Writes
 ``solver_study.json``, ``solver_study.md`` and ``solver_study.png`` to ``--out``.
+
+A setting may name the precision it samples in and ask for a compiled UNet (``--settings
+"ddim:20@bf16"``: bf16 autocast, also on a CPU; ``ddim:20@bf16+compile``: and
+``torch.compile``); the reference is always float32 and eager, the old default.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -41,19 +46,35 @@ from factory.report import format_table
 from factory.train.checkpoint import load_judge
 from factory.train.generator_checkpoint import load_generator
 
-REFERENCE = ("ddim", 20)
+REFERENCE = ("ddim", 20, "fp32", False)
+"""The old default: DDIM 20 in float32 (``precision: auto`` on a CPU), not compiled."""
+PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_STRIDE = 1000  # seed_offset between replicate draws (seeds within a draw stay below it)
 
 
-def parse_settings(text: str) -> list[tuple[str, int]]:
-    """``ddim:5,10,20;unipc:5,8`` -> [(ddim, 5), (ddim, 10), ...]."""
+def parse_settings(text: str) -> list[tuple[str, int, str, bool]]:
+    """``ddim:5,10,20;unipc:5,8;ddim:20@bf16+compile`` -> [(ddim, 5, fp32, False), (ddim, 10,
+    fp32, False), ..., (ddim, 20, bf16, True)]: solver, steps, the sampling precision (float32
+    unless ``@`` names another) and whether the UNet is compiled."""
     settings = []
     for part in text.split(";"):
+        part, compiled, _ = part.partition("+compile")
+        part, _, precision = part.partition("@")
         solver, steps = part.split(":")
         if solver not in SOLVER_NAMES:
             raise SystemExit(f"--settings: unknown solver {solver!r}")
-        settings += [(solver, int(s)) for s in steps.split(",")]
+        if (precision or "fp32") not in PRECISIONS:
+            raise SystemExit(f"--settings: unknown precision {precision!r} ({PRECISIONS})")
+        settings += [(solver, int(s), precision or "fp32", bool(compiled))
+                     for s in steps.split(",")]
     return settings
+
+
+def label(result: dict) -> str:
+    """``DDIM``, or ``DDIM bf16`` for a setting that does not sample in float32."""
+    precision = result.get("precision", "fp32")
+    return (SOLVER_NAMES[result["solver"]] + ("" if precision == "fp32" else f" {precision}")
+            + (" compiled" if result.get("compile") else ""))
 
 
 def run_setting(generator, judge, inquiries, images, real, m_values, seeds, sampling,
@@ -64,7 +85,9 @@ def run_setting(generator, judge, inquiries, images, real, m_values, seeds, samp
     by = {name: measure(encoder, name, images, drawn, m_values)
           for name, encoder in (("judge", judge), ("E_id", generator.encoder))}
     frechet = frechet_against_real(judge, drawn.images, real, generator.image_size)
-    return {"solver": sampling.solver, "steps": sampling.steps, "seed_offset": seed_offset,
+    return {"solver": sampling.solver, "steps": sampling.steps, "precision": sampling.precision,
+            "compile": sampling.compile,
+            "seed_offset": seed_offset,
             "images": len(drawn.images), "seconds": seconds,
             "images_per_s": len(drawn.images) / seconds,
             "spearman": {name: view.spearman for name, view in by.items()},
@@ -107,19 +130,17 @@ def write_png(results: list[dict], references: list[dict], tol: dict, m_values: 
          lambda r: r["means"]["judge"][middle]),
     )
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for solver in SOLVER_NAMES:
-        rows = sorted((r for r in results if r["solver"] == solver), key=lambda r: r["steps"])
-        if not rows:
-            continue
+    for name in dict.fromkeys(label(r) for r in results):
+        rows = sorted((r for r in results if label(r) == name), key=lambda r: r["steps"])
         for axis, (_, value) in zip(axes, panels):
-            axis.plot([r["steps"] for r in rows], [value(r) for r in rows], "o-",
-                      label=SOLVER_NAMES[solver])
-    for axis, (label, value) in zip(axes, panels):
+            axis.plot([r["steps"] for r in rows], [value(r) for r in rows],
+                      "o-" if name in SOLVER_NAMES.values() else "D", label=name)
+    for axis, (title, value) in zip(axes, panels):
         values = [value(r) for r in references]
         axis.axhspan(min(values), max(values), color="grey", alpha=0.25,
                      label="DDIM 20, seed spread")
         axis.set_xlabel("steps (UNet calls per image; cost is linear in them)")
-        axis.set_ylabel(label)
+        axis.set_ylabel(title)
     axes[2].axhspan(tol["means_low"][middle], tol["means_high"][middle], color="grey",
                     alpha=0.12, label="tolerance (spread widened by half)")
     axes[0].legend(fontsize=8)
@@ -134,7 +155,7 @@ def markdown(results: list[dict], references: list[dict], tol: dict, m_values,
              choice: dict | None) -> str:
     headers = ["solver", "steps", "images/s", "Spearman judge", "Spearman E_id", "Frechet",
                *[f"judge m={m:+.1f}" for m in m_values], "within spread"]
-    rows = [[SOLVER_NAMES[r["solver"]], r["steps"], r["images_per_s"],
+    rows = [[label(r), r["steps"], r["images_per_s"],
              f"{r['spearman']['judge']:.3f}", f"{r['spearman']['E_id']:.3f}",
              f"{r['frechet']:.3f}", *[f"{v:+.3f}" for v in r["means"]["judge"]],
              "yes" if within(r, tol) else "no"] for r in results]
@@ -145,7 +166,7 @@ def markdown(results: list[dict], references: list[dict], tol: dict, m_values,
     table = format_table(headers, rows)
     lines = ["```", table, "```"]
     if choice:
-        lines.append(f"cheapest within the spread of DDIM 20: {SOLVER_NAMES[choice['solver']]} "
+        lines.append(f"cheapest within the spread of DDIM 20: {label(choice)} "
                      f"{choice['steps']} steps ({choice['images_per_s']:.2f} images/s)")
     return "\n".join(lines) + "\n"
 
@@ -189,27 +210,34 @@ def main() -> None:
             for line in stream:
                 record = json.loads(line)
                 if record.pop("protocol") == protocol:
-                    done[(record["solver"], record["steps"], record["seed_offset"])] = record
+                    record.setdefault("precision", "fp32")  # recorded before these options
+                    record.setdefault("compile", False)
+                    done[(record["solver"], record["steps"], record["precision"],
+                          record["compile"], record["seed_offset"])] = record
 
-    def one(solver: str, steps: int, offset: int) -> dict:
-        if (solver, steps, offset) in done:
-            return done[(solver, steps, offset)]
-        sampling = cfg.sampling.model_copy(update={"solver": solver, "steps": steps})
-        result = run_setting(generator, judge, inquiries, images, real, m_values, args.seeds,
+    def one(solver: str, steps: int, precision: str, compiled: bool, offset: int) -> dict:
+        if (solver, steps, precision, compiled, offset) in done:
+            return done[(solver, steps, precision, compiled, offset)]
+        sampling = cfg.sampling.model_copy(update={"solver": solver, "steps": steps,
+                                                   "precision": precision, "compile": compiled})
+        # compiling wraps the UNet in place: a compiled setting gets its own copy
+        model = copy.deepcopy(generator) if compiled else generator
+        result = run_setting(model, judge, inquiries, images, real, m_values, args.seeds,
                              sampling, offset)
         with open(partial, "a") as stream:
             stream.write(json.dumps({**result, "protocol": protocol}) + "\n")
-        print(f"{solver:12s} {steps:3d} steps seeds+{offset:<5d} {result['images_per_s']:6.2f} "
-              f"img/s  Spearman judge {result['spearman']['judge']:.3f} E_id "
-              f"{result['spearman']['E_id']:.3f}  Frechet {result['frechet']:.3f}", flush=True)
+        print(f"{label(result):24s} {steps:3d} steps seeds+{offset:<5d} "
+              f"{result['images_per_s']:6.2f} img/s  Spearman judge "
+              f"{result['spearman']['judge']:.3f} E_id {result['spearman']['E_id']:.3f}  "
+              f"Frechet {result['frechet']:.3f}", flush=True)
         return result
 
     warm_up = cfg.sampling.model_copy(update={"steps": 2})  # first-call costs out of the timing
     draw_samples(generator, inquiries[:2], m_values[:1], 1, warm_up)
     for replicate in range(args.replicates + 1):
         references.append(one(*REFERENCE, replicate * SEED_STRIDE))
-    for solver, steps in parse_settings(args.settings):
-        results.append(one(solver, steps, 0))
+    for setting in parse_settings(args.settings):
+        results.append(one(*setting, 0))
     results.insert(0, references[0])
     tol = tolerance(references)
     candidates = [r for r in results if within(r, tol)]
@@ -218,7 +246,8 @@ def main() -> None:
     document = {"config": args.config, "identities": args.identities, "seeds": args.seeds,
                 "m_values": m_values, "threads": args.threads, "reference": REFERENCE,
                 "tolerance": tol, "results": results, "references": references,
-                "choice": choice and {"solver": choice["solver"], "steps": choice["steps"]}}
+                "choice": choice and {key: choice[key]
+                                      for key in ("solver", "steps", "precision", "compile")}}
     with open(os.path.join(args.out, "solver_study.json"), "w") as stream:
         json.dump(document, stream, indent=2)
     text = markdown(results, references[1:], tol, m_values, choice)

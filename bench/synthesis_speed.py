@@ -5,9 +5,10 @@ driver's memory as the dataset grows.
 Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cuda]
 [--repeats 3]`` (also ``make bench``). In one run:
 
-1. **Attainable**: the best of several timed float32 (CPU) or bf16 (GPU) square matmuls with the
-   workers' torch thread count, in FLOP/s; measured again after the sampling section, and
-   when the two are far apart the machine was busy and no fraction is a figure.
+1. **Attainable**: the best of several timed square matmuls with the workers' torch thread
+   count, in FLOP/s, in each precision the settings sample in (``--solvers ddim:20@bf16``:
+   bf16; ``auto``: float32 on a CPU, bf16 on a GPU); measured again after the sampling
+   section, and when the two are far apart the machine was busy and no fraction is a figure.
 2. **FLOPs per image**, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one UNet
    forward (times the steps) plus one E_id forward; the counter sees matmuls, convolutions and
    attention, not element-wise work, so the fractions below are of the dense-algebra part.
@@ -45,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from factory.config import FactoryConfig, SamplingConfig, load_config
 from factory.faceworld.build import build_faceworld
-from factory.models.inference import InferenceSettings, prepare
+from factory.models.inference import InferenceSettings, prepare, resolve_precision
 from factory.models.sampling import SOLVER_NAMES, autocast_context, sample_images
 from factory.synth.plan import shard_items
 from factory.synth.synthesize import make_plan, synthesize, write_sampled_shard
@@ -56,6 +57,7 @@ TARGET_TWO_ACTORS = 1.8
 TARGET_RSS_GROWTH = 1.2
 MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
 MATMUL_TRIES = 20
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 SMOKE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                             "smoke.yaml")
@@ -67,21 +69,27 @@ def render_inquiries(root: str) -> None:
                                                "faceworld.inquiry_identities=64"]))
 
 
-def parse_solvers(text: str) -> list[tuple[str, int]]:
-    """``ddim:20,dpmsolver++:10`` -> [("ddim", 20), ("dpmsolver++", 10)]."""
+def parse_solvers(text: str) -> list[tuple[str, int, str, bool]]:
+    """``ddim:20,dpmsolver++:10,ddim:20@bf16+compile`` -> [("ddim", 20, "auto", False),
+    ("dpmsolver++", 10, "auto", False), ("ddim", 20, "bf16", True)]: solver, steps,
+    ``synthesis.sampling.precision`` and ``.compile``."""
     settings = []
     for part in text.split(","):
+        part, compiled, _ = part.partition("+compile")
+        part, _, precision = part.partition("@")
         solver, steps = part.split(":")
         if solver not in SOLVER_NAMES:
             raise SystemExit(f"--solvers: unknown solver {solver!r} ({', '.join(SOLVER_NAMES)})")
-        settings.append((solver, int(steps)))
+        if (precision or "auto") not in PRECISION_DTYPES | {"auto": None}:
+            raise SystemExit(f"--solvers: unknown precision {precision!r}")
+        settings.append((solver, int(steps), precision or "auto", bool(compiled)))
     return settings
 
 
 def bench_config(args, root: str, out: str, identities: int, actors: int,
                  steps: int | None = None, encode: str = "thread") -> FactoryConfig:
     gpus = 1.0 if args.device == "cuda" else 0.0
-    solver, default_steps = parse_solvers(args.solvers)[0]
+    solver, default_steps, precision, compiled = parse_solvers(args.solvers)[0]
     return load_config(None, [
         f"workdir={root}", f"synthesis.checkpoint={args.checkpoint}", f"synthesis.out={out}",
         f"synthesis.inquiry.identities={min(identities, 64)}",
@@ -92,6 +100,8 @@ def bench_config(args, root: str, out: str, identities: int, actors: int,
         f"synthesis.sampling.solver={solver}",
         f"synthesis.sampling.steps={steps or default_steps}",
         f"synthesis.sampling.batch_size={args.batch_size}",
+        f"synthesis.sampling.precision={precision}",
+        f"synthesis.sampling.compile={compiled}",
         f"synthesis.actors.num_actors={actors}",
         f"synthesis.actors.cpus_per_actor={0.9 if actors > 1 else 1.0}",
         f"synthesis.actors.threads_per_actor={args.threads}",
@@ -111,11 +121,12 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def attainable_flops(device: str, threads: int) -> float:
-    """The best FLOP/s of ``MATMUL_TRIES`` square matmuls in the dtype the sampler runs in."""
+def attainable_flops(device: str, threads: int, precision: str) -> float:
+    """The best FLOP/s of ``MATMUL_TRIES`` square matmuls in the dtype the sampler runs in
+    (``precision``: fp32, bf16 or fp16)."""
     torch.set_num_threads(threads)
     size = MATMUL_SIZE[device]
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = PRECISION_DTYPES[precision]
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.matmul(a, b)
@@ -213,33 +224,46 @@ def rss_child(args) -> None:
     print(json.dumps({"images": run.images_written, "peak_rss_mib": peak}))
 
 
-def sampling_section(args, attainable: float) -> dict:
-    """Per solver setting: images/s, achieved FLOP/s and the fraction of ``attainable``."""
-    generator = load_generator(args.checkpoint)
-    sampling = SamplingConfig(batch_size=args.batch_size)
-    settings = prepare(generator, sampling, args.device)
-    print(f"inference settings: {settings.record()}")
-    results = {}
-    for solver, steps in parse_solvers(args.solvers):
+def resolved_precision(precision: str, device: str) -> str:
+    """What ``synthesis.sampling.precision`` becomes on ``device`` (``auto``: fp32 on a CPU)."""
+    return resolve_precision(precision, torch.device(device))
+
+
+def sampling_section(args, attainable: dict[str, float]) -> dict:
+    """Per solver setting: images/s, achieved FLOP/s and the fraction of the attainable rate
+    in the setting's own precision."""
+    results, first = {}, None
+    for solver, steps, precision, compiled in parse_solvers(args.solvers):
+        generator = load_generator(args.checkpoint)  # compiling wraps the UNet in place
+        settings = prepare(generator, SamplingConfig(batch_size=args.batch_size,
+                                                     precision=precision, compile=compiled),
+                           args.device)
+        if first is None:
+            first = (solver, steps, settings, generator)
+            print(f"inference settings: {settings.record()}")
         flops = flops_per_image(generator, settings, steps)
         sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
         rates = repeated(args.repeats, lambda: sampling_rate(
             generator, settings, solver, steps, args.sampling_images, settings.batch_size))
         achieved = statistics.median(rates) * flops["image"]
-        results[f"{solver}:{steps}"] = {"images_per_s": rates, "flops": flops,
-                                        "fraction": achieved / attainable}
-        print(f"{SOLVER_NAMES[solver]:16s} {steps:3d} steps  {flops['image'] / 1e9:7.2f} GFLOP/img"
-              f"  {summary(rates)} img/s  {achieved / 1e9:7.2f} GFLOP/s  "
-              f"{100 * achieved / attainable:5.1f}% of attainable")
+        peak = attainable[settings.precision]
+        name = f"{solver}:{steps}@{settings.precision}" + ("+compile" if compiled else "")
+        results[name] = {"images_per_s": rates, "flops": flops, "fraction": achieved / peak}
+        print(f"{SOLVER_NAMES[solver]:16s} {settings.precision}{' compiled' if compiled else '':9s}"
+              f" {steps:3d} steps  "
+              f"{flops['image'] / 1e9:7.2f} GFLOP/img  {summary(rates)} img/s  "
+              f"{achieved / 1e9:7.2f} GFLOP/s  {100 * achieved / peak:5.1f}% of attainable "
+              f"{settings.precision}")
     if args.device == "cuda":
-        solver, steps = parse_solvers(args.solvers)[0]
+        solver, steps, settings, generator = first
         flops = flops_per_image(generator, settings, steps)["image"]
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             rates = repeated(args.repeats, lambda: sampling_rate(
                 generator, settings, solver, steps, 4 * batch, batch))
             results[f"batch {batch}"] = {"images_per_s": rates}
             print(f"batch {batch:5d}           {summary(rates)} img/s  "
-                  f"{100 * statistics.median(rates) * flops / attainable:5.1f}% of attainable")
+                  f"{100 * statistics.median(rates) * flops / attainable[settings.precision]:5.1f}"
+                  f"% of attainable")
     return results
 
 
@@ -249,11 +273,13 @@ def pool_breakdown(run) -> str:
             f"actor-s, pool total {pool.seconds:6.1f} s")
 
 
-def end_to_end_section(args, root: str, attainable: float) -> dict:
+def end_to_end_section(args, root: str, attainable: dict[str, float]) -> dict:
     total = args.identities * args.images_per_identity
-    solver, steps = parse_solvers(args.solvers)[0]
+    solver, steps, precision, _ = parse_solvers(args.solvers)[0]
     generator = load_generator(args.checkpoint)
-    flops = flops_per_image(generator, prepare(generator, SamplingConfig(), args.device), steps)
+    settings = prepare(generator, SamplingConfig(precision=precision), args.device)
+    flops = flops_per_image(generator, settings, steps)
+    peak = attainable[settings.precision]
     print(f"end to end: {total} images ({args.identities} identities x "
           f"{args.images_per_identity}), {SOLVER_NAMES[solver]} {steps} steps, "
           f"{args.threads} torch thread(s) per worker, device {args.device}")
@@ -284,7 +310,7 @@ def end_to_end_section(args, root: str, attainable: float) -> dict:
         workers = 1 if name == "plain" or args.device == "cuda" else actors
         encoding = " (encode: stage)" if name.endswith("-stage") else ""
         label = "plain loop" if name == "plain" else f"Ray Data, {actors} actor(s){encoding}"
-        fraction = statistics.median(rates) * flops["image"] / (workers * attainable)
+        fraction = statistics.median(rates) * flops["image"] / (workers * peak)
         print(f"{label:40s} {summary(rates)} img/s  {statistics.median(rates) / plain:.2f}x "
               f"plain  {100 * fraction:5.1f}% of attainable per worker")
     return runs
@@ -296,7 +322,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--solvers", default="ddim:20,dpmsolver++:10,unipc:10",
-                        help="solver:steps settings; the first one runs end to end")
+                        help="solver:steps[@precision][+compile] settings (ddim:20@bf16+compile: "
+                        "bf16 autocast and a compiled UNet); the first one runs end to end")
     parser.add_argument("--actors", default="1,2")
     parser.add_argument("--encode", default="thread,stage",
                         help="synthesis.actors.encode settings the pools run with")
@@ -323,9 +350,13 @@ def main() -> None:
     args.encode = [e for e in args.encode.split(",") if e]
     skip = set(args.skip.split(","))
     torch.set_num_threads(args.threads)
-    attainable = attainable_flops(args.device, args.threads)
-    print(f"attainable ({args.device}, {args.threads} thread(s), "
-          f"{MATMUL_SIZE[args.device]}^2 matmul): {attainable / 1e9:.1f} GFLOP/s")
+    precisions = sorted({resolved_precision(precision, args.device)
+                         for _, _, precision, _ in parse_solvers(args.solvers)})
+    attainable = {precision: attainable_flops(args.device, args.threads, precision)
+                  for precision in precisions}
+    for precision, rate in attainable.items():
+        print(f"attainable ({args.device}, {args.threads} thread(s), {precision} "
+              f"{MATMUL_SIZE[args.device]}^2 matmul): {rate / 1e9:.1f} GFLOP/s")
     document = {"attainable_flops": attainable, "args": vars(args)}
     if "sampling" not in skip:
         document["sampling"] = sampling_section(args, attainable)
@@ -362,12 +393,13 @@ def main() -> None:
     write_json(args.json, document)
 
 
-def _attainable_after(args, before: float) -> None:
-    """Measure the attainable rate again; a much higher figure means the machine was busy
+def _attainable_after(args, before: dict[str, float]) -> None:
+    """Measure the attainable rates again; a much higher figure means the machine was busy
     when it was first measured, and the fractions above are too high by that ratio."""
-    after = attainable_flops(args.device, args.threads)
-    print(f"attainable again: {after / 1e9:.1f} GFLOP/s ({after / before:.2f}x the first "
-          "measurement; fractions above use the first)")
+    for precision, first in before.items():
+        after = attainable_flops(args.device, args.threads, precision)
+        print(f"attainable {precision} again: {after / 1e9:.1f} GFLOP/s ({after / first:.2f}x "
+              "the first measurement; fractions above use the first)")
 
 
 def write_json(path: str, document: dict) -> None:
