@@ -198,3 +198,25 @@ def test_a_missing_lambda0_generator_stops_only_the_lambda0_study(tmp_path, monk
         run_module.run_experiments(config, only=["lambda0"])
     with pytest.raises(UserError, match="experiments.lambda0_checkpoint"):
         run_module.run_experiments(config)
+
+
+def test_the_small_variant_leaves_out_a_missing_lambda0_study_and_says_so(tmp_path, monkeypatch,
+                                                                          capsys):
+    """A clean checkout has no lambda = 0 generator: ``--small`` runs the other studies and the
+    page names the one it left out; asked for by name, the study still refuses."""
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.m_mixtures=[]",
+                                  "experiments.studies=[m, lambda0]",
+                                  f"experiments.lambda0_checkpoint={tmp_path / 'absent'}"])
+    studies: list[str] = []
+    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
+    monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "train_cell", lambda config, cell, *args: studies.append(
+        cell.study) or {VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0})
+    page = run_module.run_experiments(config, small=True)
+    assert set(studies) == {"m"}
+    assert "leaving out the lambda = 0 study" in capsys.readouterr().out
+    with open(page) as stream:
+        assert "Left out: CemiFace's ablation" in stream.read()
+    with pytest.raises(UserError, match="experiments.lambda0_checkpoint: .*absent"):
+        run_module.run_experiments(config, small=True, only=["lambda0"])

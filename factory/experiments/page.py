@@ -234,6 +234,8 @@ def write_page(config: FactoryConfig, document: dict[str, Any]) -> str:
         parts += [f"Best m on validation: **{chosen['best_m']['m']:+.2f}** (validation AVG "
                   f"{chosen['best_m']['validation_avg']:.2f}); the lambda = 0, SynFace and GtR "
                   "studies synthesise at it.", ""]
+    for study, reason in document.get("left_out", {}).items():
+        parts += [f"Left out: {STUDY_TITLES[study]} ({reason}).", ""]
     parts += ["## Findings", "", *findings(document), ""]
     if cells_of(document, "gtr"):
         parts += ["## GtR per volume", "", *gtr_lines(document), ""]
