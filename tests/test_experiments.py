@@ -67,6 +67,7 @@ def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
     assert [c.tags["generator"] for c in lambda0_study(without, 1.0)] == list(LAMBDA0_ROLES[:2])
 
     config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     results = Results(config)
     for cell, test in zip((matched, lambda0, equal), (82.0, 75.0, 76.0)):
@@ -101,6 +102,7 @@ def test_the_small_preset_has_its_own_folders():
 
 def _results(tmp_path, runs: dict[str, tuple[float, float]]) -> Results:
     config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     config.experiments.m_values = [1.0, 0.0]
     results = Results(config)
@@ -111,6 +113,7 @@ def _results(tmp_path, runs: dict[str, tuple[float, float]]) -> Results:
 
 def test_the_best_m_is_chosen_on_validation_never_on_test(tmp_path):
     config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     config.experiments.m_values = [1.0, 0.0]
     one, zero = m_study(config.experiments)[:2]
@@ -124,6 +127,7 @@ def test_the_best_m_is_chosen_on_validation_never_on_test(tmp_path):
 
 def test_later_studies_need_the_m_study(tmp_path):
     config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     with pytest.raises(UserError, match="run the m study first"):
         best_m(_results(tmp_path, {}), config)
@@ -139,6 +143,7 @@ def test_verdicts_follow_the_seeds_spread():
 
 def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
     config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     config.experiments.m_values = [1.0, 0.0]
     config.experiments.m_mixtures = []
@@ -154,7 +159,7 @@ def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
     assert "semi-hard m = 0 trains a better recognizer than easy m = 1: **reproduced**" in text
     assert "| m = +0.00 | 81.00 +- 1.00 (n=3) | 82.00 +- 1.00 (n=3) | 10 |" in text
     assert (tmp_path / "m.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert json.loads((tmp_path / "work" / "results.json").read_text())["runs"]
     assert len(findings(results.document)) == 1
 
 
@@ -220,3 +225,27 @@ def test_the_small_variant_leaves_out_a_missing_lambda0_study_and_says_so(tmp_pa
         assert "Left out: CemiFace's ablation" in stream.read()
     with pytest.raises(UserError, match="experiments.lambda0_checkpoint: .*absent"):
         run_module.run_experiments(config, small=True, only=["lambda0"])
+
+
+def test_a_clean_checkout_reruns_instead_of_reading_the_published_results(tmp_path, monkeypatch):
+    """The page's results.json is the published record, not the working state: with a fresh
+    workdir every run trains again, and the page's copy is rewritten from the new runs."""
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
+                                  "experiments.seeds=[0]", "experiments.m_mixtures=[]"])
+    trained: list[str] = []
+    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
+    monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "train_cell", lambda config, cell, uri, seed, address: (
+        trained.append(run_name(cell, seed)) or {VALIDATION_AVERAGE: 50.0 + len(trained),
+                                                 TEST_AVERAGE: 50.0, "seconds": 1.0}))
+    run_module.run_experiments(config)
+    published = json.loads((tmp_path / "page" / "results.json").read_text())
+    assert set(published["runs"]) == set(trained) and trained
+
+    first = list(trained)
+    clean = config.model_copy(update={"workdir": str(tmp_path / "clean-checkout")})
+    run_module.run_experiments(clean)
+    assert trained == first + first  # every run again, none read from the page's copy
+    republished = json.loads((tmp_path / "page" / "results.json").read_text())
+    assert republished["runs"][first[0]][VALIDATION_AVERAGE] == 50.0 + len(first) + 1

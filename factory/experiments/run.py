@@ -2,9 +2,11 @@
 
 Order: the m study first (its best m, chosen on the validation benchmarks' AVG, is what the
 lambda = 0, SynFace and GtR studies synthesise at), then the similarity groups, lambda = 0,
-SynFace and GtR. Each finished run's figures go into ``<out>/results.json`` at once (written
-atomically), and a rerun skips every run found there; a run interrupted mid-training resumes
-from its own Ray Train checkpoints. Every run trains the config's ``recognizer`` recipe with its
+SynFace and GtR. Each finished run's figures go into ``<workdir>/results.json`` at once
+(written atomically), and a rerun skips every run found there; a run interrupted mid-training
+resumes from its own Ray Train checkpoints. The page's folder gets a copy of that file beside
+the page, the published record; it is never read back, so a clean checkout reproduces every
+run instead of returning the committed figures. Every run trains the config's ``recognizer`` recipe with its
 own seed, selects nothing, and is evaluated on the validation benchmarks during training and on
 the test benchmarks once, at its final epoch.
 """
@@ -53,10 +55,13 @@ def small_preset(config: FactoryConfig) -> FactoryConfig:
 
 
 class Results:
-    """``results.json``: every finished run's figures by run name, plus what the studies chose."""
+    """``results.json``: every finished run's figures by run name, plus what the studies chose.
+    The working copy lives in the workdir, beside the runs it describes; :meth:`publish` copies
+    it beside the page."""
 
     def __init__(self, config: FactoryConfig) -> None:
-        self.uri = storage.join(config.experiments.out, RESULTS_FILE)
+        self.uri = storage.join(config.workdir, RESULTS_FILE)
+        self.published = storage.join(config.experiments.out, RESULTS_FILE)
         self.document: dict[str, Any] = {"runs": {}, "cells": [], "chosen": {}}
         if storage.exists(self.uri):
             self.document = storage.read_json_object(self.uri)
@@ -81,7 +86,13 @@ class Results:
         self.save()
 
     def save(self) -> None:
-        storage.write_text(self.uri, json.dumps(self.document, indent=2, allow_nan=False))
+        storage.write_text(self.uri, self.text())
+
+    def publish(self) -> None:
+        storage.write_text(self.published, self.text())
+
+    def text(self) -> str:
+        return json.dumps(self.document, indent=2, allow_nan=False)
 
 
 def run_name(cell: Cell, seed: int) -> str:
@@ -220,5 +231,6 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
     results.document.setdefault("wall_seconds", {})[time.strftime("%Y-%m-%dT%H:%M:%S")] = \
         round(time.perf_counter() - started, 1)
     results.save()
+    results.publish()
     return write_page(config, results.document)
 
