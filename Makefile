@@ -31,7 +31,7 @@ sweep: $(STAMP)
 	$(VENV)/bin/factory compare --config configs/sweep/faceworld.yaml --out runs/quickstart/sweeps
 
 # The face-world studies (docs/experiments/): hours on 2 cores, resumable (rerun to continue);
-# experiments-small is the same machinery in under 30 minutes (docs/experiments/small/).
+# experiments-small is the same machinery in about 30 minutes (docs/experiments/small/).
 experiments: $(STAMP)
 	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml
 
