@@ -39,7 +39,7 @@ experiments-small: $(STAMP)
 	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml --small
 
 # Two pytest-xdist workers, each test sent to whichever is free: the Ray tests spend much of
-# their time starting processes, so two streams fit two cores (14 min against 17.6 serially,
+# their time starting processes, so two streams fit two cores (14-16 min against 17.6 serially,
 # 2026-12-03); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
