@@ -6,9 +6,9 @@ SynFace and GtR. Each finished run's figures go into ``<workdir>/results.json`` 
 (written atomically), and a rerun skips every run found there; a run interrupted mid-training
 resumes from its own Ray Train checkpoints. The page's folder gets a copy of that file beside
 the page, the published record; it is never read back, so a clean checkout reproduces every
-run instead of returning the committed figures. Every run trains the config's ``recognizer`` recipe with its
-own seed, selects nothing, and is evaluated on the validation benchmarks during training and on
-the test benchmarks once, at its final epoch.
+run instead of returning the committed figures. Every run trains the config's ``recognizer``
+recipe with its own seed, selects nothing, and is evaluated on the validation benchmarks during
+training and on the test benchmarks once, at its final epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from factory.sweep.space import similarity_groups
 from factory.train.recognizer import train_recognizer
 
 RESULTS_FILE = "results.json"
+LAMBDA0_TRAINING = "factory train-generator --config configs/faceworld-generator-lambda0.yaml"
+"""What makes the lambda = 0 study's generator (no checkpoint of it is shipped)."""
 SMALL_FOLDER = "small"
 
 
@@ -200,8 +202,7 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
         # the small variant is the quick look: it runs what it can and says what it left out
         checkpoint = exp.lambda0_checkpoint or "(empty)"
         left_out["lambda0"] = (f"experiments.lambda0_checkpoint {checkpoint} not found; train "
-                               "it with factory train-generator --config "
-                               "configs/faceworld-generator-lambda0.yaml")
+                               f"it with {LAMBDA0_TRAINING}")
         print(f"experiments --small: leaving out the lambda = 0 study: {left_out['lambda0']}",
               flush=True)
         exp.studies = [study for study in exp.studies if study != "lambda0"]
@@ -209,9 +210,7 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
     if running_lambda0 and not have_lambda0:
         raise UserError(f"experiments.lambda0_checkpoint: {exp.lambda0_checkpoint or 'empty'}: "
                         "the lambda = 0 study needs a generator trained with lambda = 0 "
-                        "(factory train-generator --config "
-                        "configs/faceworld-generator-lambda0.yaml), or leave 'lambda0' out of "
-                        "experiments.studies")
+                        f"({LAMBDA0_TRAINING}), or leave 'lambda0' out of experiments.studies")
     reference = exp.lambda0_reference_checkpoint
     if running_lambda0 and reference and not storage.exists(reference):
         raise UserError(f"experiments.lambda0_reference_checkpoint: {reference}: not found; "
