@@ -20,7 +20,11 @@ Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cu
    in ``--actors`` for each place of the JPEG encoding in ``--encode`` (``thread``: inside the
    actor, overlapped with the next batch; ``stage``: a separate Ray Data CPU stage); for a
    pool, where its time went (start-up before the first result, time inside shards, the rest).
-5. The driver's peak RSS for N and 10 N images (1-step sampling, fresh processes) and their
+5. **Scaling ceiling** (CPU): the first setting's sampling rate in 1 and in N processes at
+   once (N = the largest ``--actors``), each on one core's worth of threads, with no Ray at
+   all. N processes' total over one process is what N actors over one actor could reach with
+   no pool cost: cores that share caches and memory bandwidth do not add up to N.
+6. The driver's peak RSS for N and 10 N images (1-step sampling, fresh processes) and their
    ratio (target: within 1.2x).
 
 Every timed figure is the median of ``--repeats`` runs with the spread (min-max) beside it; a
@@ -49,7 +53,12 @@ from factory.faceworld.build import build_faceworld
 from factory.models.inference import InferenceSettings, prepare, resolve_precision
 from factory.models.sampling import SOLVER_NAMES, autocast_context, sample_images
 from factory.synth.plan import shard_items
-from factory.synth.synthesize import make_plan, synthesize, write_sampled_shard
+from factory.synth.synthesize import (
+    finish_dataset,
+    make_plan,
+    synthesize,
+    write_sampled_shard,
+)
 from factory.train.generator_checkpoint import LoadedGenerator, load_generator
 
 TARGET_ONE_ACTOR = 0.95
@@ -184,17 +193,25 @@ def repeated(repeats: int, measure: Callable[[], float]) -> list[float]:
     return [measure() for _ in range(repeats)]
 
 
-def plain_loop(config: FactoryConfig, device: str, threads: int) -> tuple[int, float]:
+def plain_loop(config: FactoryConfig, device: str, threads: int
+               ) -> tuple[int, float, list[dict]]:
+    """The same dataset as ``factory synthesize`` (shards, manifest, histogram, MLflow run,
+    card) written by one loop in this process: load, embed the inquiries, plan, sample and
+    write every shard, finish. Returns the images, the seconds and the manifest's shard list
+    (to check the pool wrote the same bytes)."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     generator = load_generator(config.synthesis_checkpoint_uri())
     settings = prepare(generator, config.synthesis.sampling, device)
-    identities, _ = make_plan(config, generator)
+    identities, inquiry_filter = make_plan(config, generator)
     images = 0
     for item in shard_items(identities, config.synthesis.identities_per_shard):
         images += write_sampled_shard(config.synthesis_out_uri(), item.shard, generator, item,
                                       config.synthesis, settings)
-    return images, time.perf_counter() - started
+    sampled = time.perf_counter() - started
+    manifest = finish_dataset(config, generator.meta, identities, inquiry_filter,
+                              images / sampled)
+    return images, time.perf_counter() - started, manifest["shards"]
 
 
 def child_peak_rss(args, root: str, identities: int) -> dict:
@@ -214,6 +231,50 @@ def start_ray() -> None:
     from factory.runtime import start_local_ray
 
     start_local_ray(os.cpu_count() or 1, log_to_driver=False)
+
+
+def concurrent_sampling(args, processes: int) -> float:
+    """Total images/s of ``processes`` fresh interpreters sampling the first setting at the
+    same moment (each loads the model first, then all start at one wall-clock time)."""
+    start_at = time.time() + 20 + 5 * processes  # loading and a warm-up batch come first
+    command = [sys.executable, __file__, "--sampling-child", str(start_at),
+               "--checkpoint", args.checkpoint, "--device", args.device,
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--solvers", args.solvers, "--sampling-images", str(args.sampling_images)]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)]
+    rates = []
+    for child in children:
+        output, _ = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"a sampling process failed (exit {child.returncode})")
+        rates.append(float(output.strip().splitlines()[-1]))
+    return sum(rates)
+
+
+def sampling_child(args) -> None:
+    """One process of :func:`concurrent_sampling`: load, warm up, wait, time, print img/s."""
+    torch.set_num_threads(args.threads)
+    solver, steps, precision, compiled = parse_solvers(args.solvers)[0]
+    generator = load_generator(args.checkpoint)
+    settings = prepare(generator, SamplingConfig(batch_size=args.batch_size, precision=precision,
+                                                 compile=compiled), args.device)
+    sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
+    time.sleep(max(0.0, args.sampling_child - time.time()))
+    print(sampling_rate(generator, settings, solver, steps, args.sampling_images,
+                        settings.batch_size))
+
+
+def scaling_section(args) -> dict:
+    """Median total rate of 1 and of N concurrent sampling processes, and their ratio."""
+    processes = max(args.actors)
+    one = repeated(args.repeats, lambda: concurrent_sampling(args, 1))
+    many = repeated(args.repeats, lambda: concurrent_sampling(args, processes))
+    ratio = statistics.median(many) / statistics.median(one)
+    print(f"sampling in 1 process                    {summary(one)} img/s")
+    print(f"sampling in {processes} processes at once          {summary(many)} img/s  "
+          f"{ratio:.2f}x one: the most {processes} actors can give over 1 on this machine")
+    return {"one": one, "many": many, "processes": processes}
 
 
 def rss_child(args) -> None:
@@ -269,8 +330,9 @@ def sampling_section(args, attainable: dict[str, float]) -> dict:
 
 def pool_breakdown(run) -> str:
     pool = run.pool
-    return (f"    start-up {pool.startup_seconds:5.1f} s, in shards {pool.shard_seconds:6.1f} "
-            f"actor-s, pool total {pool.seconds:6.1f} s")
+    return (f"    check + plan {run.plan_seconds:5.1f} s, pool start-up "
+            f"{pool.startup_seconds:5.1f} s, in shards {pool.shard_seconds:6.1f} actor-s, "
+            f"pool total {pool.seconds:6.1f} s, finish {run.finish_seconds:4.1f} s")
 
 
 def end_to_end_section(args, root: str, attainable: dict[str, float]) -> dict:
@@ -283,11 +345,11 @@ def end_to_end_section(args, root: str, attainable: dict[str, float]) -> dict:
     print(f"end to end: {total} images ({args.identities} identities x "
           f"{args.images_per_identity}), {SOLVER_NAMES[solver]} {steps} steps, "
           f"{args.threads} torch thread(s) per worker, device {args.device}")
-    runs = {"plain": []}
+    runs, plain_shards = {"plain": []}, None
     for repeat in range(args.repeats):
-        images, seconds = plain_loop(bench_config(args, root, f"{root}/plain{repeat}",
-                                                  args.identities, 1), args.device,
-                                     args.threads)
+        images, seconds, plain_shards = plain_loop(
+            bench_config(args, root, f"{root}/plain{repeat}", args.identities, 1), args.device,
+            args.threads)
         runs["plain"].append(images / seconds)
     start_ray()
     import ray
@@ -302,6 +364,9 @@ def end_to_end_section(args, root: str, attainable: dict[str, float]) -> dict:
                                               args.identities, actors, encode=encode))
                 runs[name].append(run.images_written / (time.perf_counter() - started))
                 print(pool_breakdown(run))
+                if run.manifest["shards"] != plain_shards:
+                    raise SystemExit(f"the pool ({name} actor(s)) wrote other shards than the "
+                                     "plain loop: the comparison is void")
     ray.shutdown()
     plain = statistics.median(runs["plain"])
     for name, rates in runs.items():
@@ -335,16 +400,21 @@ def main() -> None:
                         help="the --device cuda batch-size sweep")
     parser.add_argument("--sampling-images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma list of: sampling,end-to-end,rss")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: sampling,scaling,end-to-end,rss")
     parser.add_argument("--json", default="", help="also write every measurement here")
     parser.add_argument("--rss-identities", type=int, default=8)
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sampling-child", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.checkpoint = os.path.abspath(args.checkpoint)
     args.batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     if args.rss_child:
         rss_child(args)
+        return
+    if args.sampling_child:
+        sampling_child(args)
         return
     args.actors = [int(a) for a in args.actors.split(",") if a]
     args.encode = [e for e in args.encode.split(",") if e]
@@ -361,6 +431,8 @@ def main() -> None:
     if "sampling" not in skip:
         document["sampling"] = sampling_section(args, attainable)
         _attainable_after(args, attainable)
+    if "scaling" not in skip and args.device == "cpu" and max(args.actors) > 1:
+        document["scaling"] = scaling_section(args)
     if {"end-to-end", "rss"} <= skip:
         write_json(args.json, document)
         return

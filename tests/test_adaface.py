@@ -21,7 +21,7 @@ from factory.errors import FormatError
 from factory.models.adaface import AdaFaceIR, adaface_depth
 from factory.models.iresnet import preprocess
 from factory.train.checkpoint import load_backbone, load_identity_encoder, load_judge
-from factory.train.generator_checkpoint import encoder_record, load_encoder
+from factory.train.checkpoint_encoder import encoder_record, load_encoder
 
 Spec = namedtuple("Spec", ["in_channel", "depth", "stride"])
 

@@ -81,7 +81,7 @@ def shards_in_this_process(config, todo, checkpoint, out, cli_address):
     images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
                      ["images"][0]) for item in todo)
     return synthesize_module.PoolRun(images=images, seconds=1.0, shard_seconds=1.0,
-                                     first_result_seconds=0.0, first_shard_seconds=0.0)
+                                     startup_seconds=0.0)
 
 
 def inquiries_in_this_process(config, cli_address=None):

@@ -90,6 +90,16 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
     assert len(only_m1) == 6 and all(meta["m"] == 1.0 for meta in only_m1.metadata)
 
 
+def test_the_run_says_where_its_time_went(synthesized):
+    """The pool's start-up is read from the shards' own start times: it lies inside the pool's
+    time, and with the actors' time in shards it cannot exceed what the actors had."""
+    _, run = synthesized
+    pool = run.pool
+    assert run.plan_seconds > 0 and run.finish_seconds > 0
+    assert 0 < pool.startup_seconds < pool.seconds
+    assert pool.shard_seconds <= 2 * (pool.seconds - pool.startup_seconds) + 1e-6  # 2 actors
+
+
 def test_manifest_and_card_record_the_generator_and_the_requested_m(synthesized, world):
     config, run = synthesized
     m_bins = run.manifest["histograms"]["m"]  # m 1.0, 0.0, -0.5 for each of 6 identities

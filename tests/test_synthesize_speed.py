@@ -4,6 +4,8 @@ inference settings, and the autoscaling actor range (no Ray cluster needed)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -141,3 +143,13 @@ def test_a_plan_written_before_the_solver_settings_resumes_as_legacy_sampling(tm
     with pytest.raises(UserError, match="another plan"):
         claim_output(str(tmp_path), {"synthesis": {"sampling": other}, "generator": "g@step1"},
                      previous)
+
+
+def test_an_inquiry_embedding_actor_imports_no_diffusers():
+    """The embedding stage's actors load E_id only; importing the UNet's library would add
+    about 2 s to every one of them (and to the planning before any shard starts)."""
+    probe = ("import sys, factory.synth.inquiries as m; "
+             "print(sorted(n for n in sys.modules if n.split('.')[0] == 'diffusers'))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert found == "[]"

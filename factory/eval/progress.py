@@ -27,7 +27,8 @@ from factory.provenance import code_version
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_judge
-from factory.train.generator_checkpoint import META_FILE, load_generator
+from factory.train.checkpoint_encoder import META_FILE
+from factory.train.generator_checkpoint import load_generator
 
 
 def run_checkpoints(folder: str) -> list[str]:

@@ -16,7 +16,7 @@ shard, stays byte-identical.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,11 +26,10 @@ from factory.errors import UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.models.identity import embedding_batches
 from factory.runtime import init_ray, quiet_ray_data
-from factory.train.generator_checkpoint import (
-    LoadedGenerator,
-    checkpoint_meta,
-    load_checkpoint_encoder,
-)
+from factory.train.checkpoint_encoder import checkpoint_meta, load_checkpoint_encoder
+
+if TYPE_CHECKING:  # the UNet's loader imports diffusers, which an embedding actor never needs
+    from factory.train.generator_checkpoint import LoadedGenerator
 
 EMBED_BATCH = 256
 

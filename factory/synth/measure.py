@@ -24,7 +24,7 @@ from factory.models.identity import IdentityEncoder, embedding_batches
 from factory.provenance import code_version
 from factory.synth.synthesize import MANIFEST_FILE
 from factory.train.checkpoint import load_identity_encoder
-from factory.train.generator_checkpoint import META_FILE, load_checkpoint_encoder
+from factory.train.checkpoint_encoder import META_FILE, load_checkpoint_encoder
 
 
 def is_generator_checkpoint(uri: str) -> bool:

@@ -90,13 +90,8 @@ from factory.synth.sampler import (
     sample_shard,
 )
 from factory.tracking import RunTracker
-from factory.train.generator_checkpoint import (
-    LoadedGenerator,
-    check_generator,
-    checkpoint_meta,
-    load_checkpoint_encoder,
-    load_generator,
-)
+from factory.train.checkpoint_encoder import checkpoint_meta, load_checkpoint_encoder
+from factory.train.generator_checkpoint import LoadedGenerator, check_generator, load_generator
 
 LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
                    "compile": False}
@@ -162,8 +157,9 @@ class ShardSynthesizer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         in_actor = self.cfg.actors.encode == "thread"
-        shards, results, seconds = [], [], []
+        shards, results, seconds, began = [], [], [], []
         for shard, item, embeddings in zip(batch["shard"], batch["item"], batch["embeddings"]):
+            began.append(time.time())  # wall clock: the driver compares it with its own
             started = time.perf_counter()
             sampled = sample_shard(self.generator, ShardItem.from_row(shard, item, embeddings),
                                    self.cfg, self.settings, self.inquiries, encode=in_actor)
@@ -173,7 +169,8 @@ class ShardSynthesizer:
             seconds.append(time.perf_counter() - started)
         column = (("images", np.array(results)) if in_actor
                   else ("sampled", np.array(results, dtype=object)))
-        return {"shard": np.array(shards), column[0]: column[1], "seconds": np.array(seconds)}
+        return {"shard": np.array(shards), column[0]: column[1], "seconds": np.array(seconds),
+                "began": np.array(began)}
 
 
 def encode_and_write(batch: dict[str, np.ndarray], out: str, quality: int
@@ -187,7 +184,8 @@ def encode_and_write(batch: dict[str, np.ndarray], out: str, quality: int
         images.append(write_sampled(out, int(shard),
                                     encode_samples(pickle.loads(sampled), quality)))
         seconds.append(float(sampling_seconds) + time.perf_counter() - started)
-    return {"shard": batch["shard"], "images": np.array(images), "seconds": np.array(seconds)}
+    return {"shard": batch["shard"], "images": np.array(images), "seconds": np.array(seconds),
+            "began": batch["began"]}
 
 
 def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator | None = None
@@ -408,18 +406,15 @@ def actor_pool(actors: ActorsConfig, shards: int):
 @dataclass
 class PoolRun:
     """Where an actor pool's time went: all of it, the part actors spent inside shards (summed
-    over actors), and the wait for the first result, which holds the pool's start-up (Ray
-    Data's executor, the actor processes importing torch and loading the model)."""
+    over actors), and its start-up, from asking for the pool to the moment the first shard
+    began (Ray Data's executor, the actor processes importing torch and loading the model).
+    The start-up is read from the shards' own start times: Ray Data may hand the first result
+    over only with the next, so the first result's arrival would overstate it."""
 
     images: int
     seconds: float
     shard_seconds: float
-    first_result_seconds: float
-    first_shard_seconds: float
-
-    @property
-    def startup_seconds(self) -> float:
-        return self.first_result_seconds - self.first_shard_seconds
+    startup_seconds: float
 
 
 def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str, out: str,
@@ -446,16 +441,18 @@ def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str
         results = results.map_batches(encode_and_write, batch_size=1, batch_format="numpy",
                                       num_cpus=cfg.actors.encode_cpus,
                                       fn_kwargs={"out": out, "quality": cfg.jpeg_quality})
-    started, images, shard_seconds, first = time.perf_counter(), 0, 0.0, None
+    started, asked = time.perf_counter(), time.time()
+    images, shard_seconds, first_began = 0, 0.0, float("inf")
     with tqdm(total=len(todo), desc="synthesize", unit="shard") as progress:
         for row in results.iter_rows():
             images += int(row["images"])
             shard_seconds += float(row["seconds"])
+            first_began = min(first_began, float(row["began"]))
             elapsed = time.perf_counter() - started
-            first = first or (elapsed, float(row["seconds"]))
             progress.set_postfix(images=images, images_per_s=f"{images / elapsed:.1f}")
             progress.update(1)
-    return PoolRun(images, time.perf_counter() - started, shard_seconds, *first)
+    return PoolRun(images, time.perf_counter() - started, shard_seconds,
+                   max(0.0, first_began - asked))
 
 
 def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
@@ -512,15 +509,56 @@ def _kept_privacy(out: str, manifest: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class SynthesisRun:
+    """What a synthesis wrote, and where its time went besides the pool: checking and planning
+    (the inquiry embedding stage, unless a rerun resumes the saved plan) before it, and
+    :func:`finish_dataset` after it."""
+
     out: str
     manifest: dict[str, Any]
     images_written: int
     images_per_s: float
     pool: PoolRun | None = None
+    plan_seconds: float = 0.0
+    finish_seconds: float = 0.0
+
+
+def finish_dataset(config: FactoryConfig, meta: dict[str, Any],
+                   identities: list[PlannedIdentity], inquiry_filter: dict[str, Any],
+                   images_per_s: float) -> dict[str, Any]:
+    """Once every shard is written: the manifest, the similarity histogram PNG, the MLflow run
+    (config, counts, throughput, both files) and the dataset card; returns the manifest. The
+    benchmark's plain loop ends with it too, so that both write the same dataset."""
+    cfg, out = config.synthesis, config.synthesis_out_uri()
+    record = plan_record(config, meta, identities)
+    manifest = build_manifest(config, out, record, meta, identities)
+    manifest["inquiry_filter"] = inquiry_filter
+    manifest.update(_kept_privacy(out, manifest))
+    storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
+    with tempfile.TemporaryDirectory() as scratch:
+        histogram = similarity_histogram_png(manifest["histograms"],
+                                             os.path.join(scratch, HISTOGRAM_FILE))
+        with open(histogram, "rb") as stream:
+            storage.write_bytes(storage.join(out, HISTOGRAM_FILE), stream.read())
+        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
+                             config.runtime.mlflow_artifact_location)
+        tracker.start(f"synthesize-{config.name}",
+                      params={"synthesis": cfg.model_dump(mode="json"),
+                              "generator": config.synthesis_checkpoint_uri(), "out": out},
+                      tags={"code_version": manifest["code_version"], "stage": "synthesize"})
+        tracker.log_metrics({**manifest["counts"], "images_per_s": images_per_s})
+        manifest_path = os.path.join(scratch, MANIFEST_FILE)
+        with open(manifest_path, "w") as stream:
+            json.dump(manifest, stream, indent=2)
+        tracker.log_artifact(manifest_path)
+        tracker.log_artifact(histogram)
+        tracker.end()
+    write_card(out)
+    return manifest
 
 
 def synthesize(config: FactoryConfig, cli_address: str | None = None) -> SynthesisRun:
     """Plan, sample the shards a previous run did not finish, write the manifest."""
+    started = time.perf_counter()
     cfg = config.synthesis
     out = config.synthesis_out_uri()
     storage.ensure_writable(out)
@@ -539,6 +577,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         done.discard(shard)
     todo = [item for item in shard_items(identities, cfg.identities_per_shard)
             if item.shard not in done]
+    planned = time.perf_counter()
     print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} images in "
           f"{record['shards']} shards -> {out} ({len(todo)} to write, "
           f"{record['shards'] - len(todo)} already complete)")
@@ -552,27 +591,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
               f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
               f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
-    manifest = build_manifest(config, out, record, meta, identities)
-    manifest["inquiry_filter"] = inquiry_filter
-    manifest.update(_kept_privacy(out, manifest))
-    storage.write_text(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2))
-    with tempfile.TemporaryDirectory() as scratch:
-        histogram = similarity_histogram_png(manifest["histograms"],
-                                             os.path.join(scratch, HISTOGRAM_FILE))
-        with open(histogram, "rb") as stream:
-            storage.write_bytes(storage.join(out, HISTOGRAM_FILE), stream.read())
-        tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
-                             config.runtime.mlflow_artifact_location)
-        tracker.start(f"synthesize-{config.name}",
-                      params={"synthesis": cfg.model_dump(mode="json"), "generator": checkpoint,
-                              "out": out},
-                      tags={"code_version": manifest["code_version"], "stage": "synthesize"})
-        tracker.log_metrics({**manifest["counts"], "images_per_s": rate})
-        manifest_path = os.path.join(scratch, MANIFEST_FILE)
-        with open(manifest_path, "w") as stream:
-            json.dump(manifest, stream, indent=2)
-        tracker.log_artifact(manifest_path)
-        tracker.log_artifact(histogram)
-        tracker.end()
-    write_card(out)
-    return SynthesisRun(out, manifest, images, rate, pool)
+    finishing = time.perf_counter()
+    manifest = finish_dataset(config, meta, identities, inquiry_filter, rate)
+    return SynthesisRun(out, manifest, images, rate, pool, planned - started,
+                        time.perf_counter() - finishing)

@@ -37,15 +37,13 @@ from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
 from factory.train.checkpoint import load_backbone
-from factory.train.generator_checkpoint import (
+from factory.train.checkpoint_encoder import (
     META_FILE,
     encoder_record,
     load_encoder,
-    load_generator,
-    load_training_state,
     read_encoder_record,
-    save_generator,
 )
+from factory.train.generator_checkpoint import load_generator, load_training_state, save_generator
 from factory.train.workers import (
     autocast_and_scaler,
     copies_that_fit,

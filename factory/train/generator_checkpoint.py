@@ -7,7 +7,8 @@ A checkpoint directory holds
 * ``scheduler/``: the training ``DDPMScheduler`` config (samplers are built from it);
 * ``identity_encoder.pt``: the frozen E_id the model is conditioned on (backbone constructor
   arguments, weights, input size and the URI it came from), so the checkpoint alone can sample
-  and measure similarity;
+  and measure similarity (read by :mod:`factory.train.checkpoint_encoder`, which needs no
+  diffusers);
 * ``generator.json``: step, image size, code version, the E_id source, the loss history; and
   ``config.yaml``, the resolved config, for people;
 * ``training_state.pt`` (not in a published ``final/``): raw weights, EMA, optimizer, LR
@@ -35,20 +36,20 @@ from factory import storage
 from factory.errors import FormatError, UserError
 from factory.models.generator import CemiFaceGenerator, SimilarityCondition
 from factory.models.identity import IdentityEncoder
-from factory.models.iresnet import IResNet
-from factory.train.checkpoint import backbone_from_record, read_torch_file
+from factory.train.checkpoint import read_torch_file
+from factory.train.checkpoint_encoder import (
+    ENCODER_FILE,
+    META_FILE,
+    checkpoint_meta,
+    load_encoder,
+)
 
 UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
-ENCODER_FILE, META_FILE, STATE_FILE, CONFIG_FILE = (
-    "identity_encoder.pt", "generator.json", "training_state.pt", "config.yaml")
+STATE_FILE, CONFIG_FILE = "training_state.pt", "config.yaml"
 PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
-def encoder_record(uri: str, backbone: IResNet, input_size: int) -> dict[str, Any]:
-    """What a checkpoint stores of E_id: enough to rebuild it, and where it came from."""
-    return {"source": uri, "backbone_args": dict(backbone.config),
-            "backbone": backbone.state_dict(), "input_size": input_size}
 
 
 def save_generator(directory: str, ema_model: CemiFaceGenerator, scheduler: DDPMScheduler,
@@ -97,31 +98,10 @@ def _local_copy(uri: str, scratch: str) -> str:
     return scratch
 
 
-def read_encoder_record(uri: str) -> dict[str, Any]:
-    """The E_id record stored in a generator checkpoint (to condition a continued run on it),
-    checked by rebuilding the encoder once."""
-    record_uri = storage.join(uri, ENCODER_FILE)
-    record = read_torch_file(record_uri)
-    load_encoder(record, record_uri)
-    return record
 
 
-def load_encoder(record: dict[str, Any], source: str) -> IdentityEncoder:
-    """E_id from its record (:func:`encoder_record`); FormatError naming ``source`` if the
-    record is not one."""
-    backbone = backbone_from_record(record, source)
-    input_size = record.get("input_size")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-        raise FormatError(f"{source}: expected the encoder's input_size (a positive integer), "
-                          f"found {str(input_size)[:40]}")
-    return IdentityEncoder(backbone, input_size)
 
 
-def checkpoint_meta(uri: str) -> dict[str, Any]:
-    """The ``generator.json`` of the checkpoint at ``uri``; FormatError when there is none."""
-    if not storage.exists(storage.join(uri, META_FILE)):
-        raise FormatError(f"{uri}: not a generator checkpoint (no {META_FILE})")
-    return read_meta(storage.join(uri, META_FILE))
 
 
 def check_generator(uri: str) -> dict[str, Any]:
@@ -171,10 +151,6 @@ def _check_weight_file(model: torch.nn.Module, uri: str) -> None:
         raise ValueError(f"{uri}: weights do not fit the config (first: {differ[0]})")
 
 
-def load_checkpoint_encoder(uri: str) -> IdentityEncoder:
-    """Only the E_id of the generator checkpoint at ``uri`` (what embedding inquiries needs)."""
-    record_uri = storage.join(uri, ENCODER_FILE)
-    return load_encoder(read_torch_file(record_uri), record_uri).eval()
 
 
 def load_generator(uri: str) -> LoadedGenerator:
@@ -204,15 +180,6 @@ def _pretrained(kind: Any, local: str, name: str, uri: str) -> Any:
                           f"checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def read_meta(uri: str) -> dict[str, Any]:
-    """A checkpoint's ``generator.json``: a JSON object with at least the positive integer
-    ``image_size`` samplers need."""
-    meta = storage.read_json_object(uri)
-    size = meta.get("image_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise FormatError(f"{uri}: expected image_size, a positive integer, found "
-                          f"{str(size)[:40]}")
-    return meta
 
 
 def load_training_state(local_dir: str) -> dict[str, Any] | None:
