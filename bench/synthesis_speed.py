@@ -19,7 +19,9 @@ Run: ``.venv/bin/python bench/synthesis_speed.py [--checkpoint DIR] [--device cu
    (``write_sampled_shard`` in this process), then ``factory synthesize`` with each actor count
    in ``--actors`` for each place of the JPEG encoding in ``--encode`` (``thread``: inside the
    actor, overlapped with the next batch; ``stage``: a separate Ray Data CPU stage); for a
-   pool, where its time went (start-up before the first result, time inside shards, the rest).
+   pool, where its time went (checking and planning, start-up until the first shard began,
+   time inside shards, finishing); the plain loop writes the same dataset, and a pool whose
+   shards differ from its bytes stops the benchmark.
 5. **Scaling ceiling** (CPU): the first setting's sampling rate in 1 and in N processes at
    once (N = the largest ``--actors``), each on one core's worth of threads, with no Ray at
    all. N processes' total over one process is what N actors over one actor could reach with
@@ -189,6 +191,18 @@ def sampling_rate(generator: LoadedGenerator, settings: InferenceSettings, solve
     return images / (time.perf_counter() - started)
 
 
+def warm_sampler(args, solver: str, precision: str, compiled: bool
+                 ) -> tuple[LoadedGenerator, InferenceSettings]:
+    """A freshly loaded generator (compiling wraps the UNet in place, so one per setting),
+    prepared for the setting and run once over a 2-step batch, so that no timed run pays for
+    first-call set-up."""
+    generator = load_generator(args.checkpoint)
+    settings = prepare(generator, SamplingConfig(batch_size=args.batch_size, precision=precision,
+                                                 compile=compiled), args.device)
+    sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
+    return generator, settings
+
+
 def repeated(repeats: int, measure: Callable[[], float]) -> list[float]:
     return [measure() for _ in range(repeats)]
 
@@ -256,10 +270,7 @@ def sampling_child(args) -> None:
     """One process of :func:`concurrent_sampling`: load, warm up, wait, time, print img/s."""
     torch.set_num_threads(args.threads)
     solver, steps, precision, compiled = parse_solvers(args.solvers)[0]
-    generator = load_generator(args.checkpoint)
-    settings = prepare(generator, SamplingConfig(batch_size=args.batch_size, precision=precision,
-                                                 compile=compiled), args.device)
-    sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
+    generator, settings = warm_sampler(args, solver, precision, compiled)
     time.sleep(max(0.0, args.sampling_child - time.time()))
     print(sampling_rate(generator, settings, solver, steps, args.sampling_images,
                         settings.batch_size))
@@ -295,15 +306,11 @@ def sampling_section(args, attainable: dict[str, float]) -> dict:
     in the setting's own precision."""
     results, first = {}, None
     for solver, steps, precision, compiled in parse_solvers(args.solvers):
-        generator = load_generator(args.checkpoint)  # compiling wraps the UNet in place
-        settings = prepare(generator, SamplingConfig(batch_size=args.batch_size,
-                                                     precision=precision, compile=compiled),
-                           args.device)
+        generator, settings = warm_sampler(args, solver, precision, compiled)
         if first is None:
             first = (solver, steps, settings, generator)
             print(f"inference settings: {settings.record()}")
         flops = flops_per_image(generator, settings, steps)
-        sampling_rate(generator, settings, solver, 2, settings.batch_size, settings.batch_size)
         rates = repeated(args.repeats, lambda: sampling_rate(
             generator, settings, solver, steps, args.sampling_images, settings.batch_size))
         achieved = statistics.median(rates) * flops["image"]

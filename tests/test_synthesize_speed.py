@@ -148,7 +148,7 @@ def test_a_plan_written_before_the_solver_settings_resumes_as_legacy_sampling(tm
 def test_an_inquiry_embedding_actor_imports_no_diffusers():
     """The embedding stage's actors load E_id only; importing the UNet's library would add
     about 2 s to every one of them (and to the planning before any shard starts)."""
-    probe = ("import sys, factory.synth.inquiries as m; "
+    probe = ("import sys, factory.synth.inquiries; "
              "print(sorted(n for n in sys.modules if n.split('.')[0] == 'diffusers'))")
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout.strip()

@@ -50,8 +50,6 @@ PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
-
-
 def save_generator(directory: str, ema_model: CemiFaceGenerator, scheduler: DDPMScheduler,
                    encoder: dict[str, Any], meta: dict[str, Any], config: dict[str, Any],
                    training_state: dict[str, Any] | None = None) -> None:
@@ -96,12 +94,6 @@ def _local_copy(uri: str, scratch: str) -> str:
         return storage.resolve(uri)[1]
     storage.copy_tree(uri, scratch)
     return scratch
-
-
-
-
-
-
 
 
 def check_generator(uri: str) -> dict[str, Any]:
@@ -151,8 +143,6 @@ def _check_weight_file(model: torch.nn.Module, uri: str) -> None:
         raise ValueError(f"{uri}: weights do not fit the config (first: {differ[0]})")
 
 
-
-
 def load_generator(uri: str) -> LoadedGenerator:
     """Rebuild a generator checkpoint (a run's checkpoint or a published ``final/``)."""
     meta = checkpoint_meta(uri)
@@ -178,8 +168,6 @@ def _pretrained(kind: Any, local: str, name: str, uri: str) -> Any:
     except Exception as exc:  # a damaged config or weights file fails in many ways
         raise FormatError(f"{storage.join(uri, name)}: missing or damaged part of a generator "
                           f"checkpoint ({type(exc).__name__}: {exc})") from None
-
-
 
 
 def load_training_state(local_dir: str) -> dict[str, Any] | None:
