@@ -244,6 +244,23 @@ def test_inquiry_copies_are_off_by_default_and_recorded_when_on(ray_two_cpus, wo
     assert len(metas) == 4 and all(m["seed"] is None for m in metas)
 
 
+def test_a_temporary_that_vanishes_while_a_rerun_cleans_up_is_not_an_error(tmp_path,
+                                                                           monkeypatch):
+    # a writer of the killed run, a moment from exiting, renames its own temporary between
+    # the rerun's listing of the folder and its delete (seen on the object store in CI)
+    from factory import storage
+
+    for folder in ("shards", "stats"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{storage.TEMP_MARKER}left-shard-000003.tar").write_bytes(b"x")
+    (tmp_path / "stats" / "shard-000001.json").write_text("{}")
+    listdir = storage.listdir
+    monkeypatch.setattr(storage, "listdir", lambda uri: [
+        *listdir(uri), f"{storage.TEMP_MARKER}gone-shard-000002.tar"])
+    assert synthesize_module.remove_stale_temporaries(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["shard-000001.json"]
+
+
 @pytest.mark.slow
 def test_killing_the_driver_and_rerunning_gives_exactly_the_planned_keys(world, tiny_generator,
                                                                          tmp_path):

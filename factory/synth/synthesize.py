@@ -33,6 +33,7 @@ Output layout under ``synthesis.out``::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -372,7 +373,12 @@ def read_manifest(dataset: str) -> dict[str, Any]:
 
 
 def remove_stale_temporaries(out: str) -> int:
-    """Delete temporary files a killed run left (they never carry a final name)."""
+    """Delete temporary files a killed run left (they never carry a final name).
+
+    A writer of the killed run can outlive its driver by a moment (its worker exits when it
+    notices the raylet is gone) and rename or delete its own temporary between the listing and
+    the delete here; a temporary that is already gone is not an error.
+    """
     removed = 0
     for folder in (SHARD_DIR, STATS_DIR):
         directory = storage.join(out, folder)
@@ -381,8 +387,9 @@ def remove_stale_temporaries(out: str) -> int:
         filesystem, _ = storage.resolve(directory)
         for name in storage.listdir(directory):
             if name.startswith(storage.TEMP_MARKER):
-                filesystem.delete_file(storage.resolve(storage.join(directory, name))[1])
-                removed += 1
+                with contextlib.suppress(FileNotFoundError):
+                    filesystem.delete_file(storage.resolve(storage.join(directory, name))[1])
+                    removed += 1
     return removed
 
 
