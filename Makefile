@@ -39,8 +39,8 @@ experiments-small: $(STAMP)
 	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml --small
 
 # Two pytest-xdist workers, each test sent to whichever is free: the Ray tests spend much of
-# their time starting processes, so two streams fit two cores (14-16 min against 17.6 serially,
-# 2026-12-03); TEST_WORKERS=0 runs them in this process.
+# their time starting processes, so two streams fit two cores (13 min in a fresh clone against
+# 15.4 serially, fba22ce, 2026-12-04); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
