@@ -40,7 +40,7 @@ experiments-small: $(STAMP)
 
 # Two pytest-xdist workers, each test sent to whichever is free: the Ray tests spend much of
 # their time starting processes, so two streams fit two cores (13 min in a fresh clone against
-# 15.4 serially, fba22ce, 2026-12-04); TEST_WORKERS=0 runs them in this process.
+# 14.1 serially, d2e3be7, 2026-12-04); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
