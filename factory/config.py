@@ -133,6 +133,17 @@ class FaceWorldConfig(StrictModel):
     identities: int = Field(1000, ge=2, description="Training identities")
     images_per_identity: int = Field(20, ge=2)
     inquiry_identities: int = Field(64, ge=2, description="Held-out identities, 1 image each")
+    judge_identities: int | None = Field(
+        None, ge=0, description="Identities of the judge's own training set (judge-train/, "
+                                "images_per_identity each), drawn from a stream no other set "
+                                "uses; None: as many as identities; 0: none")
+    reference_identities: int | None = Field(
+        None, ge=0, description="Held-out identities of the real reference (reference/): the "
+                                "real genuine similarities every m is read against; None: as "
+                                "many as inquiry_identities; 0: none")
+    reference_images_per_kind: int = Field(
+        4, ge=1, description="Reference images per identity and nuisance kind (frontal, pose, "
+                             "occlusion, lighting), beside the frontal reference image")
     benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks, min_length=1,
                                             description="Test benchmarks: reported, never "
                                                         "selected on")
@@ -142,6 +153,15 @@ class FaceWorldConfig(StrictModel):
                     "the test benchmarks): what sweeps, ASHA and thresholds select on")
     montage_identities: int = Field(8, ge=1)
     montage_images: int = Field(10, ge=1)
+
+    @property
+    def judge_set_identities(self) -> int:
+        return self.identities if self.judge_identities is None else self.judge_identities
+
+    @property
+    def reference_set_identities(self) -> int:
+        return (self.inquiry_identities if self.reference_identities is None
+                else self.reference_identities)
 
     @model_validator(mode="after")
     def _distinct_names(self) -> FaceWorldConfig:
@@ -303,6 +323,11 @@ class ConditionConfig(StrictModel):
 
     similarity_dim: int = Field(64, ge=1, description="Width of C_sim = F1(m)")
     tokens: int = Field(4, ge=1, description="Context tokens F2 produces")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Training probability of replacing a sample's context (identity and m) by "
+                    "learned null tokens, which classifier-free guidance needs at sampling "
+                    "(sampling.guidance_scale); 0: no null tokens (CemiFace)")
 
 
 class DiffusionConfig(StrictModel):
@@ -361,6 +386,12 @@ class SamplingConfig(StrictModel):
         None, gt=0.0, lt=1.0,
         description="Below this t/T, condition on the sample's own identity at m = 1 instead "
                     "of the inquiry (factory.models.sampling); None: CemiFace's sampler")
+    guidance_scale: float = Field(
+        1.0, ge=0.0, le=20.0,
+        description="Classifier-free guidance on the (identity, m) condition: "
+                    "eps_null + w (eps_cond - eps_null); 1: none (CemiFace's sampler, one model "
+                    "call per step), > 1 needs a generator trained with condition.dropout > 0 "
+                    "and costs a second model call per step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast dtype of the UNet and E_id; auto: bf16 on a GPU (fp16 "
                             "where bf16 is missing), fp32 on a CPU")
@@ -382,7 +413,17 @@ class ComplianceConfig(StrictModel):
 
     data: Uri = Field("", description="Inquiry images (first per identity); empty: the face "
                                       "world's held-out inquiry set")
-    identities: int = Field(24, ge=2)
+    identities: int = Field(24, ge=2, description="Inquiry identities the report measures")
+    first_identity: int = Field(
+        32, ge=0, description="The report's identities start at this inquiry identity (in "
+                              "label order); the ones before it are the validation identities")
+    validation_identities: int = Field(
+        24, ge=2, description="Inquiry identities 0 .. this - 1: what generator-progress and "
+                              "lever choices measure, so no decision sees the report's")
+    real_reference: Uri = Field(
+        "", description="Held-out real identities (per identity a reference image, then "
+                        "genuine images; optional kinds.json): the real genuine row of the "
+                        "report; empty: the face world's reference set")
     seeds: int = Field(4, ge=1, description="Samples per (identity, m)")
     m_values: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.0, -0.5, -1.0],
                                   min_length=2)
@@ -397,6 +438,14 @@ class ComplianceConfig(StrictModel):
     lambda0_checkpoint: Uri = Field(
         "", description="A generator trained with the same recipe at lambda = 0 (CemiFace's "
                         "no-similarity-matching ablation), reported as a control; empty: none")
+
+    @model_validator(mode="after")
+    def _validation_before_report(self) -> ComplianceConfig:
+        if self.validation_identities > self.first_identity:
+            raise ValueError(f"validation_identities ({self.validation_identities}) must not "
+                             f"reach first_identity ({self.first_identity}): the report's "
+                             "identities are kept from every decision")
+        return self
 
 
 class GeneratorConfig(StrictModel):
@@ -449,10 +498,16 @@ class MValuesConfig(StrictModel):
 
     ``values``: the listed m, cycled over each identity's images; ``range``: ``low`` to
     ``high`` every ``interval``, cycled likewise; ``uniform`` / ``normal``: drawn per sample
-    (``low``..``high`` / ``mean`` +- ``std``), clipped to [-1, 1].
+    (``low``..``high`` / ``mean`` +- ``std``), clipped to [-1, 1]. With ``axis`` judge or E_id
+    the same numbers are similarities that recognizer should measure, turned into m through the
+    generator's compliance curve (factory.eval.compliance_curve).
     """
 
     kind: Literal["values", "range", "uniform", "normal"] = "values"
+    axis: Literal["m", "judge", "E_id"] = Field(
+        "m", description="What the numbers name: the generator's requested m, or the mean "
+                         "similarity the judge or E_id measures (through the checkpoint's "
+                         "compliance_curve.json, refused outside its reachable range)")
     values: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     low: float = Field(-0.1, ge=-1.0, le=1.0)
     high: float = Field(0.1, ge=-1.0, le=1.0)
@@ -466,6 +521,9 @@ class MValuesConfig(StrictModel):
             raise ValueError("values must lie in [-1, 1]")
         if self.low > self.high:
             raise ValueError("low must not exceed high")
+        if self.axis != "m" and self.kind == "normal":
+            raise ValueError(f"axis {self.axis} takes kind values, range or uniform (a normal "
+                             "draw has no bounds to check against the reachable range)")
         return self
 
 
@@ -578,8 +636,9 @@ class SynthesisConfig(StrictModel):
 
 class JudgeConfig(StrictModel):
     """An independent recognizer that measures what the generator made (generator-report,
-    analyze). It must share nothing with E_id (architecture, width, seed, training run) and is
-    never used in training or sampling, so its similarities are evidence, not the objective."""
+    analyze). It should share no training identity with E_id and the generator (the face
+    world's judge: its judge-train set), and differ in architecture, width and seed; it is never
+    used in training or sampling, so its similarities are evidence, not the objective."""
 
     checkpoint: Uri = Field("", description="Recognizer checkpoint dir, arcface model.pt or "
                                             "AdaFace .ckpt; empty: no judge (E_id's figures only)")
@@ -880,6 +939,13 @@ class FactoryConfig(StrictModel):
         return self._given("generator.compliance.data", self.generator.compliance.data,
                            lambda: storage.join(self.faceworld_uri(), "inquiry"),
                            "held-out inquiry images for m-compliance")
+
+    def real_reference_uri(self) -> str:
+        """``generator.compliance.real_reference``, else the face world's reference set; empty
+        with neither (the report then says it has no real row)."""
+        if self.generator.compliance.real_reference or self.faceworld is None:
+            return self.generator.compliance.real_reference
+        return storage.join(self.faceworld_uri(), "reference")
 
     def identity_encoder_uri(self) -> str:
         """E_id: named, or this config's recognizer run; with no face world it must be named

@@ -4,7 +4,8 @@ For held-out inquiry identities (never seen in training), every requested m and 
 sample once, then let each recognizer measure the same images:
 
 * E_id, the encoder the generator was conditioned on and trained against, and
-* the judge (``judge.checkpoint``), a recognizer that shares nothing with E_id; its figures are
+* the judge (``judge.checkpoint``), a recognizer trained on identities E_id and the generator
+  never saw (the face world's judge-train set; they share the renderer only); its figures are
   the evidence, since a similarity the generator was optimised against proves little.
 
 Per recognizer: mean and std of cos(inquiry, sample) per m, whether the means fall monotonically
@@ -12,6 +13,10 @@ as m falls, Spearman between requested m and measured similarity over all sample
 similarity between *different* inquiries (what "another person" looks like to it), rank-1
 identification per m (is a sample's nearest inquiry its own?) and the intra-identity spread per m
 (1 - mean pairwise cosine between the seeds of one inquiry at one m).
+
+The scale every m is read on: the real reference (:mod:`factory.eval.real_reference`), real
+photos of held-out identities measured against their own reference image by the same two
+recognizers, per nuisance kind and over all.
 
 Controls that should show nothing: the same seeds sampled with m shuffled across the samples
 (the labels keep the requested m), and optionally a lambda = 0 generator. Quality: the Frechet
@@ -30,6 +35,8 @@ import numpy as np
 import torch
 
 from factory.config import SamplingConfig
+from factory.eval.embedding import embed, identity_spread
+from factory.eval.real_reference import ReferenceImages, RealReference, measure_real_reference
 from factory.formats.dataset import FaceDataset
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import InferenceSettings, prepare
@@ -90,6 +97,7 @@ class Compliance:
     by: dict[str, Measured]  # "E_id", and "judge" when one is configured
     controls: dict[str, dict[str, Measured]] = field(default_factory=dict)
     frechet: dict[str, float] | None = None
+    real: dict[str, RealReference] = field(default_factory=dict)  # by recognizer
 
     @property
     def headline(self) -> Measured:
@@ -104,20 +112,24 @@ class Compliance:
             "controls": {control: {name: value.summary() for name, value in views.items()}
                          for control, views in self.controls.items()},
             "frechet": self.frechet,
+            "real_reference": {name: value.summary() for name, value in self.real.items()},
             "trajectory_t": self.trajectory_t, "trajectory": self.trajectory,
         }
 
 
-def first_image_per_identity(dataset: FaceDataset, count: int) -> np.ndarray:
-    """``[count, H, W, 3]`` uint8: the first image of each of the first ``count`` identities."""
+def first_image_per_identity(dataset: FaceDataset, count: int, skip: int = 0) -> np.ndarray:
+    """``[count, H, W, 3]`` uint8: the first image of each of ``count`` identities, after the
+    first ``skip`` identities (in order of first appearance)."""
     firsts: dict[int, int] = {}
     for index, label in enumerate(dataset.labels):
         firsts.setdefault(int(label), index)
-        if len(firsts) == count:
+        if len(firsts) == skip + count:
             break
-    if len(firsts) < 2:
-        raise ValueError("m-compliance needs at least two inquiry identities")
-    return np.stack([dataset.image(index) for index in firsts.values()])
+    chosen = list(firsts.values())[skip:]
+    if len(chosen) < 2:
+        raise ValueError(f"m-compliance needs at least two inquiry identities after the first "
+                         f"{skip}; the inquiry set has {len(firsts)}")
+    return np.stack([dataset.image(index) for index in chosen])
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -172,7 +184,8 @@ def draw_samples(generator: LoadedGenerator, inquiries: np.ndarray, m_values: Se
             sampling.eta, sampling.identity_handoff, generator.encoder,
             lambda _, estimate: per_step.append(_similarity(generator, settings, estimate,
                                                             identity[index])),
-            solver=sampling.solver, **settings.sampler_options()))
+            solver=sampling.solver, guidance_scale=sampling.guidance_scale,
+            **settings.sampler_options()))
         along = torch.stack(per_step).cpu().numpy()  # [steps, B]
         chunk_columns = columns[start:start + len(chunk)]
         for column in np.unique(chunk_columns):
@@ -190,13 +203,6 @@ def _similarity(generator: LoadedGenerator, settings: InferenceSettings, images:
         return (generator.encoder(images).float() * identity).sum(-1)
 
 
-@torch.no_grad()
-def embed(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Unit-length embeddings ``[N, D]`` of images in [-1, 1]."""
-    return torch.cat([encoder(images[start:start + batch_size])
-                      for start in range(0, len(images), batch_size)]).cpu().numpy()
-
-
 def measure(encoder: torch.nn.Module, recognizer: str, inquiries: torch.Tensor,
             samples: SampleSet, m_values: Sequence[float]) -> Measured:
     """``recognizer``'s view of ``samples``: similarity to their inquiry, rank-1, spread."""
@@ -211,7 +217,7 @@ def measure(encoder: torch.nn.Module, recognizer: str, inquiries: torch.Tensor,
         means.append(float(similarity[chosen].mean()))
         stds.append(float(similarity[chosen].std()))
         rank1.append(float(own_nearest[chosen].mean()))
-        spreads.append(_spread(embedded[chosen], samples.inquiry[chosen]))
+        spreads.append(identity_spread(embedded[chosen], samples.inquiry[chosen]))
     order = np.argsort(-np.asarray(m_values, float))
     cross = reference @ reference.T
     return Measured(
@@ -221,18 +227,6 @@ def measure(encoder: torch.nn.Module, recognizer: str, inquiries: torch.Tensor,
         monotonic=bool(np.all(np.diff(np.asarray(means)[order]) < 0)),
         between_identities=float(cross[~np.eye(len(cross), dtype=bool)].mean()),
         measured=[float(v) for v in similarity])
-
-
-def _spread(embedded: np.ndarray, groups: np.ndarray) -> float:
-    """Mean over groups of 1 - mean pairwise cosine between a group's members (0: identical
-    samples; NaN when no group has two members)."""
-    values = []
-    for group in np.unique(groups):
-        members = embedded[groups == group]
-        if len(members) > 1:
-            cos = members @ members.T
-            values.append(1.0 - cos[~np.eye(len(members), dtype=bool)].mean())
-    return float(np.mean(values)) if values else float("nan")
 
 
 def frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
@@ -274,12 +268,14 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
                        m_values: Sequence[float], seeds: int, sampling: SamplingConfig,
                        judge: torch.nn.Module | None = None, shuffled_control: bool = False,
                        control_generators: dict[str, LoadedGenerator] | None = None,
-                       real: FaceDataset | None = None) -> Compliance:
+                       real: FaceDataset | None = None,
+                       reference: ReferenceImages | None = None) -> Compliance:
     """Sample, measure with E_id (and the judge), and add the requested controls.
 
     ``control_generators`` are other checkpoints (for example the lambda = 0 generator) sampled
     under the same protocol and measured by the same recognizers; ``real`` enables the Frechet
-    distance in the judge's feature space (E_id's when there is no judge).
+    distance in the judge's feature space (E_id's when there is no judge); ``reference`` adds
+    the real genuine figures of both recognizers.
     """
     samples = draw_samples(generator, inquiries, m_values, seeds, sampling)
     images = inquiry_tensor(inquiries, generator.image_size)
@@ -299,9 +295,12 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
     if real is not None:
         frechet = frechet_against_real(judge if judge is not None else generator.encoder,
                                        samples.images, real, generator.image_size)
+    real_figures = {} if reference is None else {
+        name: measure_real_reference(encoder, name, reference, generator.image_size)
+        for name, encoder in recognizers.items()}
     timesteps = solver_scheduler(generator.scheduler, sampling.solver, sampling.steps).timesteps
     return Compliance(
         m_values=[float(m) for m in m_values], requested=samples.requested.tolist(),
         sampling=sampling.model_dump(), trajectory_t=[int(t) for t in timesteps],
         trajectory=samples.trajectory.round(4).tolist(), by=views(samples),
-        controls=controls, frechet=frechet)
+        controls=controls, frechet=frechet, real=real_figures)

@@ -78,11 +78,18 @@ def loss_curve_png(history: Sequence[dict[str, Any]], path: str) -> str:
 
 
 def compliance_png(requested: np.ndarray, measured: np.ndarray, between: float, path: str,
-                   title: str = "", recognizer: str = "E_id") -> str:
+                   title: str = "", recognizer: str = "E_id",
+                   real_band: tuple[float, float] | None = None) -> str:
     """Requested m against measured similarity to the inquiry: mean and std per m, every
-    sample as a dot, the identity line, and the between-identity similarity for reference."""
+    sample as a dot, the identity line, the between-identity similarity and, with
+    ``real_band`` (mean, std), the real genuine similarities as a band: the scale to read on."""
     figure = agg_figure(5.5, 5)
     axes = figure.add_subplot()
+    if real_band is not None:
+        mean, std = real_band
+        axes.axhspan(mean - std, mean + std, color="tab:orange", alpha=0.2,
+                     label="real genuine, mean +- std")
+        axes.axhline(mean, color="tab:orange", linewidth=1)
     values = np.unique(requested)
     means = np.array([measured[requested == v].mean() for v in values])
     stds = np.array([measured[requested == v].std() for v in values])

@@ -1,20 +1,26 @@
 """``factory generator-report``: m-compliance numbers, the curve and the CemiFace figure.
 
 For a generator checkpoint (default: this config's published ``final/``) and the held-out
-inquiry identities, writes to ``<workdir>/generator-report/`` (or to ``evaluate.out``; never
+inquiry identities of the report (``generator.compliance.first_identity`` on; the ones before
+are validation identities for progress checks and lever choices), writes to ``<workdir>/generator-report/`` (or to ``evaluate.out``; never
 into the checkpoint, which may be the shipped one):
 
 * ``compliance.json``: per recognizer (E_id and the independent judge, ``judge.checkpoint``):
   mean and std of the measured similarity per requested m, rank-1 identification and
   intra-identity spread per m, Spearman, monotonicity, the between-identity similarity; the
   m-blind controls (shuffled m, a lambda = 0 generator); the Frechet distance to real images in
-  the judge's features; and which checkpoint, config and code made them;
+  the judge's features; the real reference (real photos of held-out identities against their
+  own reference image, per nuisance kind, by both recognizers: the scale every m is read on);
+  and which checkpoint, config and code made them;
 * ``compliance.png``: requested m against measured similarity by the judge (E_id's in
-  ``compliance-e_id.png``), with spread; ``controls.png``: the controls' curves;
+  ``compliance-e_id.png``), with spread and the real genuine band; ``controls.png``: the controls' curves;
 * ``trajectory.png``: per m, the similarity of each DDIM step's x0 estimate, against the
   L_SimMat optimum at that noise level (where along sampling the similarity is decided);
 * ``cemiface_grid.png``: rows identities (inquiry first), columns m from 1 to -1, one noise per
   row;
+* ``compliance_curve.json``: per recognizer, the mean similarity at each m: copied beside a
+  shipped checkpoint's weights, it lets ``synthesis.m.axis`` name targets by measured
+  similarity (factory.eval.compliance_curve);
 
 and logs them all to an MLflow run.
 """
@@ -35,12 +41,14 @@ from factory.eval.compliance import (
     first_image_per_identity,
     measure_compliance,
 )
+from factory.eval.compliance_curve import curve_document
 from factory.eval.generator_figures import (
     compliance_png,
     controls_png,
     similarity_grid_png,
     trajectory_png,
 )
+from factory.eval.real_reference import load_reference, reference_text
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import prepare
@@ -69,7 +77,8 @@ def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: in
         torch.tensor(np.tile(m_values, rows), dtype=torch.float32),
         [GRID_SEED + row for row in range(rows) for _ in range(columns)],
         generator.image_size, sampling.steps, sampling.eta, sampling.identity_handoff,
-        generator.encoder, solver=sampling.solver, **settings.sampler_options())
+        generator.encoder, solver=sampling.solver, guidance_scale=sampling.guidance_scale,
+        **settings.sampler_options())
     return similarity_grid_png(samples, columns, path, [f"{m:+.2f}" for m in m_values],
                                inquiries=images)
 
@@ -87,6 +96,12 @@ def compliance_table(result: Compliance) -> str:
             row += [view.mean[column], view.std[column], f"{100 * view.rank1[column]:.0f}%",
                     view.spread[column]]
         rows.append(row)
+    if result.real:
+        row = ["real genuine"]
+        for view in views:
+            real = result.real[view.recognizer].overall
+            row += [real.mean, real.std, f"{100 * real.rank1:.0f}%", real.spread]
+        rows.append(row)
     return format_table(headers, rows)
 
 
@@ -103,21 +118,28 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
     generator = load_generator(uri)
     compliance_cfg = cfg.compliance
     dataset = open_dataset(config.inquiry_data_uri())
-    inquiries = first_image_per_identity(dataset, compliance_cfg.identities)
+    inquiries = first_image_per_identity(dataset, compliance_cfg.identities,
+                                         skip=compliance_cfg.first_identity)
     judge = load_judge(config.judge)
+    reference_uri = config.real_reference_uri()
+    reference = load_reference(reference_uri, compliance_cfg.identities)
     with torch.no_grad():
         result = measure_compliance(
             generator, inquiries, compliance_cfg.m_values, compliance_cfg.seeds, cfg.sampling,
             judge=judge, shuffled_control=compliance_cfg.shuffled_m_control,
             control_generators=load_controls(config),
-            real=open_dataset(config.generator_data_uri()))
+            real=open_dataset(config.generator_data_uri()), reference=reference)
     out = config.evaluate.out or storage.join(config.workdir, "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
                 "code_version": code_version(), "inquiries": config.inquiry_data_uri(),
                 "judge": config.judge.checkpoint or None,
                 "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
-                "seeds_per_m": compliance_cfg.seeds, "config": config.model_dump(mode="json"),
+                "seeds_per_m": compliance_cfg.seeds,
+                "report_identities": [compliance_cfg.first_identity,
+                                      compliance_cfg.first_identity + len(inquiries)],
+                "real_reference_data": reference_uri or None,
+                "config": config.model_dump(mode="json"),
                 **result.summary()}
     tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
                          config.runtime.mlflow_artifact_location)
@@ -142,11 +164,13 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
         }
         for name, view in result.by.items():
             png = "compliance.png" if view is headline else f"compliance-{name.lower()}.png"
+            real = result.real.get(name)
             files[png] = compliance_png(
                 np.array(result.requested), np.array(view.measured), view.between_identities,
                 os.path.join(directory, png),
                 f"step {generator.meta.get('step')}, measured by {name}: Spearman "
-                f"{view.spearman:.3f}", recognizer=name)
+                f"{view.spearman:.3f}", recognizer=name,
+                real_band=None if real is None else (real.overall.mean, real.overall.std))
         if result.controls:
             files["controls.png"] = controls_png(
                 result.m_values, {"generator": headline.mean, **{
@@ -156,6 +180,12 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
                 headline.recognizer)
         with open(os.path.join(directory, "compliance.json"), "w") as stream:
             json.dump(document, stream, indent=2)
+        files["compliance_curve.json"] = os.path.join(directory, "compliance_curve.json")
+        with open(files["compliance_curve.json"], "w") as stream:
+            json.dump(curve_document(
+                {name: (view.m_values, view.mean) for name, view in result.by.items()},
+                result.sampling, uri, document["report_identities"], compliance_cfg.seeds),
+                stream, indent=2)
         for name in files:
             local = os.path.join(directory, name)
             tracker.log_artifact(local)
@@ -181,16 +211,23 @@ def report_metrics(result: Compliance) -> dict[str, float]:
                         for m, rank1 in zip(view.m_values, view.rank1)})
     if result.frechet:
         metrics.update({f"frechet/{key}": value for key, value in result.frechet.items()})
+    for name, real in result.real.items():
+        for kind, figures in real.kinds.items():
+            metrics.update({f"real_reference/{name}/{kind}/{key}": getattr(figures, key)
+                            for key in ("mean", "std", "rank1", "spread")})
     return metrics
 
 
 def sampler_text(sampling: dict) -> str:
     """One line naming the sampler, e.g. for the report and the quickstart's results."""
     handoff = sampling.get("identity_handoff")
+    guidance = sampling.get("guidance_scale", 1.0)
     solver = SOLVER_NAMES[sampling.get("solver", "ddim")]
     return (f"{solver} {sampling['steps']} steps, eta {sampling['eta']:g}, "
             + (f"identity hand-off below t/T = {handoff:g}" if handoff is not None
-               else "no identity hand-off (CemiFace's sampler)"))
+               else "no identity hand-off")
+            + (f", guidance scale {guidance:g}" if guidance != 1.0 else ", no guidance")
+            + (" (CemiFace's sampler)" if handoff is None and guidance == 1.0 else ""))
 
 
 def _spearman_line(view) -> str:
@@ -203,6 +240,7 @@ def report_text(result: Compliance, out: str) -> str:
     lines = [f"sampler: {sampler_text(result.sampling)}; figures led by "
              f"{result.headline.recognizer}",
              compliance_table(result)]
+    lines += reference_text(result.real)
     lines += [_spearman_line(result.by[name]) for name in ("judge", "E_id") if name in result.by]
     for control, views in result.controls.items():
         lines.append(f"control {control}: " + "; ".join(
@@ -214,6 +252,6 @@ def report_text(result: Compliance, out: str) -> str:
         lines.append(f"Frechet distance to {frechet['images']} real training images in "
                      f"{result.headline.recognizer}'s features: {frechet['synthetic_vs_real']:.3f}"
                      f" (two real sets of that size: {frechet['real_vs_real']:.3f})")
-    lines.append(f"written to {out}: compliance.json, compliance*.png, controls.png, "
-                 "trajectory.png, cemiface_grid.png")
+    lines.append(f"written to {out}: compliance.json, compliance_curve.json, compliance*.png, "
+                 "controls.png, trajectory.png, cemiface_grid.png")
     return "\n".join(lines)

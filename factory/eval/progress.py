@@ -81,7 +81,7 @@ def generator_progress(config: FactoryConfig, folder: str | None = None
     if not checkpoints:
         raise ValueError(f"{folder}: no generator checkpoints")
     inquiries = first_image_per_identity(open_dataset(config.inquiry_data_uri()),
-                                         cfg.compliance.identities)
+                                         cfg.compliance.validation_identities)
     judge = load_judge(config.judge)
     samplers = {"CemiFace's sampler": cfg.sampling.model_copy(update={"identity_handoff": None})}
     if cfg.compliance.progress_handoff is not None:

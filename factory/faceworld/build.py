@@ -3,7 +3,11 @@
 Layout under the output URI::
 
     train/train.rec, train/train.idx, train/property   insightface RecordIO, N ids x K images
+    judge-train/train.rec, ...                         RecordIO, the judge's own ids x K images
     inquiry/train.rec, ...                             RecordIO, held-out ids x 1 frontal image
+    reference/train.rec, ..., reference/kinds.json     RecordIO, held-out ids: a frontal
+                                                       reference, then images of each nuisance
+                                                       kind (the real genuine scale)
     benchmarks/<name>.bin                              test: insightface verification pairs
     validation/<name>.bin, validation/<name>.identities.npy
                                                        validation pairs, and the identity of
@@ -12,8 +16,9 @@ Layout under the output URI::
     summary.json, config.yaml                          counts, timings, resolved config
 
 Every random draw comes from a seed sequence keyed by (seed, stream, index), so the output is
-byte-identical for a given config, and identities of the training set, of the inquiries and of
-each test and validation benchmark are drawn from separate streams (disjoint identities). A
+byte-identical for a given config, and identities of the training set, of the judge's training
+set, of the inquiries, of the real reference and of each test and validation benchmark are drawn
+from separate streams (disjoint identities). A
 rerun with the same config finds ``summary.json`` and returns it instead of rendering again.
 """
 
@@ -48,6 +53,14 @@ from factory.formats.verification_bin import write_bin
 from factory.provenance import code_version
 
 TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, INQUIRY_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 50, 100
+JUDGE_IDENTITY_STREAM, JUDGE_IMAGE_STREAM = 2, 3
+"""The judge's training identities: a stream of their own, so the judge shares no identity with
+E_id and the generator (trained on stream 0), nor with inquiries, reference or benchmarks."""
+REFERENCE_STREAM = 60
+REFERENCE_KINDS = ("frontal", "pose", "occlusion", "lighting")
+"""The nuisance kinds of the real reference: those the benchmarks' second images are drawn
+under, so "real genuine" means the same thing in the report as on the benchmarks."""
+REFERENCE_KINDS_FILE = "kinds.json"
 VALIDATION_STREAM_BASE = 1000
 """Validation benchmark i draws from stream 1000 + i: never a test benchmark's (100 + i)."""
 
@@ -67,10 +80,20 @@ class FaceWorldSummary:
     config: dict = field(default_factory=dict)
 
     inquiry_identities: int = 0
+    judge_identities: int = 0
+    reference_identities: int = 0
 
     @property
     def train_uri(self) -> str:
         return storage.join(self.out, "train")
+
+    @property
+    def judge_train_uri(self) -> str:
+        return storage.join(self.out, "judge-train")
+
+    @property
+    def reference_uri(self) -> str:
+        return storage.join(self.out, "reference")
 
     @property
     def inquiry_uri(self) -> str:
@@ -87,37 +110,79 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def _train_identity(cfg: FaceWorldConfig, label: int) -> np.ndarray:
-    return sample_identity(_rng(cfg.seed, TRAIN_IDENTITY_STREAM, label))
+def training_identity(cfg: FaceWorldConfig, label: int,
+                      stream: int = TRAIN_IDENTITY_STREAM) -> np.ndarray:
+    """The parameter vector of training identity ``label`` (of the judge's set with
+    ``stream=JUDGE_IDENTITY_STREAM``)."""
+    return sample_identity(_rng(cfg.seed, stream, label))
 
 
-def _train_images(cfg: FaceWorldConfig, label: int) -> Iterator[tuple[np.ndarray, int]]:
+def _train_images(cfg: FaceWorldConfig, label: int, identity_stream: int = TRAIN_IDENTITY_STREAM,
+                  image_stream: int = TRAIN_IMAGE_STREAM) -> Iterator[tuple[np.ndarray, int]]:
     """The training images of one identity, with the JPEG quality each one is stored at."""
-    identity = _train_identity(cfg, label)
-    rng = _rng(cfg.seed, TRAIN_IMAGE_STREAM, label)
+    identity = training_identity(cfg, label, identity_stream)
+    rng = _rng(cfg.seed, image_stream, label)
     for _ in range(cfg.images_per_identity):
         nuisance = sample_nuisance(rng, "train")
         yield render_face(identity, nuisance, cfg.image_size), nuisance.jpeg_quality
 
 
-def _write_train_set(cfg: FaceWorldConfig, out: str) -> int:
-    total = cfg.identities * cfg.images_per_identity
+def _write_train_set(cfg: FaceWorldConfig, out: str, folder: str = "train",
+                     identities: int | None = None, identity_stream: int = TRAIN_IDENTITY_STREAM,
+                     image_stream: int = TRAIN_IMAGE_STREAM) -> int:
+    """A training set of ``identities`` x ``cfg.images_per_identity`` images under the
+    ``train`` nuisance profile: the factory's own (streams 0, 1) or the judge's (2, 3)."""
+    identities = cfg.identities if identities is None else identities
+    total = identities * cfg.images_per_identity
 
     def samples() -> Iterator[tuple[int, bytes]]:
-        with tqdm(total=total, desc="face world: training set", unit="img", leave=False) as bar:
-            for label in range(cfg.identities):
-                for image, quality in _train_images(cfg, label):
+        with tqdm(total=total, desc=f"face world: {folder}", unit="img", leave=False) as bar:
+            for label in range(identities):
+                for image, quality in _train_images(cfg, label, identity_stream, image_stream):
                     bar.update()
                     yield label, encode_jpeg(image, quality)
 
     write_insightface_rec(
-        storage.join(out, "train"),
+        storage.join(out, folder),
         samples(),
         num_images=total,
-        num_classes=cfg.identities,
+        num_classes=identities,
         image_size=(cfg.image_size, cfg.image_size),
     )
     return total
+
+
+def _write_reference_set(cfg: FaceWorldConfig, out: str) -> int:
+    """Held-out identities, each a frontal reference image rendered as inquiries are, then
+    ``cfg.reference_images_per_kind`` images of every kind in REFERENCE_KINDS: the real genuine
+    similarities a generator's samples are read against (``factory generator-report``)."""
+    per_identity = 1 + len(REFERENCE_KINDS) * cfg.reference_images_per_kind
+
+    def samples() -> Iterator[tuple[int, bytes]]:
+        for label in range(cfg.reference_set_identities):
+            rng = _rng(cfg.seed, REFERENCE_STREAM, label)
+            identity = sample_identity(rng)
+            image = render_face(identity, sample_nuisance(rng, "frontal"), cfg.image_size)
+            yield label, encode_jpeg(image, 95)
+            for kind in REFERENCE_KINDS:
+                for _ in range(cfg.reference_images_per_kind):
+                    nuisance = sample_nuisance(rng, kind)
+                    yield label, encode_jpeg(render_face(identity, nuisance, cfg.image_size),
+                                             nuisance.jpeg_quality)
+
+    uri = storage.join(out, "reference")
+    write_insightface_rec(
+        uri,
+        samples(),
+        num_images=cfg.reference_set_identities * per_identity,
+        num_classes=cfg.reference_set_identities,
+        image_size=(cfg.image_size, cfg.image_size),
+    )
+    storage.write_text(storage.join(uri, REFERENCE_KINDS_FILE), json.dumps(
+        {"kinds": list(REFERENCE_KINDS), "images_per_kind": cfg.reference_images_per_kind,
+         "layout": "per identity: the frontal reference image, then images_per_kind images "
+                   "of each kind in the order of kinds"}, indent=2))
+    return cfg.reference_set_identities
 
 
 def _write_inquiry_set(cfg: FaceWorldConfig, out: str) -> int:
@@ -237,7 +302,12 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
     storage.ensure_writable(out)
     start = time.perf_counter()
     train_images = _write_train_set(cfg, out)
+    if cfg.judge_set_identities:
+        _write_train_set(cfg, out, "judge-train", cfg.judge_set_identities,
+                         JUDGE_IDENTITY_STREAM, JUDGE_IMAGE_STREAM)
     inquiry_identities = _write_inquiry_set(cfg, out)
+    if cfg.reference_set_identities:
+        _write_reference_set(cfg, out)
     benchmarks = {
         spec.name: _write_benchmark(cfg, spec, BENCHMARK_STREAM_BASE + i,
                                     storage.join(out, "benchmarks", f"{spec.name}.bin"))
@@ -256,6 +326,8 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
         identities=cfg.identities,
         train_images=train_images,
         inquiry_identities=inquiry_identities,
+        judge_identities=cfg.judge_set_identities,
+        reference_identities=cfg.reference_set_identities,
         benchmarks=benchmarks,
         validation_benchmarks=validation,
         seconds=round(time.perf_counter() - start, 2),
@@ -272,8 +344,14 @@ def print_summary(summary: FaceWorldSummary) -> None:
     print(f"face world at {summary.out} ({summary.code_version})")
     print(f"  training set: {summary.identities} identities, {summary.train_images} images, "
           f"{summary.image_size}x{summary.image_size} px  ->  {summary.train_uri}")
+    if summary.judge_identities:
+        print(f"  judge's training set: {summary.judge_identities} identities of its own  ->  "
+              f"{summary.judge_train_uri}")
     print(f"  inquiry set: {summary.inquiry_identities} held-out identities x 1 image  ->  "
           f"{summary.inquiry_uri}")
+    if summary.reference_identities:
+        print(f"  real reference: {summary.reference_identities} held-out identities, a frontal "
+              f"reference and images of each nuisance kind  ->  {summary.reference_uri}")
     for name, pairs in summary.benchmarks.items():
         print(f"  test benchmark {name}: {pairs} pairs  ->  {summary.benchmark_uri(name)}")
     for name, pairs in summary.validation_benchmarks.items():

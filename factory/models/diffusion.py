@@ -108,18 +108,30 @@ class LossTerms:
     similarity: torch.Tensor  # mean s = cos(E_id(x), E_id(x0_hat)), a diagnostic
 
 
+def draw_unconditional(probability: float, batch: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Which samples train without their condition (classifier-free guidance's dropout); None
+    when ``probability`` is 0, so a run without dropout draws nothing extra from its stream."""
+    if probability <= 0:
+        return None
+    return torch.rand(batch, generator=generator) < probability
+
+
 def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Tensor,
                   identity: torch.Tensor, m: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor, weight: float,
                   min_snr_gamma: float | None = None,
-                  target_schedule: Literal["linear", "constant"] = "linear") -> LossTerms:
+                  target_schedule: Literal["linear", "constant"] = "linear",
+                  unconditional: torch.Tensor | None = None) -> LossTerms:
     """One batch of the CemiFace objective.
 
     ``clean`` are training images in [-1, 1] (each its own inquiry), ``identity`` their frozen
-    embeddings ``E_id(clean)``, ``m`` the drawn similarity targets.
+    embeddings ``E_id(clean)``, ``m`` the drawn similarity targets. Rows marked in
+    ``unconditional`` see the null context: they train the denoising loss only, since a
+    similarity target means nothing to a sample that was not told its identity or m.
     """
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    output = generator(noisy, timesteps, identity, m)
+    output = generator(noisy, timesteps, identity, m, unconditional)
     target = denoising_target(scheduler, clean, noise, timesteps)
     per_sample = ((output.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     mse = (snr_weights(scheduler, timesteps, min_snr_gamma, clean) * per_sample).mean()
@@ -129,7 +141,16 @@ def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Ten
             similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
     else:
         similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
-    simmat = similarity_matching(similarity, m, timesteps, scheduler.config.num_train_timesteps,
-                                 target_schedule).mean()
+    per_sample_simmat = similarity_matching(similarity, m, timesteps,
+                                            scheduler.config.num_train_timesteps,
+                                            target_schedule)
+    if unconditional is not None:  # only conditioned samples have a similarity target
+        kept = ~unconditional.to(similarity.device)
+        per_sample_simmat = per_sample_simmat[kept]
+        similarity = similarity[kept]
+    if len(similarity) == 0:  # every sample dropped its condition
+        simmat = mean_similarity = per_sample_simmat.sum()
+    else:
+        simmat, mean_similarity = per_sample_simmat.mean(), similarity.mean()
     return LossTerms(mse + weight * simmat, mse.detach(), simmat.detach(),
-                     similarity.detach().mean())
+                     mean_similarity.detach())

@@ -6,7 +6,14 @@ model output as what training regressed (epsilon or v); the multistep solvers th
 estimate at 1 (a plain clip to [-1, 1], as DDIM's ``clip_sample``), which keeps them on the
 image range the model was trained on. Only DDIM takes ``eta > 0``.
 
-A sample is fully determined by (identity embedding, m, seed, solver, steps, eta, handoff): its
+Classifier-free guidance (``guidance_scale`` w, off at 1): each step runs the model twice, with
+the sample's condition and with the null context a generator trained with condition dropout
+holds, and the solver sees ``eps_null + w (eps_cond - eps_null)``: w > 1 moves a sample further
+along what its (identity, m) condition changes, which is how Arc2Face- and VIGFace-style
+generators make samples keep their identity.
+
+A sample is fully determined by (identity embedding, m, seed, solver, steps, eta, handoff,
+guidance scale): its
 starting noise and, for ``eta > 0``, every step's fresh noise come from a CPU generator seeded
 with the sample's own seed, so a sample regenerates identically whatever batch it lands in and
 on whatever device the model runs.
@@ -85,7 +92,7 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
                   encoder: torch.nn.Module | None = None,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   solver: Solver = "ddim", autocast: torch.dtype | None = None,
-                  channels_last: bool = False) -> torch.Tensor:
+                  channels_last: bool = False, guidance_scale: float = 1.0) -> torch.Tensor:
     """Images ``[B, 3, S, S]`` in [-1, 1] for each (identity, m, seed) row.
 
     ``handoff`` (a fraction of T, see the module docstring) needs ``encoder``, the identity
@@ -94,6 +101,8 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
     ``factory generator-report``). ``autocast`` runs the model (and the hand-off's encoder) in
     that dtype; the solver's state stays float32. ``channels_last`` feeds the UNet NHWC
     inputs (its weights should be converted once, :mod:`factory.models.inference`).
+    ``guidance_scale`` != 1 applies classifier-free guidance (the generator must be
+    ``guidable``); both predictions come from one batched model call.
     """
     if not len(identity) == len(m) == len(seeds):
         raise ValueError("identity, m and seeds need one row per sample")
@@ -101,6 +110,9 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
         raise ValueError("an identity hand-off needs the identity encoder")
     if eta > 0 and solver != "ddim":
         raise ValueError(f"eta > 0 needs the ddim solver ({solver} is deterministic)")
+    if guidance_scale != 1.0 and not generator.guidable:
+        raise ValueError(f"guidance_scale {guidance_scale:g} needs a generator trained with "
+                         "generator.condition.dropout > 0 (this one has no null context)")
     device = identity.device
     scheduler = solver_scheduler(training, solver, steps)
     handoff_after = _handoff_index(scheduler, training, handoff)
@@ -110,7 +122,8 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
     for index, t in enumerate(scheduler.timesteps):
         timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
         with autocast_context(device, autocast):
-            output = generator(sample.to(memory_format=layout), timesteps, identity, m)
+            output = guided_output(generator, sample.to(memory_format=layout), timesteps,
+                                   identity, m, guidance_scale)
         output = output.float().contiguous()
         if solver == "ddim":
             variance_noise = seeded_noise(seeds, shape, index + 1).to(device) if eta > 0 else None
@@ -128,6 +141,20 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
                 identity = encoder(estimate).float()
             m = torch.ones_like(m)
     return sample.clamp(-1.0, 1.0)
+
+
+def guided_output(generator: CemiFaceGenerator, sample: torch.Tensor, timesteps: torch.Tensor,
+                  identity: torch.Tensor, m: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The model output the solver steps with: the conditional prediction, or at
+    ``guidance_scale`` != 1 ``null + w (cond - null)`` from one call on a doubled batch."""
+    if guidance_scale == 1.0:
+        return generator(sample, timesteps, identity, m)
+    count = len(sample)
+    unconditional = torch.arange(2 * count, device=sample.device) >= count
+    both = generator(torch.cat([sample, sample]), torch.cat([timesteps, timesteps]),
+                     torch.cat([identity, identity]), torch.cat([m, m]), unconditional)
+    conditional, null = both.float().chunk(2)
+    return null + guidance_scale * (conditional - null)
 
 
 def _handoff_index(scheduler: SchedulerMixin, training: DDPMScheduler,

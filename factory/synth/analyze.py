@@ -14,7 +14,10 @@ centers were measured when the shards were written) and reports
   synthetic sample against every real center, with the false-match rate at E_id's threshold
   for FPR 1e-4 (:mod:`factory.synth.privacy`); both are recorded in the manifest too;
 * with ``judge.checkpoint`` set, the same figures as the independent judge measures them
-  (``factory.synth.judged``): those lead, since the shards' similarities are E_id's.
+  (``factory.synth.judged``): those lead, since the shards' similarities are E_id's;
+* the real genuine scale (:mod:`factory.eval.real_reference`): real photos of held-out
+  identities against their own reference image, by E_id and the judge, per nuisance kind,
+  drawn as a band on ``m_vs_similarity.png``.
 
 Everything goes to ``DIR/report/`` and to an MLflow run, and the dataset card ``DIR/README.md``
 is rewritten with these figures.
@@ -36,6 +39,12 @@ from factory.config import FactoryConfig, describe_validation_error
 from factory.errors import FormatError
 from factory.eval.compliance import spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
+from factory.eval.real_reference import (
+    RealReference,
+    load_reference,
+    measure_real_reference,
+    reference_text,
+)
 from factory.faceworld.montage import montage
 from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image, encode_png
@@ -222,6 +231,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     between = float(cross[~np.eye(len(cross), dtype=bool)].mean()) if len(cross) > 1 else 0.0
     table = statistics_rows(samples.to_center[synthetic])
     judge = load_judge(config.judge)
+    real_reference = measured_reference(config, generator, judge)
     judged = None if judge is None else judged_dataset(
         judge, dataset, manifest, inquiry_uri, real_uri, threshold,
         privacy_threshold(config, judge, judge.input_size))
@@ -247,15 +257,19 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                         "at_or_above_threshold": int((reference >= threshold).sum())},
                     "per_sample": per_sample},
         "judge": None if judged is None else {"checkpoint": config.judge.checkpoint, **judged},
+        "real_reference": {name: value.summary() for name, value in real_reference.items()},
     }
     out = storage.join(dataset, REPORT_DIR)
-    text = _report_text(report, table, out)
+    text = "\n".join([_report_text(report, table, out), *reference_text(real_reference)])
+    e_id_real = real_reference.get("E_id")
     with tempfile.TemporaryDirectory() as scratch:
         files = {
             COMPLIANCE_FIGURE: compliance_png(
                 np.round(samples.requested[synthetic] * 20) / 20,
                 samples.to_inquiry[synthetic], between,
-                os.path.join(scratch, COMPLIANCE_FIGURE), title=dataset),
+                os.path.join(scratch, COMPLIANCE_FIGURE), title=dataset,
+                real_band=None if e_id_real is None else (e_id_real.overall.mean,
+                                                          e_id_real.overall.std)),
             PRIVACY_FIGURE: privacy_png(maxima, threshold, os.path.join(scratch, PRIVACY_FIGURE),
                                         reference),
             SAMPLES_FIGURE: samples_png(samples.montage_rows,
@@ -288,6 +302,18 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     record_privacy(dataset, manifest, report)
     write_card(dataset)
     return report, text
+
+
+def measured_reference(config: FactoryConfig, generator, judge) -> dict[str, RealReference]:
+    """The real genuine figures by E_id (the generator's) and the judge, on the configured
+    reference set (none when it is not configured)."""
+    reference = load_reference(config.real_reference_uri(),
+                               config.generator.compliance.identities)
+    if reference is None:
+        return {}
+    recognizers = {"E_id": generator.encoder, **({"judge": judge} if judge is not None else {})}
+    return {name: measure_real_reference(encoder, name, reference, generator.image_size)
+            for name, encoder in recognizers.items()}
 
 
 def record_privacy(dataset: str, manifest: dict[str, Any], report: dict[str, Any]) -> None:

@@ -211,7 +211,7 @@ def _judged_similarity(judge: dict[str, Any]) -> str:
     per_m = ", ".join(f"m {m}: {value:.3f}"
                       for m, value in judge["similarity_to_inquiry_per_m"].items())
     spread = judge["similarity_to_center"]
-    return (f"**The independent judge** (`{judge['checkpoint']}`, sharing nothing with E_id; "
+    return (f"**The independent judge** (`{judge['checkpoint']}`, no identity shared with E_id; "
             f"its figures are the evidence): Spearman(requested m, similarity to inquiry) = "
             f"{spearman} over plain identities; mean similarity to inquiry {per_m}; similarity "
             f"to its own identity centers {spread['mean']:.3f} +- {spread['std']:.3f}.")

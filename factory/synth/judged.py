@@ -1,8 +1,8 @@
 """A synthetic dataset as the independent judge sees it (``factory analyze`` with a judge).
 
 The shards record similarities measured by E_id, the encoder the generator was conditioned on
-and trained against. The judge (``judge.checkpoint``) shares nothing with E_id, so its figures
-are the evidence: it re-embeds every synthetic image and every inquiry image and reports
+and trained against. The judge (``judge.checkpoint``) trained on identities E_id never saw, so
+its figures are the evidence: it re-embeds every synthetic image and every inquiry image and reports
 Spearman(requested m, similarity to the inquiry) over samples of plain (not mixed) identities,
 similarity to the judge's own identity centers, and the privacy check in its own space
 (each synthetic identity's maximum similarity to any real training identity, beside the level

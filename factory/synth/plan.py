@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -86,7 +87,8 @@ def sample_seed(seed: int, label: int, index: int) -> int:
 
 
 def sample_m(cfg: MValuesConfig, seed: int, label: int, index: int) -> float:
-    """The requested m of image ``index`` of identity ``label``."""
+    """The configured value of image ``index`` of identity ``label``: its requested m, or on a
+    measured ``cfg.axis`` its target similarity (factory.eval.compliance_curve)."""
     if cfg.kind in ("values", "range"):
         candidates = m_candidates(cfg)
         return candidates[index % len(candidates)]
@@ -197,9 +199,11 @@ def planned_keys(cfg: SynthesisConfig, identities: list[PlannedIdentity]) -> lis
     return keys
 
 
-def planned_m(cfg: SynthesisConfig, identities: list[PlannedIdentity]) -> list[float]:
-    """The requested m of every synthetic sample the plan will write (real copies excluded)."""
-    return [sample_m(cfg.m, cfg.seed, identity.label, index)
+def planned_m(cfg: SynthesisConfig, identities: list[PlannedIdentity],
+              requested: Callable[[float], float] = float) -> list[float]:
+    """The requested m of every synthetic sample the plan will write (real copies excluded);
+    ``requested`` turns a configured target into m (``MAxis.requested`` on a measured axis)."""
+    return [requested(sample_m(cfg.m, cfg.seed, identity.label, index))
             for identity in identities for index in range(cfg.images_per_identity)]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from factory.config import SynthesisConfig
+from factory.eval.compliance_curve import m_axis
 from factory.formats.dataset import FaceDataset
 from factory.formats.images import encode_jpeg
 from factory.formats.shards import ShardSample
@@ -97,7 +98,9 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
     rows = [(position, index) for position in range(len(item.identities))
             for index in range(cfg.images_per_identity)]
     embeddings = torch.tensor(item.embeddings(), dtype=torch.float32, device=device)
-    m_values = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
+    axis = m_axis(cfg.m, cfg.sampling, generator.uri)  # targets on a measured axis -> m
+    targets = [sample_m(cfg.m, cfg.seed, item.identities[p].label, i) for p, i in rows]
+    m_values = [axis.requested(target) for target in targets]
     seeds = [sample_seed(cfg.seed, item.identities[p].label, i) for p, i in rows]
     batches, measured = [], []  # per batch: the future of its JPEG bytes, or its pixels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg") as jpeg:
@@ -109,7 +112,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
                 torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
                 generator.image_size, cfg.sampling.steps, cfg.sampling.eta,
                 cfg.sampling.identity_handoff, generator.encoder, solver=cfg.sampling.solver,
-                **settings.sampler_options())
+                guidance_scale=cfg.sampling.guidance_scale, **settings.sampler_options())
             with autocast_context(device, settings.autocast):
                 measured.append(generator.encoder(samples).float())
             pixels = to_uint8(samples).numpy()
@@ -129,6 +132,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
               "sampler": cfg.sampling.solver,
               "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
               "identity_handoff": cfg.sampling.identity_handoff,
+              "guidance_scale": cfg.sampling.guidance_scale,
               "inference": settings.record()}
     records: list[ShardSample] = []
     payloads: list[bytes | np.ndarray] = []  # each record's JPEG bytes, or pixels to encode later
@@ -137,7 +141,8 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
         meta = {"label": identity.label, "inquiry": identity.inquiry, "m": m_values[row],
                 "similarity_inquiry": round(float(to_inquiry[row]), 6),
                 "similarity_center": round(float(to_center[row]), 6), "seed": seeds[row],
-                "mixup": _mixup(identity), "real": False, **common}
+                "mixup": _mixup(identity), "real": False, **axis.record(targets[row]),
+                **common}
         records.append(ShardSample(sample_key(identity.label, index), b"", identity.label, meta))
         payloads.append(images[row])
         if index == cfg.images_per_identity - 1 and cfg.include_inquiry_images:

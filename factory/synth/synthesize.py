@@ -52,6 +52,7 @@ from tqdm import tqdm
 from factory import storage
 from factory.config import ActorsConfig, FactoryConfig, SynthesisConfig
 from factory.errors import FormatError, UserError
+from factory.eval.compliance_curve import m_axis
 from factory.eval.threshold import encoder_threshold, parse_fpr
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import (
@@ -472,6 +473,8 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
     center = np.sum([s["histogram_center"] for s in shards], axis=0).astype(int).tolist()
     samples = sum(s["count"] for s in shards)
     real = sum(s["real_images"] for s in shards)
+    axis = m_axis(config.synthesis.m, config.synthesis.sampling,
+                  config.synthesis_checkpoint_uri())
     return {
         "format": "facefactory-webdataset/1",
         "shard_pattern": f"{SHARD_DIR}/{shard_pattern(len(shards))}",
@@ -491,7 +494,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
                    for s in shards],
         "histograms": {"edges": HISTOGRAM_EDGES.tolist(), "similarity_inquiry": inquiry,
                        "similarity_center": center,
-                       "m": np.histogram(planned_m(config.synthesis, identities),
+                       "m": np.histogram(planned_m(config.synthesis, identities, axis.requested),
                                          HISTOGRAM_EDGES)[0].tolist()},
         "config": config.model_dump(mode="json"),
     }
@@ -571,6 +574,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     storage.ensure_writable(out)
     checkpoint = config.synthesis_checkpoint_uri()
     meta = check_generator(checkpoint)  # the actors load it; the driver only checks it
+    m_axis(cfg.m, cfg.sampling, checkpoint)  # a measured target out of reach: refused now
     # what a previous run left is read (never changed) before the embedding stage runs
     previous = previous_plan(out)
     done = complete_shards(out)

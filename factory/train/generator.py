@@ -30,7 +30,13 @@ from factory.config import FactoryConfig, GeneratorConfig
 from factory.errors import UserError
 from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
 from factory.formats.dataset import open_checked, open_dataset
-from factory.models.diffusion import cemiface_loss, draw_m, m_grid, training_scheduler
+from factory.models.diffusion import (
+    cemiface_loss,
+    draw_m,
+    draw_unconditional,
+    m_grid,
+    training_scheduler,
+)
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
 from factory.models.sampling import sample_images
 from factory.provenance import code_version
@@ -83,7 +89,7 @@ def preview_samples(model: CemiFaceGenerator, scheduler, encoder, identity: torc
     seeds = [PREVIEW_SEED + row for row in range(count) for _ in PREVIEW_M]
     return sample_images(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
                          cfg.sampling.eta, cfg.sampling.identity_handoff, encoder,
-                         solver=cfg.sampling.solver)
+                         solver=cfg.sampling.solver, guidance_scale=cfg.sampling.guidance_scale)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -116,8 +122,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             state = load_training_state(directory)
         model.load_state_dict(state["model"])
     elif loop_config["init_from"]:
-        started_from = load_generator(loop_config["init_from"])
-        model.load_state_dict(started_from.model.state_dict())
+        load_init_weights(model, load_generator(loop_config["init_from"]).model)
     ema = EMAModel(model.parameters(), decay=cfg.optimizer.ema_decay)
     model = ray.train.torch.prepare_model(model)
     core: CemiFaceGenerator = model.module if hasattr(model, "module") else model
@@ -164,6 +169,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             timesteps = torch.randint(cfg.diffusion.num_train_timesteps, (len(clean),),
                                       generator=draws).to(device)
             noise = torch.randn(clean.shape, generator=draws).to(device)
+            unconditional = draw_unconditional(cfg.condition.dropout, len(clean), draws)
+            if unconditional is not None:
+                unconditional = unconditional.to(device)
             with torch.no_grad():
                 identity = encoder(clean)
             model.train()
@@ -171,7 +179,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 terms = cemiface_loss(model, encoder, scheduler, clean, identity, m, noise,
                                       timesteps, cfg.similarity_matching.weight,
                                       cfg.diffusion.min_snr_gamma,
-                                      cfg.similarity_matching.target_schedule)
+                                      cfg.similarity_matching.target_schedule, unconditional)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.unscale_(optimizer)
@@ -282,17 +290,30 @@ def _encoder_state(config: FactoryConfig) -> dict[str, Any]:
     return encoder_record(uri, backbone, int(backbone.config["input_size"]))
 
 
+NULL_CONTEXT = "condition.null_context"
+
+
+def load_init_weights(model: CemiFaceGenerator, source: CemiFaceGenerator) -> None:
+    """``source``'s weights into ``model``, which must have exactly its architecture, except
+    that a model with condition dropout may start from one without: its null context keeps its
+    initial value (zeros) and learns from there."""
+    state = source.state_dict()
+    if NULL_CONTEXT in model.state_dict() and NULL_CONTEXT not in state:
+        state[NULL_CONTEXT] = model.state_dict()[NULL_CONTEXT]
+    model.load_state_dict(state, strict=True)
+
+
 def _check_init_fits(cfg: GeneratorConfig, encoder: dict[str, Any]) -> None:
-    """``init_from`` must hold weights of exactly the configured architecture."""
+    """``init_from`` must hold weights of the configured architecture (see
+    :func:`load_init_weights`)."""
     source = load_generator(cfg.init_from).model
     model = build_generator(cfg, int(encoder["backbone_args"]["embedding_size"]))
     try:
-        model.load_state_dict(source.state_dict(), strict=True)
+        load_init_weights(model, source)
     except RuntimeError as exc:
         raise UserError(f"{cfg.init_from}: its weights do not fit generator.unet / "
                         f"generator.condition as configured ({str(exc).splitlines()[1].strip()})"
                         ) from None
-
 
 
 def train_generator(config: FactoryConfig, cli_address: str | None = None) -> GeneratorRun:
