@@ -1,4 +1,7 @@
-"""A sweep restores only the Tune state it sealed: a planted pickle never runs."""
+"""A sweep restores only the Tune state it sealed: a planted pickle never runs.
+
+The two bypasses a security probe found (a file swapped after the check, a file the victim's
+own seal blessed) are in ``test_sweep_seal_bypass.py``."""
 
 from __future__ import annotations
 
@@ -11,66 +14,71 @@ import pytest
 
 from factory.cli import main
 from factory.errors import UserError
-from factory.sweep.seal import KEY_ENV, SEAL_FILE, check_seal, seal, sweep_key
+from factory.sweep.seal import KEY_ENV, SEAL_FILE, copy_sealed, publish, sweep_key
+from test_sweep_seal_bypass import Planted
 
 OWN = ("sweep.json", "comparison.txt")
+TUNE_FILES = {"tuner.pkl": b"tuner", "experiment_state-2025.json": b"{}",
+              "basic-variant-state-2025.json": b"{}", ".validate_storage_marker": b"",
+              "run_trial_0001/params.pkl": b"params", "run_trial_0001/result.json": b"{}"}
+"""A private folder laid out like the Tune experiment of a one-trial sweep."""
 
 
-class Planted:
-    """A pickle that creates ``marker`` when it is unpickled: what an attacker would plant."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
-
-
-def experiment(root: Path) -> Path:
-    """A folder laid out like a Tune experiment, with the sweep's own files beside it."""
-    (root / "run_trial_0001" / "checkpoint_000000").mkdir(parents=True)
-    for name, data in {"tuner.pkl": b"tuner", "experiment_state-2025.json": b"{}",
-                       "basic-variant-state-2025.json": b"{}", "sweep.json": b"{}",
-                       "run_trial_0001/params.pkl": b"params",
-                       "run_trial_0001/result.json": b"{}",
-                       "run_trial_0001/checkpoint_000000/recognizer.pt": b"weights"}.items():
-        (root / name).write_bytes(data)
-    return root
+def published(root: Path) -> Path:
+    """The sweep's shared folder after a run: Tune's experiment, published from its private
+    folder and sealed, beside the sweep's own files and a trial's recognizer run."""
+    private = root / "private" / "sweep"
+    for name, data in TUNE_FILES.items():
+        (private / name).parent.mkdir(parents=True, exist_ok=True)
+        (private / name).write_bytes(data)
+    shared = root / "shared" / "sweep"
+    (shared / "trials" / "run_trial_0001" / "final").mkdir(parents=True)
+    (shared / "trials" / "run_trial_0001" / "final" / "recognizer.pt").write_bytes(b"weights")
+    (shared / "sweep.json").write_text("{}")
+    publish(str(private), str(shared))
+    return shared
 
 
-def test_sealed_state_passes_and_the_sweeps_own_files_may_change(tmp_path):
-    tune = experiment(tmp_path / "sweep")
-    seal(str(tune), OWN)
-    (tune / "sweep.json").write_text('{"parent_run_id": "x"}')
-    (tune / "comparison.txt").write_text("table")
-    (tune / "run_trial_0001" / "result.json").write_text('{"epoch": 1}')
-    check_seal(str(tune), OWN)
+def copied(root: Path) -> dict[str, bytes]:
+    """Every file of the private folder a restore copies the sealed state into, by name."""
+    return {str(path.relative_to(root)): path.read_bytes()
+            for path in root.rglob("*") if path.is_file()}
+
+
+def test_the_sealed_state_is_copied_exactly_and_the_sweeps_own_files_may_change(tmp_path):
+    shared = published(tmp_path)
+    assert {name: (shared / name).read_bytes() for name in TUNE_FILES} == TUNE_FILES
+    (shared / "sweep.json").write_text('{"parent_run_id": "x"}')
+    (shared / "comparison.txt").write_text("table")
+    (shared / "trials" / "run_trial_0001" / "final" / "metrics.json").write_text("{}")
+    copy_sealed(str(shared), str(tmp_path / "restore" / "sweep"), OWN)
+    assert copied(tmp_path / "restore" / "sweep") == TUNE_FILES
 
 
 @pytest.mark.parametrize("change, match", [
     (lambda tune: (tune / "tuner.pkl").write_bytes(b"other"), "changed since"),
     (lambda tune: (tune / "experiment_state-2025.json").write_text("[]"), "changed since"),
+    (lambda tune: (tune / "run_trial_0001" / "result.json").write_text("[]"), "result.json"),
     (lambda tune: (tune / "run_trial_0001" / "error.pkl").write_bytes(b"x"), "error.pkl"),
+    (lambda tune: (tune / "experiment_state-2099.json").write_text("{}"), "2099"),
     (lambda tune: (tune / "searcher-state.pkl").write_bytes(b"x"), "searcher-state.pkl"),
     (lambda tune: (tune / "run_trial_0001" / "params.pkl").unlink(), "params.pkl"),
     (lambda tune: (tune / SEAL_FILE).unlink(), "without the sweep's seal"),
     (lambda tune: (tune / SEAL_FILE).write_text('{"files": {}, "hmac": "00"}'), "forged"),
 ])
 def test_any_other_state_is_refused_before_it_is_read(tmp_path, change, match):
-    tune = experiment(tmp_path / "sweep")
-    seal(str(tune), OWN)
-    change(tune)
+    shared = published(tmp_path)
+    change(shared)
     with pytest.raises(UserError, match=match) as info:
-        check_seal(str(tune), OWN)
-    assert f"remove {tune}" in str(info.value)
+        copy_sealed(str(shared), str(tmp_path / "restore" / "sweep"), OWN)
+    assert f"remove {shared}" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_state_sealed_under_another_key_is_refused(tmp_path, monkeypatch):
-    tune = experiment(tmp_path / "sweep")
-    seal(str(tune), OWN)
+    shared = published(tmp_path)
     monkeypatch.setenv(KEY_ENV, "someone else")
     with pytest.raises(UserError, match="another key"):
-        check_seal(str(tune), OWN)
+        copy_sealed(str(shared), str(tmp_path / "restore" / "sweep"), OWN)
 
 
 def test_the_key_is_made_once_and_kept_private(tmp_path, monkeypatch):

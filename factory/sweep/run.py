@@ -7,8 +7,10 @@ synthesises its own dataset first, for parameters that only exist at generation 
 
 The sweep is an MLflow parent run and each trial a nested run. A rerun of the same sweep
 (same ``sweep.name`` and storage) restores the Tune experiment: finished trials are kept, and
-unfinished ones resume from their own latest checkpoints. Only state this user's sweep sealed
-is restored (:mod:`factory.sweep.seal`): restoring unpickles it.
+unfinished ones resume from their own latest checkpoints. Restoring unpickles Tune's state, so
+Tune works in a private temporary folder of this process: a rerun restores from a copy of the
+state this user's sweep sealed, checked as it is copied, and the sweep's folder receives the
+experiment, sealed, when ``fit`` ends (:mod:`factory.sweep.seal`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from factory.sweep.compare import (
     comparison_table,
     sweep_rows,
 )
-from factory.sweep.seal import check_seal, seal
+from factory.sweep.seal import copy_sealed, publish
 from factory.sweep.space import (
     apply_params,
     corner_params,
@@ -182,8 +184,6 @@ def _close_open_trials(config: FactoryConfig, parent_run_id: str) -> None:
 def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOutcome:
     """Run (or resume) the configured sweep; returns the comparison of its trials."""
     import mlflow
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     sweep = config.sweep
     if not sweep.space and not sweep.similarity_groups:
@@ -192,14 +192,45 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     for params in corner_params(sweep.space):
         apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
     reference = reference_avg(config)
-    root = config.sweep_storage_uri()
-    directory = storage.join(root, sweep.name)
+    directory = storage.join(config.sweep_storage_uri(), sweep.name)
     storage.ensure_writable(directory)
-    storage_path = root if storage.is_remote(root) else storage.resolve(root)[1]
-    tune_path = storage.join(storage_path, sweep.name)
-    restoring = tune.Tuner.can_restore(tune_path)
+    with tempfile.TemporaryDirectory(prefix="facefactory-tune-") as private:
+        results, interrupted, parent_run_id = _run_tune(config, cli_address, directory,
+                                                        reference, private)
+    if interrupted:
+        raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
+    setup_mlflow(config.runtime)
+    _close_open_trials(config, parent_run_id)
+    mlflow.MlflowClient().set_terminated(
+        parent_run_id, "FAILED" if any(result.error for result in results) else "FINISHED")
+    errors = [str(result.error).splitlines()[0] for result in results if result.error]
+    rows = sweep_rows(config.runtime.experiment, sweep.name)
+    table = comparison_table(rows)
+    storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
+    figure = _curve(rows, directory, parent_run_id)
+    if errors:
+        raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "
+                        f"(rerun to retry them; finished trials are kept)")
+    return SweepOutcome(directory=directory, table=table, figure=figure, trials=len(rows))
+
+
+def _run_tune(config: FactoryConfig, cli_address: str | None, directory: str,
+              reference: float | None, private: str):
+    """Start or restore the Tune experiment in ``private``, a temporary folder of this process,
+    and fit it; its results, whether Ctrl-C interrupted it, and the MLflow parent run id.
+
+    Tune reads and writes only there (a restore sets the experiment's storage to the folder it
+    restores from): a rerun first copies the state sealed in ``directory`` there, refused before
+    Ray starts unless it is exactly what this user's sweep sealed, and when ``fit`` ends the
+    experiment goes back to ``directory``, sealed (:mod:`factory.sweep.seal`).
+    """
+    from ray import tune
+
+    sweep = config.sweep
+    experiment = os.path.join(private, sweep.name)
+    restoring = tune.Tuner.can_restore(directory)
     if restoring:
-        check_seal(tune_path, SWEEP_FILES)  # before Ray, Tune or MLflow read anything of it
+        copy_sealed(directory, experiment, SWEEP_FILES)  # before Ray, Tune or MLflow start
     check_validation(config)
     init_ray(config.runtime, cli_address)
     pool = ensure_pool(config, cli_address) if sweep.mode == "select" else ""
@@ -216,45 +247,41 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     concurrent = concurrent_trials(config, local=ray_address(config.runtime, cli_address) is None)
     expected = grid_size(sweep.space, groups) * sweep.num_samples * len(seeds)
     if restoring:
-        print(f"== sweep {sweep.name}: restoring {tune_path} (finished trials are kept)")
-        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True,
+        print(f"== sweep {sweep.name}: restoring {directory} (finished trials are kept)")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space)
     else:
         print(f"== sweep {sweep.name}: {expected} trials, {concurrent} at a time "
               f"({code_version()})")
-        scheduler = None
-        if sweep.asha.enabled:
-            # max_t one past the last epoch: ASHA then never stops a trial at its final report,
-            # which would kill the trial before its Ray Train run has released its workers.
-            scheduler = ASHAScheduler(max_t=config.recognizer.optimizer.epochs + 1,
-                                      grace_period=sweep.asha.grace_period,
-                                      reduction_factor=sweep.asha.reduction_factor)
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", scheduler=scheduler,
-                                        num_samples=sweep.num_samples,
-                                        max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, verbose=1),
-        )
+        tuner = _new_tuner(config, trainable, param_space, concurrent, private)
     try:
         results, interrupted = _fit(tuner)
     finally:
-        seal(tune_path, SWEEP_FILES)  # this run's state, finished or interrupted
-    if interrupted:
-        raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
-    setup_mlflow(config.runtime)
-    _close_open_trials(config, parent_run_id)
-    mlflow.MlflowClient().set_terminated(
-        parent_run_id, "FAILED" if any(result.error for result in results) else "FINISHED")
-    errors = [str(result.error).splitlines()[0] for result in results if result.error]
-    rows = sweep_rows(config.runtime.experiment, sweep.name)
-    table = comparison_table(rows)
-    storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
-    figure = _curve(rows, directory, parent_run_id)
-    if errors:
-        raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "
-                        f"(rerun to retry them; finished trials are kept)")
-    return SweepOutcome(directory=directory, table=table, figure=figure, trials=len(rows))
+        publish(experiment, directory)  # this run's state, finished or interrupted
+    return results, interrupted, parent_run_id
+
+
+def _new_tuner(config: FactoryConfig, trainable, param_space, concurrent: int, private: str):
+    """A new Tune experiment for the sweep, ``concurrent`` trials at a time, stored in the
+    private folder ``private``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    sweep = config.sweep
+    scheduler = None
+    if sweep.asha.enabled:
+        # max_t one past the last epoch: ASHA then never stops a trial at its final report,
+        # which would kill the trial before its Ray Train run has released its workers.
+        scheduler = ASHAScheduler(max_t=config.recognizer.optimizer.epochs + 1,
+                                  grace_period=sweep.asha.grace_period,
+                                  reduction_factor=sweep.asha.reduction_factor)
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", scheduler=scheduler,
+                                    num_samples=sweep.num_samples,
+                                    max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=private, verbose=1),
+    )
 
 
 def _fit(tuner):
