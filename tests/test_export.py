@@ -15,7 +15,7 @@ from factory.cli import main
 from factory.errors import FormatError, UserError
 from factory.formats import export as export_module
 from factory.formats.dataset import open_dataset
-from factory.formats.export import export_dataset
+from factory.formats.export import METADATA_FILE, export_dataset
 from factory.formats.image_folder import ImageFolderDataset
 from factory.formats.images import decode_image, encode_jpeg, encode_png
 from factory.formats.recordio import InsightFaceRecordDataset
@@ -317,3 +317,48 @@ def test_decoded_pixels_survive_the_folder_round_trip(shards, tmp_path):
     first = _export_order(source)[0]
     np.testing.assert_array_equal(
         decode_image((out / "000000" / "00000.jpg").read_bytes()), source.image(first))
+
+
+def _faces_with(tmp_path, name: str) -> tuple:
+    """An image folder ``faces/000001/a.jpg`` plus ``faces/000001/<name>``, and a secret text
+    file outside it (returned with the folder)."""
+    faces, secret = tmp_path / "faces", tmp_path / "secret.txt"
+    (faces / "000001").mkdir(parents=True)
+    (faces / "000001" / "a.jpg").write_bytes(encode_jpeg(np.full((8, 8, 3), 50, np.uint8)))
+    secret.write_bytes(b"TOP SECRET: do not copy")
+    return faces, secret, faces / "000001" / name
+
+
+def _holds_the_secret(root) -> list[str]:
+    return [name for name, data in _files(root).items() if b"TOP SECRET" in data]
+
+
+@pytest.mark.parametrize("format", ["rec", "folder"])
+def test_a_link_out_of_the_source_folder_is_refused_before_writing(tmp_path, capsys, format):
+    faces, secret, leak = _faces_with(tmp_path, "zz_leak.jpg")
+    leak.symlink_to(secret)
+    code, err = run_main(capsys, "export", str(faces), "--format", format,
+                         "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, f"{leak}: refused, a link to {secret}", "outside")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("format", ["rec", "folder"])
+def test_a_file_that_is_not_an_image_is_refused_naming_it(tmp_path, capsys, format):
+    """Every copied image is decoded first: bytes that only start like a JPEG are not copied."""
+    faces, _, junk = _faces_with(tmp_path, "zz_text.jpg")
+    junk.write_bytes(b"\xff\xd8\xff TOP SECRET: not an image")
+    code, err = run_main(capsys, "export", str(faces), "--format", format,
+                         "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, f"{junk}: expected an encoded image", "could not decode")
+    assert _holds_the_secret(tmp_path / "out") == []
+    assert not (tmp_path / "out" / METADATA_FILE).exists()
+
+
+@pytest.mark.parametrize("inside", ["shards/shard-000002.tar", "report/export"])
+def test_an_out_inside_a_synthesised_dataset_is_refused(shards, tmp_path, capsys, inside):
+    out = shards / inside
+    code, err = run_main(capsys, "export", str(shards), "--format", "rec", "--out", str(out))
+    assert_one_line_error(code, err, f"--out {out}: lies inside the synthesised dataset "
+                                     f"{shards} (it holds shards/)")
+    assert not out.exists() and len(ShardDataset(str(shards))) == 9

@@ -347,6 +347,65 @@ def verify_a_shard_with_one_byte_changed(inputs: Inputs) -> Case:
     return Case(["verify", str(dataset)], ("shard-000000.tar", "sha256 differs"))
 
 
+def _edited_manifest(inputs: Inputs, edit: Callable[[dict], object]) -> Path:
+    """A copy of the dataset whose manifest ``edit`` changed in place."""
+    dataset = inputs.copy("dataset", "dataset")
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    edit(manifest)
+    (dataset / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dataset
+
+
+def verify_an_added_shard(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    shutil.copy(dataset / "shards" / "shard-000001.tar", dataset / "shards" / "shard-000002.tar")
+    return Case(["verify", str(dataset)], (f"{dataset}/shards/shard-000002.tar: not listed in "
+                                           f"{dataset}/manifest.json", "exactly the shards"))
+
+
+def verify_a_dropped_manifest_entry(inputs: Inputs) -> Case:
+    dataset = _edited_manifest(inputs, lambda manifest: manifest["shards"].pop(1))
+    return Case(["verify", str(dataset)], (f"{dataset}/shards/shard-000001.tar: not listed in",
+                                           "if its entry was lost, rerun factory synthesize"))
+
+
+def verify_a_sample_count_of_99999(inputs: Inputs) -> Case:
+    dataset = _edited_manifest(inputs, lambda manifest: manifest["counts"].update(samples=99999))
+    return Case(["verify", str(dataset)], (f"{dataset}/manifest.json: counts.samples is 99999, "
+                                           "expected 8 (counted in the shards)",))
+
+
+def verify_a_shard_count_of_99999(inputs: Inputs) -> Case:
+    dataset = _edited_manifest(inputs, lambda manifest: manifest["shards"][0].update(count=99999))
+    return Case(["verify", str(dataset)], ("1 of 2 shards damaged", "shard-000000.tar: holds 4 "
+                                           "samples, the manifest records 99999"))
+
+
+def verify_an_export_written_into_shards(inputs: Inputs) -> Case:
+    """What ``factory export --out <dataset>/shards/shard-000002.tar`` left before it was
+    refused: a folder of train.rec, train.idx, ... among the shards."""
+    from factory.formats.export import export_dataset
+
+    dataset = inputs.copy("dataset", "dataset")
+    export_dataset(str(dataset), str(inputs.tmp_path / "rec"), "rec")
+    shutil.move(inputs.tmp_path / "rec", dataset / "shards" / "shard-000002.tar")
+    return Case(["verify", str(dataset)], (f"{dataset}/shards/shard-000002.tar: not listed in",))
+
+
+def export_into_a_dataset(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    out = dataset / "shards" / "shard-000002.tar"
+    return Case(["export", str(dataset), "--format", "rec", "--out", str(out)],
+                (f"--out {out}: lies inside the synthesised dataset {dataset}",))
+
+
+def synthesis_into_a_dataset(inputs: Inputs) -> Case:
+    dataset = inputs.copy("dataset", "dataset")
+    out = dataset / "shards" / "more"
+    return Case(_rerun(inputs, out), (f"synthesis.out {out}: lies inside the synthesised dataset "
+                                      f"{dataset}",))
+
+
 CASES: list[Callable[[Inputs], Case]] = [
     binary_config, yaml_alias_bomb, yaml_alias_bomb_in_an_override, yaml_nested_too_deeply,
     yaml_self_containing_alias, huge_value_in_the_error,
@@ -359,7 +418,9 @@ CASES: list[Callable[[Inputs], Case]] = [
     analyze_corrupt_manifest, analyze_manifest_naming_a_shard_outside_the_dataset,
     analyze_corrupt_centers, synthesis_rerun_over_a_corrupt_plan,
     synthesis_rerun_over_a_corrupt_stats_file, verify_a_truncated_shard,
-    verify_a_shard_with_one_byte_changed,
+    verify_a_shard_with_one_byte_changed, verify_an_added_shard, verify_a_dropped_manifest_entry,
+    verify_a_sample_count_of_99999, verify_a_shard_count_of_99999,
+    verify_an_export_written_into_shards, export_into_a_dataset, synthesis_into_a_dataset,
 ]
 
 
@@ -468,6 +529,21 @@ def test_a_rerun_rewrites_a_damaged_shard_and_verify_then_passes(dataset, world,
     assert manifest["shards"][1]["sha256"] == hashlib.sha256(original).hexdigest()
     assert main(["verify", str(copy)]) == 0
     assert "2 shards, 8 samples" in capsys.readouterr().out
+
+
+def test_readers_read_only_the_shards_the_manifest_lists(dataset, tmp_path):
+    """Files added to shards/ (a copied shard, an export written there) are not read: every
+    reader still sees the dataset's 8 samples."""
+    from factory.formats.dataset import open_dataset
+    from factory.synth.analyze import read_samples
+    from factory.synth.synthesize import read_manifest
+
+    copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
+    shutil.copy(copy / "shards" / "shard-000001.tar", copy / "shards" / "shard-000002.tar")
+    (copy / "shards" / "shard-000003.tar").mkdir()
+    (copy / "shards" / "shard-000003.tar" / "train.rec").write_bytes(b"not a shard")
+    assert len(open_dataset(str(copy))) == 8
+    assert len(read_samples(str(copy), read_manifest(str(copy))).labels) == 8
 
 
 def test_a_moved_dataset_resumes(dataset, world, tiny_generator, tmp_path, capsys, monkeypatch):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from factory.errors import FormatError
+from factory.formats.confined import ConfinedFolder
 from factory.formats.image_folder import ImageFolderDataset
 from factory.formats.images import encode_jpeg, encode_png
 
@@ -79,3 +80,35 @@ def test_corrupt_image_names_its_file(tmp_path):
     dataset = ImageFolderDataset(str(tmp_path))
     with pytest.raises(FormatError, match="broken.jpg"):
         dataset.image(0)
+
+
+@pytest.mark.parametrize("link", ["bob/zz_leak.jpg", "dave"])
+def test_a_link_out_of_the_folder_is_refused_naming_it(folder, tmp_path, link):
+    """A file, or a whole identity folder, linked to somewhere outside the root is refused when
+    the folder is opened, before anything is read from it."""
+    outside = tmp_path / "outside"
+    (outside / "photos").mkdir(parents=True)
+    (outside / "secret.txt").write_text("TOP SECRET")
+    (outside / "photos" / "p.jpg").write_bytes(encode_jpeg(_image(60)))
+    target = outside / ("secret.txt" if link.endswith(".jpg") else "photos")
+    (folder / link).symlink_to(target)
+    with pytest.raises(FormatError, match="refused, a link to") as info:
+        ImageFolderDataset(str(folder))
+    assert str(info.value).startswith(f"{folder / link}") and str(target) in str(info.value)
+
+
+def test_links_that_stay_inside_the_folder_and_a_linked_root_are_read(folder, tmp_path):
+    (folder / "bob" / "again.jpg").symlink_to(folder / "alice" / "z.jpeg")
+    (folder / "dave").symlink_to(folder / "carol")
+    (tmp_path / "linked_root").symlink_to(folder)
+    dataset = ImageFolderDataset(str(tmp_path / "linked_root"))
+    assert dataset.class_names == ["alice", "bob", "carol", "dave"] and len(dataset) == 6
+    assert dataset.raw(2) == (folder / "alice" / "z.jpeg").read_bytes()  # bob/again.jpg
+
+
+@pytest.mark.parametrize("root", ["{tmp}/faces", "s3://bucket/faces"])
+@pytest.mark.parametrize("parts", [("..", "secret.txt"), ("a", ".."), ("a/../..", "x.jpg")])
+def test_names_that_lead_up_and_out_are_refused(tmp_path, root, parts):
+    root = root.format(tmp=tmp_path)
+    with pytest.raises(FormatError, match=r"refused, expected plain names below .*'\.\.'"):
+        ConfinedFolder(root).join(*parts)

@@ -3,6 +3,7 @@ and the webdataset and Ray Data readers agree on the layout."""
 
 import hashlib
 import io
+import json
 import pickle
 import tarfile
 
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 
 from factory import storage
-from factory.errors import FormatError
+from factory.errors import FormatError, UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image, encode_jpeg
-from factory.formats.shards import (ShardDataset, ShardSample, iter_shard, shard_name,
-                                    shard_pattern, write_shard)
+from factory.formats.shards import (ShardDataset, ShardSample, iter_shard, refuse_inside_dataset,
+                                    scan_shard, shard_name, shard_pattern, write_shard)
 
 ORIGINAL_LABELS = [30, 10, 20, 30, 10, 20, 30, 10]  # sample i has ORIGINAL_LABELS[i]
 M_VALUES = [0.0, 0.3, 0.6, 0.9]  # sample i has m = M_VALUES[i % 4]
@@ -317,7 +318,71 @@ def test_pickled_copy_after_reading(root):
     np.testing.assert_array_equal(copy.image(len(copy) - 1), dataset.image(len(dataset) - 1))
 
 
+def _manifest(root, *shards, key="shard") -> None:
+    """A manifest listing ``shards`` (indices) under ``key``: all the readers read of one."""
+    (root / "manifest.json").write_text(json.dumps(
+        {"shards": [{key: shard_name(index)} for index in shards]}))
+
+
 def test_open_dataset_finds_shards(root):
-    (root / "manifest.json").write_text("{}")
+    _manifest(root, 0, 1)
     dataset = open_dataset(str(root))
     assert isinstance(dataset, ShardDataset) and len(dataset) == 8
+
+
+@pytest.mark.parametrize("key", ["shard", "name"])  # a synthesised dataset, a measured pool
+def test_readers_read_the_shards_the_manifest_lists_not_the_folder(root, key):
+    """A shard added to shards/ (or one whose entry was dropped) is not read as the dataset."""
+    write_shard(str(root / "shards" / shard_name(2)), _samples(range(4), seed=2))
+    assert len(ShardDataset(str(root))) == 12  # no manifest: every shards/*.tar
+    _manifest(root, 0, 1, key=key)
+    assert len(ShardDataset(str(root))) == 8
+    _manifest(root, 1, key=key)
+    assert ShardDataset(str(root)).keys == [f"{index:06d}" for index in range(4, 8)]
+
+
+@pytest.mark.parametrize("shards, message", [
+    ([{"shard": "../shard-000000.tar"}], "shard-NNNNNN.tar files, each once"),
+    ([{"shard": shard_name(0)}, {"shard": shard_name(0)}], "shard-NNNNNN.tar files, each once"),
+    ([{"shard": shard_name(0)}, {"shard": shard_name(5)}], "shard-000005.tar: file not found"),
+])
+def test_a_manifest_naming_bad_or_absent_shards_is_one_line(root, shards, message):
+    (root / "manifest.json").write_text(json.dumps({"shards": shards}))
+    with pytest.raises(UserError, match=message):
+        ShardDataset(str(root))
+
+
+def test_a_shard_linked_out_of_the_dataset_is_refused(root, tmp_path):
+    elsewhere = tmp_path / "elsewhere.tar"
+    (root / "shards" / shard_name(1)).rename(elsewhere)
+    (root / "shards" / shard_name(1)).symlink_to(elsewhere)
+    for manifest in (False, True):
+        if manifest:
+            _manifest(root, 0, 1)
+        with pytest.raises(FormatError, match="refused, a link to") as info:
+            ShardDataset(str(root))
+        assert str(info.value).startswith(f"{root / 'shards' / shard_name(1)}: ")
+        assert str(elsewhere) in str(info.value)
+
+
+def test_a_link_inside_the_dataset_is_read(root):
+    (root / "shards" / shard_name(1)).rename(root / "kept.tar")
+    (root / "shards" / shard_name(1)).symlink_to(root / "kept.tar")
+    assert len(ShardDataset(str(root))) == 8
+
+
+def test_scan_shard_counts_what_readers_read_and_hashes_the_file(root):
+    shard = root / "shards" / shard_name(0)
+    scan = scan_shard(str(shard))
+    assert (scan.count, scan.real_images, scan.labels) == (4, 0, {10, 20, 30})
+    assert scan.sha256 == hashlib.sha256(shard.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("out", ["synthetic/shards/shard-000002.tar", "synthetic/report/x",
+                                 "synthetic/shards"])
+def test_outputs_inside_a_dataset_are_refused(root, tmp_path, out):
+    with pytest.raises(UserError, match=f"lies inside the synthesised dataset {root} ") as info:
+        refuse_inside_dataset(str(tmp_path / out), "--out")
+    assert str(info.value).startswith(f"--out {tmp_path / out}: ")
+    refuse_inside_dataset(str(tmp_path / "elsewhere" / "out"), "--out")
+    refuse_inside_dataset(str(root), "synthesis.out")  # a dataset itself is not inside one

@@ -4,7 +4,11 @@ Most face-recognition trainers (arcface_torch, AdaFace) read ``train.rec``/``tra
 ``property`` or ``root/<identity>/<n>.jpg``; :func:`export_dataset` writes either, from shards
 (with the recognizer's metadata selection: m range, similarity range, mixup share), RecordIO or
 an image folder. Images are copied as stored, never re-encoded, so every exported image is
-byte-identical to its source.
+byte-identical to its source; each is decoded before it is copied, so that only images are:
+a file that is not one is refused with one line naming it, and the export stops there (a
+rerun resumes once it is fixed). Readers refuse files that lie outside their folder before
+anything is read (:mod:`factory.formats.confined`), and no export is written inside a
+synthesised dataset, whose readers would take it for part of the dataset.
 
 Layout of the output directory:
 
@@ -50,7 +54,7 @@ from factory.errors import FormatError, UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image
 from factory.formats.recordio import MAX_EXACT_LABEL, write_insightface_rec
-from factory.formats.shards import ShardDataset
+from factory.formats.shards import ShardDataset, refuse_inside_dataset
 from factory.provenance import code_version
 
 ExportFormat = Literal["rec", "folder"]
@@ -60,9 +64,12 @@ _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
 
 class EncodedFaceDataset(FaceDataset, Protocol):
-    """A :class:`FaceDataset` that also hands out each image's stored bytes (all three readers)."""
+    """A :class:`FaceDataset` that also hands out each image's stored bytes and says where each
+    lies (all three readers)."""
 
     def raw(self, index: int) -> bytes: ...
+
+    def source(self, index: int) -> str: ...
 
 
 @dataclass
@@ -100,10 +107,12 @@ def export_dataset(source: str, out: str, format: ExportFormat,
     """Export the dataset at ``source`` (selected as :func:`open_dataset` selects) to ``out``.
 
     :class:`UserError` (one line) for an unknown format, a missing source, an ``out`` that holds
-    other files or another export, or a selection that keeps nothing.
+    other files or another export or lies inside a synthesised dataset, a selection that keeps
+    nothing, or a source file that is not an image.
     """
     if format not in FORMATS:
         raise UserError(f"export format {format!r}: expected one of {', '.join(FORMATS)}")
+    refuse_inside_dataset(out, "--out")
     if not storage.exists(source):
         raise FormatError(f"{source}: not found (expected a dataset: shards, RecordIO or an "
                           "image folder)")
@@ -128,7 +137,7 @@ def export_dataset(source: str, out: str, format: ExportFormat,
                            json.dumps({**request, "code_version": code_version()}, indent=2))
     _remove_temporaries(out)
     if format == "rec":
-        locations, reused = _write_rec(dataset, plan, out, source), 0
+        locations, reused = _write_rec(dataset, plan, out), 0
     else:
         locations, reused = _write_folder(dataset, plan, out)
     storage.write_text(storage.join(out, LABELS_FILE), _labels_json(dataset, plan))
@@ -163,15 +172,22 @@ def _plan(dataset: FaceDataset) -> _Plan:
     return _Plan(order, relabelled[order].astype(np.int64), source_labels.astype(np.int64))
 
 
+def _image_bytes(dataset: EncodedFaceDataset, index: int) -> bytes:
+    """The stored bytes of image ``index``, once they have decoded as an image: an export copies
+    images only, and a FormatError names any file that is not one."""
+    data = dataset.raw(index)
+    decode_image(data, dataset.source(index))
+    return data
+
+
 def _stored_images(dataset: EncodedFaceDataset, plan: _Plan) -> Iterator[tuple[int, bytes]]:
     """``(exported label, stored bytes)`` in export order, with a progress bar on a terminal."""
     for label, index in tqdm(zip(plan.labels, plan.order), total=len(plan.order),
                              desc="export", unit="image", disable=None):
-        yield int(label), dataset.raw(int(index))
+        yield int(label), _image_bytes(dataset, int(index))
 
 
-def _write_rec(dataset: EncodedFaceDataset, plan: _Plan, out: str,
-               source: str) -> list[dict[str, Any]]:
+def _write_rec(dataset: EncodedFaceDataset, plan: _Plan, out: str) -> list[dict[str, Any]]:
     """``train.rec``/``train.idx``/``property``; returns each image's record key.
 
     ``property`` records the size of the first image: insightface's readers take it as the size
@@ -179,7 +195,7 @@ def _write_rec(dataset: EncodedFaceDataset, plan: _Plan, out: str,
     inquiry copies of another size were included.
     """
     first = int(plan.order[0])
-    height, width = decode_image(dataset.raw(first), f"{source}: image {first}").shape[:2]
+    height, width = decode_image(dataset.raw(first), dataset.source(first)).shape[:2]
     write_insightface_rec(out, _stored_images(dataset, plan), len(plan.order), plan.num_classes,
                           (height, width))
     return [{"record": key} for key in range(1, len(plan.order) + 1)]
@@ -202,20 +218,21 @@ def _write_folder(dataset: EncodedFaceDataset, plan: _Plan,
                 path = finished[stem]
             else:
                 index = int(plan.order[position])
-                data = dataset.raw(index)
-                path = f"{stem}.{_extension(data, index)}"
+                data = _image_bytes(dataset, index)
+                path = f"{stem}.{_extension(data, dataset.source(index))}"
                 storage.write_bytes(storage.join(out, *path.split("/")), data)
             locations.append({"path": path})
             position += 1
     return locations, reused
 
 
-def _extension(data: bytes, index: int) -> str:
+def _extension(data: bytes, source: str) -> str:
+    """``jpg`` or ``png``, by the stored bytes of the image at ``source``."""
     if data.startswith(_JPEG):
         return "jpg"
     if data.startswith(_PNG):
         return "png"
-    raise FormatError(f"image {index}: stored bytes are neither JPEG nor PNG, so the folder "
+    raise FormatError(f"{source}: stored bytes are neither JPEG nor PNG, so the folder "
                       "export cannot name the file")
 
 

@@ -3,6 +3,8 @@
 The plainest way to bring real data: one sub-folder per identity. Identities are numbered in
 sorted folder-name order and files are sorted within each, so labels and indices are the same on
 every machine. The tree is listed once, recursively, which is one request on object stores.
+Every listed file is checked to lie inside the root (:mod:`factory.formats.confined`): a link
+out of it is refused when the folder is opened, never read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pyarrow import fs as pafs
 
 from factory import storage
 from factory.errors import FormatError
+from factory.formats.confined import ConfinedFolder
 from factory.formats.images import decode_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -22,7 +25,9 @@ class ImageFolderDataset:
     :class:`~factory.formats.dataset.FaceDataset`.
 
     Hidden entries (names starting with ``.``) and files deeper than one folder are ignored;
-    identity folders without images get no label. Picklable (it holds only names and labels).
+    identity folders without images get no label; an image, or identity folder, that is a link
+    leading out of the root is a FormatError naming it. Picklable (it holds only names and
+    labels).
     """
 
     def __init__(self, root_uri: str) -> None:
@@ -31,7 +36,9 @@ class ImageFolderDataset:
             raise FormatError(f"{root_uri}: image folder not found (expected a directory "
                               "root/identity/*.jpg)")
         by_identity: dict[str, list[str]] = {}
+        folder = ConfinedFolder(root_uri)
         for identity, filename in _image_entries(root_uri):
+            folder.join(identity, filename)  # refuses a link out of the root
             by_identity.setdefault(identity, []).append(filename)
         if not by_identity:
             raise FormatError(f"{root_uri}: no images found (expected root/identity/*.jpg, "
@@ -57,9 +64,13 @@ class ImageFolderDataset:
         """The encoded bytes (JPEG or PNG) of image ``index``, as stored."""
         return storage.read_bytes(self.uri(index))
 
+    def source(self, index: int) -> str:
+        """Where image ``index`` lies, as errors name it: its URI."""
+        return self.uri(index)
+
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` decoded to HxWx3 uint8 RGB."""
-        return decode_image(self.raw(index), self.uri(index))
+        return decode_image(self.raw(index), self.source(index))
 
 
 def _image_entries(root_uri: str) -> list[tuple[str, str]]:

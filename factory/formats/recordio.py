@@ -29,6 +29,7 @@ import numpy as np
 
 from factory import storage
 from factory.errors import FormatError
+from factory.formats.confined import ConfinedFolder
 from factory.formats.images import decode_image
 
 MAGIC = 0xCED7230A
@@ -364,14 +365,16 @@ class InsightFaceRecordDataset:
     Everything that can be checked cheaply is checked at open, so a bad dataset fails on the
     driver with one line instead of inside a training worker: the three files exist, ``property``
     parses and agrees with the records (class count, image size), the labels are consistent,
-    and the last image record is complete and decodes (a truncated copy).
+    and the last image record is complete and decodes (a truncated copy). A file that is a link
+    out of the directory is refused, as in every reader of a folder.
     With the header record, labels come from the identity records only (one read per identity,
     not per image); without it, every record is read once for its label.
     """
 
     def __init__(self, dir_uri: str) -> None:
         self.dir_uri = dir_uri
-        rec_uri, idx_uri, property_uri = (storage.join(dir_uri, name)
+        folder = ConfinedFolder(dir_uri)
+        rec_uri, idx_uri, property_uri = (folder.join(name)
                                           for name in ("train.rec", "train.idx", "property"))
         for uri in (rec_uri, idx_uri, property_uri):
             if not storage.exists(uri):
@@ -455,10 +458,13 @@ class InsightFaceRecordDataset:
         """The encoded image bytes (usually JPEG) of image ``index``."""
         return self._header(self._keys[index])[1]
 
+    def source(self, index: int) -> str:
+        """Where image ``index`` lies, as errors name it: its record."""
+        return f"{self._reader.rec_uri}: record {self._keys[index]}"
+
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` decoded to HxWx3 uint8 RGB."""
-        key = self._keys[index]
-        return decode_image(self._header(key)[1], f"{self._reader.rec_uri}: record {key}")
+        return decode_image(self.raw(index), self.source(index))
 
 
 def _read_property(uri: str) -> tuple[int, int, int]:

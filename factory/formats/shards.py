@@ -2,7 +2,10 @@
 
 Layout of a dataset directory (any URI):
 
-* ``manifest.json``: written by the synthesis stage, not read here;
+* ``manifest.json``: written by the synthesis stage; its ``shards`` list, not a listing of
+  the folder, is what the readers here read (:func:`listed_shard_uris`), so that a file
+  dropped into ``shards/`` is never read as part of the dataset (``factory verify`` reports
+  it);
 * ``shards/shard-000000.tar``, ``shards/shard-000001.tar``, ...: POSIX (ustar) tars in the
   WebDataset convention, so ``webdataset.WebDataset(".../shard-{000000..000099}.tar")`` and
   ``ray.data.read_webdataset(".../shards")`` read them as well as :class:`ShardDataset` does.
@@ -24,7 +27,10 @@ names, mode 0644) and JSON with sorted keys, so identical samples give byte-iden
 and are written under a temporary name and renamed, so a crash never leaves half a shard under
 a final name. Readers refuse any member that could escape a directory if extracted (absolute,
 ``..``, any ``/``) or that is not a regular file, and any tar that ends before its end-of-archive
-marker: ``tarfile`` would otherwise read a truncated shard as a shorter valid one.
+marker: ``tarfile`` would otherwise read a truncated shard as a shorter valid one. A shard
+that is a link out of the dataset's folder is refused before it is opened
+(:mod:`factory.formats.confined`), and nothing may be written inside a dataset's folder by
+another stage (:func:`refuse_inside_dataset`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import io
 import json
 import operator
 import os
+import posixpath
 import re
 import tarfile
 from collections import OrderedDict
@@ -44,14 +51,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from factory import storage
-from factory.errors import FormatError
+from factory.errors import FormatError, UserError
+from factory.formats.confined import ConfinedFolder
 from factory.formats.images import decode_image
 
 SHARD_DIR = "shards"
+MANIFEST_FILE = "manifest.json"
+"""What a reader reads a synthesised dataset's shard list from (written by synthesis)."""
 _MEMBER_MODE = 0o644
 _END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 """A ``.cls`` label: a decimal integer that fits int64 (labels are renumbered when read)."""
+_SHARD_NAME = re.compile(r"shard-[0-9]{6}\.tar")
 
 
 def shard_name(index: int) -> str:
@@ -109,9 +120,12 @@ def shard_damage(uri: str, size_bytes: int | None, sha256: str | None) -> str | 
         return "missing"
     if size_bytes is not None and size != size_bytes:
         return f"{size} bytes, expected {size_bytes}"
-    if sha256 is not None and storage.file_sha256(uri) != sha256:
-        return f"sha256 differs from the recorded {sha256[:12]}.."
-    return None
+    return None if sha256 is None else sha256_damage(storage.file_sha256(uri), sha256)
+
+
+def sha256_damage(found: str, recorded: str) -> str | None:
+    """Why a shard whose sha256 is ``found`` is not the one recorded; None when it is."""
+    return None if found == recorded else f"sha256 differs from the recorded {recorded[:12]}.."
 
 
 def _check_samples(samples: Sequence[ShardSample]) -> None:
@@ -149,6 +163,41 @@ def _tar_bytes(samples: Sequence[ShardSample]) -> bytes:
 
 
 @dataclass
+class ShardScan:
+    """A shard as the readers see it (:func:`scan_shard`)."""
+
+    count: int
+    """Samples, each with its ``.jpg`` and ``.cls``."""
+    real_images: int
+    """Samples whose json marks them ``real`` (inquiry images copied in)."""
+    labels: set[int]
+    sha256: str
+    """Of the whole file."""
+
+
+def scan_shard(uri: str) -> ShardScan:
+    """Read the shard at ``uri`` once, as :class:`ShardDataset` reads it (FormatError for all
+    it refuses), hashing the file on the way: ``factory verify`` compares what readers get
+    with the manifest without reading any shard twice."""
+    digest = hashlib.sha256()
+    samples = list(_locate(uri, digest))
+    return ShardScan(len(samples), sum(bool(sample.meta.get("real")) for sample in samples),
+                     {sample.label for sample in samples}, digest.hexdigest())
+
+
+class _Digesting:
+    """A stream that feeds every byte read through it to ``digest``."""
+
+    def __init__(self, stream: Any, digest: Any) -> None:
+        self.stream, self.digest = stream, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+
+@dataclass
 class _Member:
     """A member of one sample: where its data lies in the tar, and the data if it was read."""
 
@@ -157,25 +206,33 @@ class _Member:
     data: bytes | None
 
 
-def _samples(uri: str, read: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, _Member]]]:
+def _samples(uri: str, read: Callable[[str], bool],
+             digest: Any = None) -> Iterator[tuple[str, dict[str, _Member]]]:
     """``(key, {extension: member})`` per sample of the shard at ``uri``, streamed in tar order.
 
     The data of members whose extension ``read`` accepts is read, the rest only located. Every
     member name is checked before anything else happens with it; FormatError names the shard.
+    With ``digest`` (a hashlib object), every byte of the file is fed to it, in one read.
     """
     with storage.open_input(uri) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            source = stream if digest is None else _Digesting(stream, digest)
+            with tarfile.open(fileobj=source, mode="r|") as tar:
                 yield from _grouped(uri, tar, read)
                 end = tar.offset
         except (tarfile.TarError, EOFError) as exc:
             raise FormatError(f"{uri}: not a readable tar ({exc}); truncated or corrupt shard?") \
                 from None
+        digested = stream.tell()  # the bytes fed to digest, if any, end here
         stream.seek(end)
         if stream.read(len(_END_OF_ARCHIVE)) != _END_OF_ARCHIVE:
             raise FormatError(f"{uri}: expected the tar end-of-archive marker at offset {end}, "
                               "found other data or the end of the file; truncated or corrupt "
                               "shard?")
+        if digest is not None:
+            stream.seek(digested)
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(chunk)
 
 
 def _grouped(uri: str, tar: tarfile.TarFile,
@@ -269,7 +326,9 @@ class ShardDataset:
     locating each ``.jpg``; :meth:`image` then reads one JPEG at its byte offset. ``m_range``
     and ``similarity_range`` keep only samples whose ``m`` / ``similarity_center`` lie within
     (inclusive; None keeps all); ``mixup_share`` then keeps identities so that those made by
-    identity mixup (json ``mixup`` set) are that share of them.
+    identity mixup (json ``mixup`` set) are that share of them. The shards read are those the
+    dataset's ``manifest.json`` lists; a dataset without one (a synthesis still running, shards
+    written by other tools) is read as every ``shards/*.tar``.
 
     Classes. A mixed identity labelled ``soft`` whose two parents both survive the selection is
     not a class: :meth:`targets` gives its samples SynFace's two-hot target (phi on the first
@@ -344,10 +403,13 @@ class ShardDataset:
                               "it was opened?)")
         return data
 
+    def source(self, index: int) -> str:
+        """Where sample ``index``'s JPEG lies, as errors name it: its shard and member."""
+        return f"{self.shard_uris[int(self._shards[index])]}: sample {self.keys[index]}.jpg"
+
     def image(self, index: int) -> np.ndarray:
         """Sample ``index`` decoded to HxWx3 uint8 RGB."""
-        source = f"{self.shard_uris[int(self._shards[index])]}: sample {self.keys[index]}.jpg"
-        return decode_image(self.raw(index), source=source)
+        return decode_image(self.raw(index), source=self.source(index))
 
     def _handle(self, shard: int) -> Any:
         """The open file of ``shard`` in this process, opened on first use.
@@ -377,9 +439,10 @@ class _Located(NamedTuple):
     size: int
 
 
-def _locate(uri: str) -> Iterator[_Located]:
-    """Every sample of the shard at ``uri``, its ``.jpg`` located but not read."""
-    for key, members in _samples(uri, read=lambda extension: extension != "jpg"):
+def _locate(uri: str, digest: Any = None) -> Iterator[_Located]:
+    """Every sample of the shard at ``uri``, its ``.jpg`` located but not read (the file fed to
+    ``digest`` on the way, when given)."""
+    for key, members in _samples(uri, lambda extension: extension != "jpg", digest):
         for required in ("jpg", "cls"):
             if required not in members:
                 raise FormatError(f"{uri}: sample {key!r} has no .{required} member")
@@ -389,14 +452,72 @@ def _locate(uri: str) -> Iterator[_Located]:
 
 
 def _shard_uris(root_uri: str) -> list[str]:
-    """The ``.tar`` files in ``root/shards``, sorted by name, temporary files left out."""
+    """The shards the dataset's manifest lists, in its order; without a manifest, the ``.tar``
+    files in ``root/shards``, sorted by name, temporary files left out. Either way, a shard
+    that is a link out of the dataset is refused."""
+    manifest_uri = storage.join(root_uri, MANIFEST_FILE)
+    if storage.exists(manifest_uri):
+        return listed_shard_uris(root_uri, storage.read_json_object(manifest_uri))
     shard_dir = storage.join(root_uri, SHARD_DIR)
     names = storage.listdir(shard_dir) if storage.is_dir(shard_dir) else []
-    uris = [storage.join(shard_dir, name) for name in names
+    folder = ConfinedFolder(root_uri)
+    uris = [folder.join(SHARD_DIR, name) for name in names
             if name.endswith(".tar") and not name.startswith(storage.TEMP_MARKER)]
     if not uris:
         raise FormatError(f"{shard_dir}: no shards (expected shard-NNNNNN.tar)")
     return uris
+
+
+def manifest_shards(manifest: dict[str, Any], uri: str) -> list[str]:
+    """The shard file names the manifest read from ``uri`` lists, in its order.
+
+    Each entry names its file under ``shard`` (a synthesised dataset) or ``name`` (a measured
+    pool, :mod:`factory.synth.measure`). FormatError unless ``shards`` is a non-empty list of
+    entries each naming another ``shard-NNNNNN.tar`` (names that stay inside ``shards/``; a
+    repeated one would be read twice).
+    """
+    entries = manifest.get("shards")
+    names = [entry.get("shard", entry.get("name")) if isinstance(entry, dict) else None
+             for entry in entries] if isinstance(entries, list) else []
+    if not names or not all(isinstance(name, str) and _SHARD_NAME.fullmatch(name)
+                            for name in names) or len(set(names)) != len(names):
+        raise FormatError(f"{uri}: expected 'shards', a list of entries naming "
+                          "shard-NNNNNN.tar files, each once")
+    return names
+
+
+def listed_shard_uris(dataset: str, manifest: dict[str, Any]) -> list[str]:
+    """The URIs of the shards ``manifest`` (the dataset's, already read) lists, in its order:
+    what every reader of a dataset reads. A shard that is a link out of the dataset is refused."""
+    folder = ConfinedFolder(dataset)
+    return [folder.join(SHARD_DIR, name)
+            for name in manifest_shards(manifest, storage.join(dataset, MANIFEST_FILE))]
+
+
+def refuse_inside_dataset(uri: str, what: str) -> None:
+    """UserError naming ``what`` when a folder above ``uri`` holds ``shards/``: a synthesised
+    dataset, as :func:`~factory.formats.dataset.open_dataset` sees one. What another stage
+    writes inside a dataset is taken for part of it (an export written to
+    ``shards/shard-000002.tar`` made every reader of the dataset fail)."""
+    for folder in _folders_above(storage.absolute(uri)):
+        if storage.is_dir(storage.join(folder, SHARD_DIR)):
+            raise UserError(f"{what} {uri}: lies inside the synthesised dataset {folder} (it "
+                            f"holds {SHARD_DIR}/); choose a location outside it")
+
+
+def _folders_above(uri: str) -> Iterator[str]:
+    """The folders above ``uri``, nearest first, up to the filesystem's root or the bucket."""
+    if "://" in uri:
+        base, question, query = uri.partition("?")
+        scheme, _, path = base.partition("://")
+        prefix, suffix = f"{scheme}://", question + query
+    else:
+        path, prefix, suffix = uri, "", ""
+    path = path.rstrip("/") or "/"
+    parent = posixpath.dirname(path)
+    while parent and parent != path:
+        yield f"{prefix}{parent}{suffix}"
+        path, parent = parent, posixpath.dirname(parent)
 
 
 def _within(uri: str, sample: _Located, field: str, bounds: tuple[float, float] | None) -> bool:

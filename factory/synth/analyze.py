@@ -48,7 +48,7 @@ from factory.eval.real_reference import (
 from factory.faceworld.montage import montage
 from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image, encode_png
-from factory.formats.shards import SHARD_DIR, iter_shard
+from factory.formats.shards import iter_shard, listed_shard_uris
 from factory.models.identity import real_centers
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
@@ -104,8 +104,7 @@ def read_samples(dataset: str, manifest: dict[str, Any]) -> SampleTable:
     columns: dict[str, list] = {"labels": [], "requested": [], "to_inquiry": [], "to_center": [],
                                 "real": []}
     rows: dict[int, list[np.ndarray]] = {}
-    for shard in manifest["shards"]:
-        uri = storage.join(dataset, SHARD_DIR, shard["shard"])
+    for uri in listed_shard_uris(dataset, manifest):
         for sample in iter_shard(uri):
             source = f"{uri}:{sample['__key__']}"
             label, *numbers = _sample_numbers(sample.get("json", {}), source)

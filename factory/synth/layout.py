@@ -15,7 +15,9 @@ or reads one (synthesis, analysis, the dataset card)::
 
 from __future__ import annotations
 
-STATS_DIR, PLAN_FILE, MANIFEST_FILE = "stats", "plan.json", "manifest.json"
+from factory.formats.shards import MANIFEST_FILE  # the readers' name for it, re-exported
+
+STATS_DIR, PLAN_FILE = "stats", "plan.json"
 IDENTITIES_FILE = "plan_identities.npz"
 HISTOGRAM_FILE = "similarity_histogram.png"
 REPORT_DIR = "report"

@@ -22,7 +22,7 @@ from factory import storage
 from factory.config import FactoryConfig
 from factory.eval.threshold import ThresholdEstimate, encoder_threshold
 from factory.formats.images import decode_image
-from factory.formats.shards import SHARD_DIR, iter_shard
+from factory.formats.shards import iter_shard, listed_shard_uris
 from factory.models.identity import encode_images
 
 BATCH = 256
@@ -33,8 +33,7 @@ def synthetic_embeddings(encoder: torch.nn.Module, image_size: int, dataset: str
     """The encoder's unit-length embedding of every synthetic sample (real copies skipped),
     with its json, in shard order."""
     embeddings, metadata, pending = [], [], []
-    for shard in manifest["shards"]:
-        uri = storage.join(dataset, SHARD_DIR, shard["shard"])
+    for uri in listed_shard_uris(dataset, manifest):
         for sample in iter_shard(uri):
             if sample["json"].get("real"):
                 continue

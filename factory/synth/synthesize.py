@@ -57,6 +57,8 @@ from factory.eval.threshold import encoder_threshold, parse_fpr
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.shards import (
     SHARD_DIR,
+    manifest_shards,
+    refuse_inside_dataset,
     shard_damage,
     shard_name,
     shard_pattern,
@@ -99,7 +101,6 @@ LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off"
                    "compile": False}
 """How plans written before these sampling settings existed sampled (always like this)."""
 _STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
-_SHARD_NAME = re.compile(r"shard-[0-9]{6}\.tar")
 
 
 def stats_uri(out: str, shard: int) -> str:
@@ -361,12 +362,7 @@ def read_manifest(dataset: str) -> dict[str, Any]:
         raise FormatError(f"{uri}: no manifest (not a dataset written by factory synthesize, "
                           "or the run has not finished)")
     manifest = storage.read_json_object(uri)
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards or not all(
-            isinstance(entry, dict) and isinstance(entry.get("shard"), str)
-            and _SHARD_NAME.fullmatch(entry["shard"]) for entry in shards):
-        raise FormatError(f"{uri}: expected 'shards', a list of entries naming "
-                          "shard-NNNNNN.tar files")
+    manifest_shards(manifest, uri)  # FormatError for a bad shard list
     if not isinstance(manifest.get("generator_uri"), str) or \
             not isinstance(manifest.get("config"), dict):
         raise FormatError(f"{uri}: expected generator_uri and config entries")
@@ -571,6 +567,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     started = time.perf_counter()
     cfg = config.synthesis
     out = config.synthesis_out_uri()
+    refuse_inside_dataset(out, "synthesis.out")
     storage.ensure_writable(out)
     checkpoint = config.synthesis_checkpoint_uri()
     meta = check_generator(checkpoint)  # the actors load it; the driver only checks it

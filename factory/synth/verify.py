@@ -1,9 +1,18 @@
-"""``factory verify DIR``: is a synthesised dataset still what its manifest says it is?
+"""``factory verify DIR``: is a synthesised dataset still what its manifest says, and is that
+what its readers read?
 
-Every shard the manifest lists is checked against its recorded size and sha256, and its stats
-and centers files (what a synthesis rerun and ``factory analyze`` read) must load and agree
-with the manifest. Each shard is read once; nothing is written. A synthesis rerun with the
-dataset's config writes the damaged shards again.
+* ``shards/`` holds exactly the shards the manifest lists, ``shard-000000.tar`` onwards in its
+  order: a file no entry lists (a shard added, one whose entry was dropped, an export written
+  there) is refused with one line naming it, and a listed shard that is absent is damaged;
+* every listed shard is read once, as :class:`~factory.formats.shards.ShardDataset` reads it:
+  its size and sha256 must be the recorded ones and its sample count the manifest's, and its
+  stats and centers files (what a synthesis rerun and ``factory analyze`` read) must load and
+  agree with the manifest;
+* the manifest's totals (``counts``: samples, synthetic and real images, identities, shards),
+  which ``factory analyze`` copies into the dataset card, must be the shards' own.
+
+Nothing is written. A synthesis rerun with the dataset's config writes damaged shards again and
+rebuilds the manifest from the shards' stats files.
 """
 
 from __future__ import annotations
@@ -13,13 +22,26 @@ from typing import Any
 
 from factory import storage
 from factory.errors import FormatError
-from factory.formats.shards import SHARD_DIR, shard_damage
+from factory.formats.shards import (
+    SHARD_DIR,
+    ShardScan,
+    listed_shard_uris,
+    manifest_shards,
+    scan_shard,
+    sha256_damage,
+    shard_damage,
+    shard_name,
+)
+from factory.synth.layout import MANIFEST_FILE
 from factory.synth.synthesize import read_centers, read_manifest, read_stats
+
+RERUN = "rerun factory synthesize with the dataset's config to write the manifest again"
 
 
 @dataclass
 class Verification:
-    """What ``factory verify`` found: shard and sample counts, and each damaged shard's reason."""
+    """What ``factory verify`` found: shard and sample counts (the samples counted in the sound
+    shards), and each damaged shard's reason."""
 
     dataset: str
     shards: int
@@ -28,17 +50,69 @@ class Verification:
 
 
 def verify_dataset(dataset: str) -> Verification:
-    """Check every shard of the dataset at ``dataset`` (see the module doc)."""
+    """Check the dataset at ``dataset`` (see the module doc).
+
+    FormatError (one line) when ``shards/`` is not the manifest's list or, with every shard
+    sound, when the manifest's totals are not the shards'; damaged shards, with their reasons,
+    are in the result.
+    """
     manifest = read_manifest(dataset)
-    verification = Verification(dataset, len(manifest["shards"]), 0)
-    for index, entry in enumerate(manifest["shards"]):
-        reason = shard_damage(storage.join(dataset, SHARD_DIR, entry["shard"]),
-                              _recorded(entry, "size_bytes", int), _recorded(entry, "sha256", str))
-        reason = reason or _records_damage(dataset, index, entry)
+    names = manifest_shards(manifest, storage.join(dataset, MANIFEST_FILE))
+    _check_listing(dataset, names)
+    verification = Verification(dataset, len(names), 0)
+    scans = []
+    uris = listed_shard_uris(dataset, manifest)
+    for index, (name, uri, entry) in enumerate(zip(names, uris, manifest["shards"])):
+        reason, scan = _shard_damage(dataset, index, uri, entry)
         if reason:
-            verification.damaged[entry["shard"]] = reason
-        verification.samples += _recorded(entry, "count", int) or 0
+            verification.damaged[name] = reason
+        if scan is not None:
+            scans.append(scan)
+    verification.samples = sum(scan.count for scan in scans)
+    if not verification.damaged:
+        _check_totals(dataset, manifest, scans)
     return verification
+
+
+def _check_listing(dataset: str, names: list[str]) -> None:
+    """FormatError unless the manifest lists ``shard-000000.tar`` onwards in order (stats files
+    are found by position) and ``shards/`` holds no file it does not list (temporary files of a
+    running synthesis aside): readers read only the listed ones, so any other is unseen data,
+    or an unrelated file a WebDataset reader of the whole folder would trip over."""
+    manifest_uri = storage.join(dataset, MANIFEST_FILE)
+    for index, name in enumerate(names):
+        if name != shard_name(index):
+            raise FormatError(f"{manifest_uri}: shards[{index}] names {name}, expected "
+                              f"{shard_name(index)} (one entry per shard, in order); {RERUN}")
+    shard_dir = storage.join(dataset, SHARD_DIR)
+    on_disk = storage.listdir(shard_dir) if storage.is_dir(shard_dir) else []
+    listed = set(names)
+    unlisted = [name for name in on_disk
+                if name not in listed and not name.startswith(storage.TEMP_MARKER)]
+    if unlisted:
+        others = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise FormatError(f"{storage.join(shard_dir, unlisted[0])}: not listed in "
+                          f"{manifest_uri}{others}; expected {SHARD_DIR}/ to hold exactly the "
+                          f"shards it lists, the files every reader reads: move it out of "
+                          f"{SHARD_DIR}/ or, if its entry was lost, {RERUN}")
+
+
+def _shard_damage(dataset: str, index: int, uri: str,
+                  entry: dict[str, Any]) -> tuple[str | None, ShardScan | None]:
+    """Why listed shard ``index`` is not what the manifest records (None when it is), and what
+    a read of it found (None when it could not be read)."""
+    reason = shard_damage(uri, _recorded(entry, "size_bytes", int), None)
+    if reason:
+        return reason, None
+    try:
+        scan = scan_shard(uri)
+    except FormatError as exc:
+        return str(exc).removeprefix(f"{uri}: "), None
+    sha256 = _recorded(entry, "sha256", str)
+    reason = None if sha256 is None else sha256_damage(scan.sha256, sha256)
+    if reason is None and scan.count != _recorded(entry, "count", int):
+        reason = f"holds {scan.count} samples, the manifest records {entry.get('count')!r}"
+    return reason or _records_damage(dataset, index, entry), scan
 
 
 def _recorded(entry: dict[str, Any], key: str, kind: type) -> Any:
@@ -59,6 +133,23 @@ def _records_damage(dataset: str, index: int, entry: dict[str, Any]) -> str | No
     return None
 
 
+def _check_totals(dataset: str, manifest: dict[str, Any], scans: list[ShardScan]) -> None:
+    """FormatError naming the first of the manifest's ``counts`` that is not what the shards
+    hold (``factory analyze`` copies them into the dataset card)."""
+    samples = sum(scan.count for scan in scans)
+    real = sum(scan.real_images for scan in scans)
+    found = {"samples": samples, "synthetic_images": samples - real, "real_images": real,
+             "identities": len(set().union(*(scan.labels for scan in scans))),
+             "shards": len(scans)}
+    counts = manifest.get("counts")
+    recorded = counts if isinstance(counts, dict) else {}
+    for key, value in found.items():
+        if _recorded(recorded, key, int) != value:
+            raise FormatError(f"{storage.join(dataset, MANIFEST_FILE)}: counts.{key} is "
+                              f"{recorded.get(key)!r}, expected {value} (counted in the "
+                              f"shards); {RERUN}")
+
+
 def damage_message(verification: Verification, shown: int = 3) -> str:
     """One line naming the damaged shards (the first ``shown`` with their reasons)."""
     damaged = list(verification.damaged.items())
@@ -66,4 +157,4 @@ def damage_message(verification: Verification, shown: int = 3) -> str:
     more = f"; and {len(damaged) - shown} more" if len(damaged) > shown else ""
     return (f"{verification.dataset}: {len(damaged)} of {verification.shards} shards damaged "
             f"({listed}{more}); rerun factory synthesize with the dataset's config to write "
-            "them again")
+            "them, and the manifest, again")
