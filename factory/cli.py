@@ -55,7 +55,7 @@ def _train_generator(config: FactoryConfig, args: argparse.Namespace) -> None:
 def _generator_report(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.eval.generator_report import generator_report, report_text
 
-    print(report_text(*generator_report(config)))
+    print(report_text(*generator_report(config, validation=args.validation)))
 
 
 def _generator_progress(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -131,7 +131,8 @@ def _verify(config: FactoryConfig, args: argparse.Namespace) -> None:
     if verification.damaged:
         raise UserError(damage_message(verification))
     print(f"dataset {verification.dataset}: {verification.shards} shards, "
-          f"{verification.samples} samples; every shard's size and sha256 as recorded")
+          f"{verification.samples} samples; shards/ holds exactly the listed shards, each "
+          "with its recorded size, sha256 and sample count, and the manifest's counts match")
 
 
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -202,7 +203,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
                          "(the shipped judge)", _publish_backbone),
     "export": ("write a dataset as insightface RecordIO or an image folder, with its metadata",
                _export),
-    "verify": ("check a synthesised dataset's shards against its manifest (size, sha256)",
+    "verify": ("check a synthesised dataset's shards against its manifest (the files, sizes, "
+               "sha256, sample counts)",
                _verify),
     "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
               _sweep),
@@ -247,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", default=".", help="folder for accuracy_vs_m.png")
         if name in ("analyze", "verify"):
             sub.add_argument("dataset", metavar="DIR", help="a dataset written by synthesize")
+        if name == "generator-report":
+            sub.add_argument("--validation", action="store_true",
+                             help="measure the validation identities (0 .. "
+                                  "generator.compliance.validation_identities - 1), the ones "
+                                  "lever choices may see, into generator-report-validation/")
         if name == "generator-progress":
             sub.add_argument("folder", nargs="?", metavar="DIR",
                              help="folder of checkpoints (default: this config's run folder)")

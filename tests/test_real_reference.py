@@ -160,3 +160,16 @@ def test_the_report_identities_are_kept_from_the_validation_ones():
     assert ComplianceConfig().first_identity >= ComplianceConfig().validation_identities
     with pytest.raises(ValueError, match="must not reach first_identity"):
         ComplianceConfig(first_identity=10, validation_identities=12)
+
+
+def test_the_report_and_the_validation_inquiries_are_different_people():
+    from factory.eval.compliance import first_image_per_identity
+
+    labels = [label for label in range(6) for _ in range(2)]
+    dataset = CodedImages(labels, list(range(12)))
+    validation = first_image_per_identity(dataset, 2)
+    report = first_image_per_identity(dataset, 3, skip=3)
+    assert [int(image[0, 0, 0]) for image in validation] == [0, 2]
+    assert [int(image[0, 0, 0]) for image in report] == [6, 8, 10]
+    with pytest.raises(ValueError, match="after the first 5"):
+        first_image_per_identity(dataset, 3, skip=5)

@@ -111,15 +111,20 @@ def load_controls(config: FactoryConfig) -> dict[str, LoadedGenerator]:
     return {"lambda = 0": load_generator(uri)} if uri else {}
 
 
-def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
-    """Measure, draw and record; returns the compliance and the folder it was written to."""
+def generator_report(config: FactoryConfig, validation: bool = False
+                     ) -> tuple[Compliance, str]:
+    """Measure, draw and record; returns the compliance and the folder it was written to.
+
+    ``validation`` measures the validation identities instead of the report's (for choosing
+    between levers, guidance scales or checkpoints) and writes to its own folder."""
     cfg = config.generator
     uri = config.generator_checkpoint_uri()
     generator = load_generator(uri)
     compliance_cfg = cfg.compliance
     dataset = open_dataset(config.inquiry_data_uri())
-    inquiries = first_image_per_identity(dataset, compliance_cfg.identities,
-                                         skip=compliance_cfg.first_identity)
+    first, count = ((0, compliance_cfg.validation_identities) if validation
+                    else (compliance_cfg.first_identity, compliance_cfg.identities))
+    inquiries = first_image_per_identity(dataset, count, skip=first)
     judge = load_judge(config.judge)
     reference_uri = config.real_reference_uri()
     reference = load_reference(reference_uri, compliance_cfg.identities)
@@ -129,22 +134,24 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
             judge=judge, shuffled_control=compliance_cfg.shuffled_m_control,
             control_generators=load_controls(config),
             real=open_dataset(config.generator_data_uri()), reference=reference)
-    out = config.evaluate.out or storage.join(config.workdir, "generator-report")
+    out = config.evaluate.out or storage.join(
+        config.workdir, "generator-report-validation" if validation else "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
                 "code_version": code_version(), "inquiries": config.inquiry_data_uri(),
                 "judge": config.judge.checkpoint or None,
                 "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
                 "seeds_per_m": compliance_cfg.seeds,
-                "report_identities": [compliance_cfg.first_identity,
-                                      compliance_cfg.first_identity + len(inquiries)],
+                "identities": "validation" if validation else "report",
+                "inquiry_identities": [first, first + len(inquiries)],
                 "real_reference_data": reference_uri or None,
                 "config": config.model_dump(mode="json"),
                 **result.summary()}
     tracker = RunTracker(True, mlflow_tracking_uri(config.runtime), config.runtime.experiment,
                          config.runtime.mlflow_artifact_location)
-    tracker.start(f"{cfg.run_name}-report", params={"checkpoint": uri,
-                                                    "judge": config.judge.checkpoint},
+    tracker.start(f"{cfg.run_name}-{'validation' if validation else 'report'}",
+                  params={"checkpoint": uri, "judge": config.judge.checkpoint,
+                          "identities": "validation" if validation else "report"},
                   tags={"code_version": code_version(), "stage": "generator-report"})
     tracker.log_metrics(report_metrics(result))
     headline = result.headline
@@ -184,7 +191,7 @@ def generator_report(config: FactoryConfig) -> tuple[Compliance, str]:
         with open(files["compliance_curve.json"], "w") as stream:
             json.dump(curve_document(
                 {name: (view.m_values, view.mean) for name, view in result.by.items()},
-                result.sampling, uri, document["report_identities"], compliance_cfg.seeds),
+                result.sampling, uri, document["inquiry_identities"], compliance_cfg.seeds),
                 stream, indent=2)
         for name in files:
             local = os.path.join(directory, name)
