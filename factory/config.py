@@ -38,6 +38,9 @@ _FOLDER_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 def _folder_name(value: str) -> str:
     """Refuse a name that would not stay one folder when joined to a storage URI."""
+    if len(value) > MAX_NAME_CHARS:
+        raise ValueError(f"a name of {len(value):,} characters; at most {MAX_NAME_CHARS} (it "
+                         "also names MLflow runs)")
     if not _FOLDER_NAME.fullmatch(value):
         raise ValueError("expected a folder name of letters, digits, '_', '-' and '.', not "
                          "starting with '.' (it names a folder under the storage: '..', '/' or "
@@ -61,10 +64,34 @@ MIXUP_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 """SynFace's 21 mixup coefficients, 0, 0.05 .. 1 (identity mixup phi, domain mixup psi)."""
 
 
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
+MAX_GRID_POINTS = 10_001
+"""The most values an m grid (training's or synthesis's) may hold: interval 2e-4 over [-1, 1]."""
+MAX_IDENTITIES = 2 ** 24
+"""Identity labels travel as float32 in RecordIO headers, exact only below 2^24."""
+MAX_IMAGES = 2 ** 31 - 1
+"""Image counts and record keys are 32-bit in RecordIO indexes and .bin files."""
+MAX_NAME_CHARS = 250
+"""Names that become MLflow experiment and run names (MLflow's own limits are near this)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated, and
+    no float may be NaN or infinite (one would pass every range check and fail inside Ray)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def grid_points(low: float, high: float, interval: float) -> int:
+    """How many values ``low, low + interval, .., high`` holds."""
+    return int((high - low) / interval + 1e-9) + 1
+
+
+def check_grid(low: float, high: float, interval: float, name: str) -> None:
+    """ValueError when the grid would hold more than MAX_GRID_POINTS values (a tiny interval
+    would build a list of billions while planning)."""
+    if grid_points(low, high, interval) > MAX_GRID_POINTS:
+        raise ValueError(f"{name} {interval:g} makes {grid_points(low, high, interval):,} values "
+                         f"over [{low:g}, {high:g}]; at most {MAX_GRID_POINTS:,} are allowed")
 
 
 class RuntimeConfig(StrictModel):
@@ -83,7 +110,8 @@ class RuntimeConfig(StrictModel):
     s3_endpoint: str | None = Field(
         None, pattern=r"^https?://\S+$",
         description="S3-compatible endpoint URL (MinIO, Ceph); None: AWS_ENDPOINT_URL or AWS")
-    experiment: str = "facefactory"
+    experiment: str = Field("facefactory", min_length=1, max_length=MAX_NAME_CHARS,
+                            description="MLflow experiment name")
 
 
 class BenchmarkSpec(StrictModel):
@@ -130,8 +158,8 @@ class FaceWorldConfig(StrictModel):
     out: Uri = Field("", description="Output URI; empty: <workdir>/faceworld")
     seed: int = 0
     image_size: int = Field(112, ge=16, le=256)
-    identities: int = Field(1000, ge=2, description="Training identities")
-    images_per_identity: int = Field(20, ge=2)
+    identities: int = Field(1000, ge=2, le=MAX_IDENTITIES, description="Training identities")
+    images_per_identity: int = Field(20, ge=2, le=MAX_IMAGES)
     inquiry_identities: int = Field(64, ge=2, description="Held-out identities, 1 image each")
     judge_identities: int | None = Field(
         None, ge=0, description="Identities of the judge's own training set (judge-train/, "
@@ -162,6 +190,19 @@ class FaceWorldConfig(StrictModel):
     def reference_set_identities(self) -> int:
         return (self.inquiry_identities if self.reference_identities is None
                 else self.reference_identities)
+
+    @model_validator(mode="after")
+    def _fits_the_formats(self) -> FaceWorldConfig:
+        for name, identities in (("identities", self.identities),
+                                 ("judge_identities", self.judge_set_identities)):
+            if identities > MAX_IDENTITIES:
+                raise ValueError(f"{name} {identities:,} exceeds {MAX_IDENTITIES:,}, the most "
+                                 "identities a RecordIO label (float32) holds exactly")
+            if identities * self.images_per_identity > MAX_IMAGES:
+                raise ValueError(f"{name} x images_per_identity = "
+                                 f"{identities * self.images_per_identity:,} images exceeds "
+                                 f"{MAX_IMAGES:,}, the most a RecordIO index holds")
+        return self
 
     @model_validator(mode="after")
     def _distinct_names(self) -> FaceWorldConfig:
@@ -356,6 +397,7 @@ class SimilarityMatchingConfig(StrictModel):
     def _ordered(self) -> SimilarityMatchingConfig:
         if self.m_low > self.m_high:
             raise ValueError("m_low must not exceed m_high")
+        check_grid(self.m_low, self.m_high, self.m_interval, "m_interval")
         return self
 
 
@@ -521,6 +563,8 @@ class MValuesConfig(StrictModel):
             raise ValueError("values must lie in [-1, 1]")
         if self.low > self.high:
             raise ValueError("low must not exceed high")
+        if self.kind == "range":
+            check_grid(self.low, self.high, self.interval, "interval")
         if self.axis != "m" and self.kind == "normal":
             raise ValueError(f"axis {self.axis} takes kind values, range or uniform (a normal "
                              "draw has no bounds to check against the reachable range)")
@@ -920,8 +964,15 @@ class FactoryConfig(StrictModel):
                            "the recognizer's training set")
 
     def recognizer_data_uris(self) -> list[str]:
-        """The recognizer's whole training set: ``recognizer.data`` then ``extra_data``."""
-        return [self.recognizer_data_uri(), *self.recognizer.extra_data]
+        """The recognizer's whole training set: ``recognizer.data`` then ``extra_data``; a set
+        named twice is refused (it would train every identity twice, as distinct classes)."""
+        uris = [self.recognizer_data_uri(), *self.recognizer.extra_data]
+        repeated = [uri for index, uri in enumerate(uris) if uri in uris[:index]]
+        if repeated:
+            raise ConfigError(f"recognizer.extra_data: {repeated[0]} is already part of the "
+                              "training set (recognizer.data or an earlier entry); name each "
+                              "set once")
+        return uris
 
     def recognizer_storage_uri(self) -> str:
         return self.recognizer.storage or storage.join(self.workdir, "recognizer")

@@ -163,6 +163,38 @@ def huge_value_in_the_error(inputs: Inputs) -> Case:
                 ("faceworld.identities", "integer"))
 
 
+def m_interval_of_1e_minus_12(inputs: Inputs) -> Case:
+    """Would build a 2e11-element list per sample while planning."""
+    return Case(["synthesize", "synthesis.m.kind=range", "synthesis.m.interval=1e-12"],
+                ("synthesis.m", "at most 10,001"))
+
+
+def crop_scale_of_nan(inputs: Inputs) -> Case:
+    """Passed every range check and failed in three Ray attempts, 145 lines."""
+    return Case(["train-recognizer", "recognizer.augment.crop_scale=[.nan, .nan]"],
+                ("recognizer.augment.crop_scale", "finite number"))
+
+
+def faceworld_of_10_to_the_12_identities(inputs: Inputs) -> Case:
+    """Was a 21-line traceback and an empty train/ left behind."""
+    return Case(["faceworld", "faceworld.identities=1000000000000"],
+                ("faceworld.identities", "16777216"))
+
+
+def experiment_name_of_100k_characters(inputs: Inputs) -> Case:
+    """Reached MLflow after the work, as a traceback with a 100 kB line."""
+    return Case(["faceworld", f"runtime.experiment={'x' * 100_000}"],
+                ("runtime.experiment", "at most 250 characters"))
+
+
+def extra_data_repeating_the_training_set(inputs: Inputs) -> Case:
+    """Would train every identity twice, as two distinct classes."""
+    world = inputs.fixture("world")
+    return Case(["train-recognizer", f"workdir={world}",
+                 f"recognizer.extra_data=[{world}/faceworld/train]"],
+                ("recognizer.extra_data", "already part of the training set"))
+
+
 # -- data files ----------------------------------------------------------------------------------
 
 def bin_with_fewer_pairs_than_folds(inputs: Inputs) -> Case:
@@ -408,7 +440,9 @@ def synthesis_into_a_dataset(inputs: Inputs) -> Case:
 
 CASES: list[Callable[[Inputs], Case]] = [
     binary_config, yaml_alias_bomb, yaml_alias_bomb_in_an_override, yaml_nested_too_deeply,
-    yaml_self_containing_alias, huge_value_in_the_error,
+    yaml_self_containing_alias, huge_value_in_the_error, m_interval_of_1e_minus_12,
+    crop_scale_of_nan, faceworld_of_10_to_the_12_identities, experiment_name_of_100k_characters,
+    extra_data_repeating_the_training_set,
     bin_with_fewer_pairs_than_folds, shard_label_of_ten_to_the_26,
     rec_with_a_corrupt_jpeg, rec_index_pointing_mid_record, shard_with_a_corrupt_jpeg,
     recognizer_checkpoint_without_backbone_args, generator_json_not_json,
