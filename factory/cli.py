@@ -214,7 +214,8 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "pipeline": ("run every stage end to end from one config", _pipeline),
     "experiments": ("the face-world studies (m, similarity groups, lambda = 0, SynFace, GtR) "
                     "over seeds, resumably, into a results page", _experiments),
-    "doctor": ("check Python, torch, Ray, MLflow and storage, one line each (starts nothing)",
+    "doctor": ("check Python, torch, Ray, MLflow, storage and the CPU's matmul features, one "
+               "line each (starts nothing)",
                _doctor),
 }
 

@@ -1,12 +1,14 @@
 """``factory doctor``: one line per thing a run depends on, each checked in a few seconds.
 
-The code version, Python, torch (CPU or CUDA, and which devices), Ray (a private local cluster per run, or the
-address a run would join, and the token-authentication state), the MLflow tracking URI every
-process would use, and the storage a run writes to (the workdir, and the S3/GCS endpoint and
-credential variables that are set). Nothing is started: Ray is imported, never initialised, and
-remote services are only asked whether they answer. Every check runs in a daemon thread cut off
-after :data:`CHECK_TIMEOUT_S`, so a hanging network call cannot hang the command. Secrets are
-never printed: credentials and tokens are reported as present or absent only.
+The code version, Python, torch (CPU or CUDA, and which devices), the CPU (its model and the
+matmul features of its instruction set, which decide whether bf16 autocast is native), Ray (a
+private local cluster per run, or the address a run would join, and the token-authentication
+state), the MLflow tracking URI every process would use, and the storage a run writes to (the
+workdir, and the S3/GCS endpoint and credential variables that are set). Nothing is started:
+Ray is imported, never initialised, and remote services are only asked whether they answer.
+Every check runs in a daemon thread cut off after :data:`CHECK_TIMEOUT_S`, so a hanging network
+call cannot hang the command. Secrets are never printed: credentials and tokens are reported as
+present or absent only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                       "AWS_DEFAULT_REGION", "AWS_PROFILE")
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "GOOGLE_APPLICATION_CREDENTIALS")
+CPUINFO = "/proc/cpuinfo"
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The ``/proc/cpuinfo`` flags that decide a CPU's float32 and bf16 matmul rates."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""Either makes bf16 autocast native on a CPU (oneDNN's bf16 kernels use them); without them
+bf16 is emulated with float32 instructions."""
 
 
 @dataclass
@@ -74,6 +82,7 @@ def run_doctor(config: FactoryConfig, cli_address: str | None = None) -> list[Ch
         ("version", lambda: Check("version", True, code_version())),
         ("python", check_python),
         ("torch", check_torch),
+        ("cpu", check_cpu),
         ("ray", lambda: check_ray(config, cli_address)),
         ("mlflow", lambda: check_mlflow(config)),
         ("storage", lambda: check_storage(config)),
@@ -96,6 +105,58 @@ def check_torch() -> Check:
     names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return Check("torch", True, f"{torch.__version__}, CUDA {torch.version.cuda}, "
                                 f"{len(names)} device(s): {', '.join(names)}")
+
+
+@dataclass
+class CpuInfo:
+    """A CPU as ``/proc/cpuinfo`` describes it; ``model`` and ``flags`` are None where that file
+    is absent (not Linux) or says nothing (``model name`` missing, as on many ARM kernels)."""
+
+    model: str | None
+    flags: frozenset[str] | None
+
+    @property
+    def native_bf16(self) -> bool | None:
+        """Whether bf16 autocast runs natively (None: unknown)."""
+        if self.flags is None:
+            return None
+        return any(flag in self.flags for flag in NATIVE_BF16_FLAGS)
+
+
+def cpu_info(path: str = CPUINFO) -> CpuInfo:
+    """The first processor's ``model name`` and ``flags`` in ``path``."""
+    try:
+        with open(path) as stream:
+            text = stream.read()
+    except OSError:
+        return CpuInfo(None, None)
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip(), value.strip())
+    flags = fields.get("flags")
+    return CpuInfo(fields.get("model name") or None,
+                   frozenset(flags.split()) if flags is not None else None)
+
+
+def check_cpu(path: str = CPUINFO) -> Check:
+    """The CPU model, its matmul features and whether bf16 autocast is native: informational,
+    never a failure (float32 runs everywhere)."""
+    info = cpu_info(path)
+    if info.flags is None:
+        features = ", ".join(f"{flag} unknown" for flag in MATMUL_FLAGS)
+    else:
+        features = ", ".join(f"{flag} {'yes' if flag in info.flags else 'no'}"
+                             for flag in MATMUL_FLAGS)
+    if info.native_bf16 is None:
+        bf16 = "bf16 autocast native: unknown"
+    elif info.native_bf16:
+        bf16 = "bf16 autocast native: yes"
+    else:
+        bf16 = f"bf16 autocast native: no (needs {' or '.join(NATIVE_BF16_FLAGS)})"
+    model = info.model or ("unknown" if os.path.exists(path) else f"unknown (no {path})")
+    return Check("cpu", True, f"{model}; {features}; {bf16}")
 
 
 def check_ray(config: FactoryConfig, cli_address: str | None) -> Check:

@@ -15,10 +15,10 @@ import time
 import pytest
 
 from factory.cli import main
-from factory.doctor import Check, bounded
+from factory.doctor import Check, bounded, check_cpu, cpu_info
 from factory.provenance import code_version
 
-LABELS = ["version", "python", "torch", "ray", "mlflow", "storage"]
+LABELS = ["version", "python", "torch", "cpu", "ray", "mlflow", "storage"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -78,6 +78,7 @@ def test_doctor_on_a_local_setup_is_all_ok_and_starts_no_ray(clean_env, capsys, 
     assert report["version"][1] == code_version()
     assert report["python"][1].startswith(f"{sys.version_info[0]}.{sys.version_info[1]}.")
     assert "CPU only" in report["torch"][1] or "CUDA" in report["torch"][1]
+    assert "avx512_bf16 " in report["cpu"][1] and "bf16 autocast native: " in report["cpu"][1]
     assert f"{ray.__version__}, local: each run starts its own cluster (3 CPUs)" in \
         report["ray"][1]
     assert "RAY_AUTH_MODE unset" in report["ray"][1] and "no token" in report["ray"][1]
@@ -156,3 +157,42 @@ def test_a_check_that_hangs_or_raises_is_one_failed_line():
     failed = bounded("storage", broken)
     assert (failed.ok, failed.detail) == (False, "OSError: endpoint refused")
     assert failed.line().startswith("storage     FAIL  OSError")
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+model name\t: {model}
+flags\t\t: {flags}
+
+processor\t: 1
+model name\t: a second processor is not reported
+flags\t\t: fpu
+"""
+
+
+@pytest.mark.parametrize("model, flags, features, native", [
+    ("Intel(R) Xeon(R) Platinum 8480+", "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile",
+     "avx2 yes, avx512f yes, avx512_bf16 yes, amx_bf16 yes, amx_tile yes", "yes"),
+    ("AMD EPYC 9R14 96-Core Processor", "fpu avx2 avx512f avx512_bf16",
+     "avx2 yes, avx512f yes, avx512_bf16 yes, amx_bf16 no, amx_tile no", "yes"),
+    ("Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz", "fpu avx avx2",
+     "avx2 yes, avx512f no, avx512_bf16 no, amx_bf16 no, amx_tile no",
+     "no (needs avx512_bf16 or amx_bf16)"),
+])
+def test_cpu_line_names_the_model_its_matmul_features_and_native_bf16(tmp_path, model, flags,
+                                                                       features, native):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO.format(vendor="x", model=model, flags=flags))
+    check = check_cpu(str(path))
+    assert check.ok and check.label == "cpu"
+    assert check.detail == f"{model}; {features}; bf16 autocast native: {native}"
+    assert cpu_info(str(path)).native_bf16 == (native == "yes")
+
+
+def test_cpu_line_says_unknown_without_cpuinfo(tmp_path):
+    check = check_cpu(str(tmp_path / "absent"))
+    assert check.ok
+    assert check.detail == (f"unknown (no {tmp_path / 'absent'}); avx2 unknown, avx512f unknown, "
+                            "avx512_bf16 unknown, amx_bf16 unknown, amx_tile unknown; "
+                            "bf16 autocast native: unknown")
+    assert cpu_info(str(tmp_path / "absent")).native_bf16 is None
