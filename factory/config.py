@@ -434,6 +434,9 @@ class SamplingConfig(StrictModel):
                     "eps_null + w (eps_cond - eps_null); 1: none (CemiFace's sampler, one model "
                     "call per step), > 1 needs a generator trained with condition.dropout > 0 "
                     "and costs a second model call per step")
+    guidance_interval: tuple[float, float] = Field(
+        (0.0, 1.0), description="The noise levels [low, high) of t/T at which guidance applies "
+                                "(the other steps take one conditional pass); (0, 1): every step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast dtype of the UNet and E_id; auto: bf16 on a GPU (fp16 "
                             "where bf16 is missing), fp32 on a CPU")
@@ -447,6 +450,10 @@ class SamplingConfig(StrictModel):
     def _eta_needs_ddim(self) -> SamplingConfig:
         if self.eta > 0 and self.solver != "ddim":
             raise ValueError(f"eta > 0 needs solver ddim ({self.solver} is deterministic)")
+        low, high = self.guidance_interval
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"guidance_interval [{low:g}, {high:g}): expected 0 <= low < high "
+                             "<= 1 (fractions of the training timesteps)")
         return self
 
 

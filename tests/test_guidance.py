@@ -132,3 +132,32 @@ def test_a_guided_run_starts_from_a_checkpoint_trained_without_dropout(parts, tm
     wider = build_generator(tiny_config(condition=ConditionConfig(tokens=2, dropout=0.2)), 64)
     with pytest.raises(RuntimeError):
         load_init_weights(wider, source)
+
+
+def test_guidance_applies_only_inside_its_interval_of_noise_levels(parts):
+    """Guidance over [0, 0.5) of T: the steps at or above T/2 take the conditional pass alone
+    (one model call on the plain batch), those below it the guided pair."""
+    _, encoder, guided, scheduler = parts
+    identity = encoder(torch.rand(2, 3, 32, 32) * 2 - 1)
+    calls = []
+
+    class Counting(torch.nn.Module):
+        guidable = True
+
+        def forward(self, noisy, timesteps, identity, m, unconditional=None):
+            calls.append((int(timesteps[0]), len(noisy)))
+            return guided(noisy, timesteps, identity, m, unconditional)
+
+    m = torch.tensor([1.0, 0.0])
+    sample_images(Counting(), scheduler, identity, m, [1, 2], 32, steps=4, guidance_scale=2.0,
+                  guidance_interval=(0.0, 0.5))
+    assert calls == [(750, 2), (500, 2), (250, 4), (0, 4)]
+    everywhere = sample_images(guided, scheduler, identity, m, [1, 2], 32, steps=4,
+                               guidance_scale=2.0)
+    limited = sample_images(guided, scheduler, identity, m, [1, 2], 32, steps=4,
+                            guidance_scale=2.0, guidance_interval=(0.0, 0.5))
+    assert not torch.allclose(everywhere, limited, atol=1e-4)
+    from factory.config import SamplingConfig
+
+    with pytest.raises(ValueError, match="guidance_interval"):
+        SamplingConfig(guidance_interval=(0.6, 0.4))

@@ -91,6 +91,8 @@ def test_the_documented_example_runs_as_printed(tmp_path, monkeypatch, capsys):
     (_, code), (_, printed) = [block for block in blocks if block[0] in ("python", "text")]
     os.symlink(os.path.join(REPO, "assets"), tmp_path / "assets")
     monkeypatch.chdir(tmp_path)  # the example's relative paths, and where it saves its images
+    with open(os.path.join(REPO, "README.md")) as stream:
+        assert f"```python\n{code}\n```" in stream.read()  # the README prints the same code
     exec(compile(code, "factory/models/pipeline.py (docstring)", "exec"), {})
     output = capsys.readouterr().out.strip()
     # the figures to 2e-3 (another CPU may round a last digit otherwise); the rest exactly

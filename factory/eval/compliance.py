@@ -40,7 +40,12 @@ from factory.eval.real_reference import ReferenceImages, RealReference, measure_
 from factory.formats.dataset import FaceDataset
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import InferenceSettings, prepare
-from factory.models.sampling import autocast_context, sample_images, solver_scheduler
+from factory.models.sampling import (
+    autocast_context,
+    guidance_options,
+    sample_images,
+    solver_scheduler,
+)
 from factory.train.generator_checkpoint import LoadedGenerator
 
 SHUFFLE_SEED = 2024
@@ -184,7 +189,7 @@ def draw_samples(generator: LoadedGenerator, inquiries: np.ndarray, m_values: Se
             sampling.eta, sampling.identity_handoff, generator.encoder,
             lambda _, estimate: per_step.append(_similarity(generator, settings, estimate,
                                                             identity[index])),
-            solver=sampling.solver, guidance_scale=sampling.guidance_scale,
+            solver=sampling.solver, **guidance_options(sampling),
             **settings.sampler_options()))
         along = torch.stack(per_step).cpu().numpy()  # [steps, B]
         chunk_columns = columns[start:start + len(chunk)]

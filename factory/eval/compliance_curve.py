@@ -16,6 +16,7 @@ measure (``target_similarity``, ``target_measured_by``), beside what E_id measur
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,8 @@ from factory.errors import FormatError, UserError
 
 CURVE_FILE = "compliance_curve.json"
 """Written by ``factory generator-report``; read from the generator checkpoint by synthesis."""
-CURVE_SAMPLING_KEYS = ("solver", "steps", "eta", "identity_handoff", "guidance_scale")
+CURVE_SAMPLING_KEYS = ("solver", "steps", "eta", "identity_handoff", "guidance_scale",
+                       "guidance_interval")
 """The sampler settings a curve holds for: any difference moves the measured similarities."""
 
 
@@ -59,9 +61,14 @@ def curve_document(by: dict[str, tuple[list[float], list[float]]], sampling: dic
                    checkpoint: str, identities: list[int], seeds: int) -> dict:
     """The JSON a report writes: per recognizer the m values and mean similarity at each."""
     return {"checkpoint": checkpoint, "identities": identities, "seeds_per_m": seeds,
-            "sampling": {key: sampling.get(key) for key in CURVE_SAMPLING_KEYS},
+            "sampling": sampling_record(sampling),
             "curves": {name: {"m": list(map(float, m)), "mean": list(map(float, mean))}
                        for name, (m, mean) in by.items()}}
+
+
+def sampling_record(sampling: dict) -> dict:
+    """The sampler settings a curve holds for, as JSON stores them (tuples become lists)."""
+    return json.loads(json.dumps({key: sampling.get(key) for key in CURVE_SAMPLING_KEYS}))
 
 
 def m_axis(cfg: MValuesConfig, sampling: SamplingConfig, checkpoint: str) -> MAxis:
@@ -85,8 +92,9 @@ def m_axis(cfg: MValuesConfig, sampling: SamplingConfig, checkpoint: str) -> MAx
         raise FormatError(f"{path}: no {cfg.axis} curve of at least two (m, mean) "
                           "points") from None
     recorded = document.get("sampling") or {}
-    differs = [f"{key} {recorded.get(key)!r} there, {getattr(sampling, key)!r} here"
-               for key in CURVE_SAMPLING_KEYS if recorded.get(key) != getattr(sampling, key)]
+    here = sampling_record(sampling.model_dump())
+    differs = [f"{key} {recorded.get(key)!r} there, {here[key]!r} here"
+               for key in CURVE_SAMPLING_KEYS if recorded.get(key) != here[key]]
     if differs:
         raise UserError(f"{path}: the curve was measured with another sampler ("
                         f"{'; '.join(differs)}); measure it with synthesis.sampling's settings")

@@ -52,7 +52,7 @@ from factory.eval.real_reference import load_reference, reference_text
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import prepare
-from factory.models.sampling import SOLVER_NAMES, sample_images
+from factory.models.sampling import SOLVER_NAMES, guidance_options, sample_images
 from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
@@ -77,7 +77,7 @@ def cemiface_grid(generator: LoadedGenerator, inquiries: np.ndarray, columns: in
         torch.tensor(np.tile(m_values, rows), dtype=torch.float32),
         [GRID_SEED + row for row in range(rows) for _ in range(columns)],
         generator.image_size, sampling.steps, sampling.eta, sampling.identity_handoff,
-        generator.encoder, solver=sampling.solver, guidance_scale=sampling.guidance_scale,
+        generator.encoder, solver=sampling.solver, **guidance_options(sampling),
         **settings.sampler_options())
     return similarity_grid_png(samples, columns, path, [f"{m:+.2f}" for m in m_values],
                                inquiries=images)
@@ -233,8 +233,14 @@ def sampler_text(sampling: dict) -> str:
     return (f"{solver} {sampling['steps']} steps, eta {sampling['eta']:g}, "
             + (f"identity hand-off below t/T = {handoff:g}" if handoff is not None
                else "no identity hand-off")
-            + (f", guidance scale {guidance:g}" if guidance != 1.0 else ", no guidance")
+            + (f", guidance scale {guidance:g}{_interval_text(sampling)}" if guidance != 1.0
+               else ", no guidance")
             + (" (CemiFace's sampler)" if handoff is None and guidance == 1.0 else ""))
+
+
+def _interval_text(sampling: dict) -> str:
+    low, high = sampling.get("guidance_interval", (0.0, 1.0))
+    return "" if (low, high) == (0.0, 1.0) else f" at t/T in [{low:g}, {high:g})"
 
 
 def _spearman_line(view) -> str:

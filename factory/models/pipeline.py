@@ -192,7 +192,9 @@ class CemiFacePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, inquiry_images: ImageInput | Sequence[ImageInput] | None = None,
                  m: float | Sequence[float] = 1.0, num_inference_steps: int = 20,
-                 guidance_scale: float = 1.0, num_images_per_prompt: int = 1,
+                 guidance_scale: float = 1.0,
+                 guidance_interval: tuple[float, float] = (0.0, 1.0),
+                 num_images_per_prompt: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  seeds: Sequence[int] | None = None,
                  identity_embeds: torch.Tensor | np.ndarray | None = None,
@@ -209,8 +211,9 @@ class CemiFacePipeline(DiffusionPipeline):
         integer per output image, the factory's convention) or ``generator`` (one, or one per
         image, each drawing its image's seed), not both; with neither, seeds come from torch's
         global RNG. The sampler settings mean what ``synthesis.sampling`` says of them:
-        ``solver`` (ddim, dpmsolver++, unipc), ``eta`` (DDIM only), ``identity_handoff`` and
-        ``guidance_scale`` (!= 1 needs a generator trained with condition dropout).
+        ``solver`` (ddim, dpmsolver++, unipc), ``eta`` (DDIM only), ``identity_handoff``,
+        ``guidance_scale`` (!= 1 needs a generator trained with condition dropout) and
+        ``guidance_interval`` (the t/T range where guidance applies).
 
         Runs on the pipeline's device; when the UNet's weights are cast to another dtype than
         float32 (``pipe.to("cuda", torch.bfloat16)``), every model call runs under autocast to
@@ -234,7 +237,8 @@ class CemiFacePipeline(DiffusionPipeline):
                 torch.tensor(m_values, dtype=torch.float32, device=device), image_seeds,
                 self.image_size, num_inference_steps, eta, identity_handoff,
                 self.identity_encoder, on_step=lambda t, estimate: bar.update(),
-                solver=solver, autocast=autocast, guidance_scale=guidance_scale)
+                solver=solver, autocast=autocast, guidance_scale=guidance_scale,
+                guidance_interval=guidance_interval)
         with autocast_context(device, autocast):
             measured = self.identity_encoder(samples).float()
         similarities = (measured * F.normalize(identity, dim=-1)).sum(-1).cpu().numpy()

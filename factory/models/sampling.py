@@ -10,7 +10,10 @@ Classifier-free guidance (``guidance_scale`` w, off at 1): each step runs the mo
 the sample's condition and with the null context a generator trained with condition dropout
 holds, and the solver sees ``eps_null + w (eps_cond - eps_null)``: w > 1 moves a sample further
 along what its (identity, m) condition changes, which is how Arc2Face- and VIGFace-style
-generators make samples keep their identity.
+generators make samples keep their identity. ``guidance_interval`` limits it to the steps whose
+t/T lies in [low, high) (Kynkaanniemi et al. 2024 limit guidance to an interval of noise
+levels); the other steps take the conditional pass alone, so guidance over half the steps costs
+half as much.
 
 A sample is fully determined by (identity embedding, m, seed, solver, steps, eta, handoff,
 guidance scale): its
@@ -92,7 +95,8 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
                   encoder: torch.nn.Module | None = None,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   solver: Solver = "ddim", autocast: torch.dtype | None = None,
-                  channels_last: bool = False, guidance_scale: float = 1.0) -> torch.Tensor:
+                  channels_last: bool = False, guidance_scale: float = 1.0,
+                  guidance_interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Images ``[B, 3, S, S]`` in [-1, 1] for each (identity, m, seed) row.
 
     ``handoff`` (a fraction of T, see the module docstring) needs ``encoder``, the identity
@@ -102,7 +106,8 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
     that dtype; the solver's state stays float32. ``channels_last`` feeds the UNet NHWC
     inputs (its weights should be converted once, :mod:`factory.models.inference`).
     ``guidance_scale`` != 1 applies classifier-free guidance (the generator must be
-    ``guidable``); both predictions come from one batched model call.
+    ``guidable``) at the steps whose t/T lies in ``guidance_interval``; both predictions come
+    from one batched model call.
     """
     if not len(identity) == len(m) == len(seeds):
         raise ValueError("identity, m and seeds need one row per sample")
@@ -116,14 +121,16 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
     device = identity.device
     scheduler = solver_scheduler(training, solver, steps)
     handoff_after = _handoff_index(scheduler, training, handoff)
+    (low, high), total = guidance_interval, training.config.num_train_timesteps
     shape = (3, image_size, image_size)
     sample = seeded_noise(seeds, shape).to(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for index, t in enumerate(scheduler.timesteps):
         timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
+        scale = guidance_scale if low * total <= int(t) < high * total else 1.0
         with autocast_context(device, autocast):
             output = guided_output(generator, sample.to(memory_format=layout), timesteps,
-                                   identity, m, guidance_scale)
+                                   identity, m, scale)
         output = output.float().contiguous()
         if solver == "ddim":
             variance_noise = seeded_noise(seeds, shape, index + 1).to(device) if eta > 0 else None
@@ -141,6 +148,12 @@ def sample_images(generator: CemiFaceGenerator, training: DDPMScheduler,
                 identity = encoder(estimate).float()
             m = torch.ones_like(m)
     return sample.clamp(-1.0, 1.0)
+
+
+def guidance_options(sampling) -> dict:
+    """The guidance keyword arguments of :func:`sample_images` from a ``SamplingConfig``."""
+    return {"guidance_scale": sampling.guidance_scale,
+            "guidance_interval": tuple(sampling.guidance_interval)}
 
 
 def guided_output(generator: CemiFaceGenerator, sample: torch.Tensor, timesteps: torch.Tensor,

@@ -25,7 +25,12 @@ from factory.formats.images import encode_jpeg
 from factory.formats.shards import ShardSample
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import InferenceSettings
-from factory.models.sampling import autocast_context, sample_images, to_uint8
+from factory.models.sampling import (
+    autocast_context,
+    guidance_options,
+    sample_images,
+    to_uint8,
+)
 from factory.synth.plan import (
     PlannedIdentity,
     ShardItem,
@@ -112,7 +117,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
                 torch.tensor(m_values[chunk], dtype=torch.float32, device=device), seeds[chunk],
                 generator.image_size, cfg.sampling.steps, cfg.sampling.eta,
                 cfg.sampling.identity_handoff, generator.encoder, solver=cfg.sampling.solver,
-                guidance_scale=cfg.sampling.guidance_scale, **settings.sampler_options())
+                **guidance_options(cfg.sampling), **settings.sampler_options())
             with autocast_context(device, settings.autocast):
                 measured.append(generator.encoder(samples).float())
             pixels = to_uint8(samples).numpy()
@@ -133,6 +138,7 @@ def sample_shard(generator: LoadedGenerator, item: ShardItem, cfg: SynthesisConf
               "steps": cfg.sampling.steps, "eta": cfg.sampling.eta,
               "identity_handoff": cfg.sampling.identity_handoff,
               "guidance_scale": cfg.sampling.guidance_scale,
+              "guidance_interval": list(cfg.sampling.guidance_interval),
               "inference": settings.record()}
     records: list[ShardSample] = []
     payloads: list[bytes | np.ndarray] = []  # each record's JPEG bytes, or pixels to encode later

@@ -30,6 +30,7 @@ from factory.config import FactoryConfig, GeneratorConfig
 from factory.errors import UserError
 from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
 from factory.formats.dataset import open_checked, open_dataset
+from factory.locking import hold_lock
 from factory.models.diffusion import (
     cemiface_loss,
     draw_m,
@@ -38,7 +39,7 @@ from factory.models.diffusion import (
     training_scheduler,
 )
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
-from factory.models.sampling import sample_images
+from factory.models.sampling import guidance_options, sample_images
 from factory.provenance import code_version
 from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
@@ -89,7 +90,7 @@ def preview_samples(model: CemiFaceGenerator, scheduler, encoder, identity: torc
     seeds = [PREVIEW_SEED + row for row in range(count) for _ in PREVIEW_M]
     return sample_images(model, scheduler, ids, m, seeds, cfg.image_size, cfg.sampling.steps,
                          cfg.sampling.eta, cfg.sampling.identity_handoff, encoder,
-                         solver=cfg.sampling.solver, guidance_scale=cfg.sampling.guidance_scale)
+                         solver=cfg.sampling.solver, **guidance_options(cfg.sampling))
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -317,7 +318,9 @@ def _check_init_fits(cfg: GeneratorConfig, encoder: dict[str, Any]) -> None:
 
 
 def train_generator(config: FactoryConfig, cli_address: str | None = None) -> GeneratorRun:
-    """Train (or resume) the configured generator; publishes ``<run>/final`` and returns it."""
+    """Train (or resume) the configured generator; publishes ``<run>/final`` and returns it.
+    The run folder's lock (:mod:`factory.locking`) is held throughout: a second run of the same
+    ``run_name`` and storage is refused at once."""
     cfg = config.generator
     data_uri = config.generator_data_uri()
     open_checked(data_uri, cfg.precheck_images)  # fail fast, on the driver, in one line
@@ -325,28 +328,30 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
     if cfg.init_from:
         _check_init_fits(cfg, encoder)  # a one-line error now rather than inside a worker
     run_root = storage.join(config.generator_storage_uri(), cfg.run_name)
-    storage.ensure_writable(run_root)
-    init_ray(config.runtime, cli_address)
-    copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
-                    "generator.workers")
-    trainer = make_trainer(
-        train_loop,
-        {
-            "config": config.model_dump(mode="json"),
-            "data_uri": data_uri,
-            "encoder": encoder,
-            "init_from": cfg.init_from,
-            "tracking_uri": mlflow_tracking_uri(config.runtime),
-            "code_version": code_version(),
-        },
-        cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
-        keep_checkpoints=cfg.keep_checkpoints,
-    )
-    result = fit(trainer)
-    final = config.generator_final_uri()
-    publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
-    storage.write_text(storage.join(final, "metrics.json"), json.dumps(result.metrics, indent=2))
-    return GeneratorRun(cfg.run_name, final, dict(result.metrics))
+    with hold_lock(run_root, "train-generator"):  # before its checkpoints are read
+        storage.ensure_writable(run_root)
+        init_ray(config.runtime, cli_address)
+        copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
+                        "generator.workers")
+        trainer = make_trainer(
+            train_loop,
+            {
+                "config": config.model_dump(mode="json"),
+                "data_uri": data_uri,
+                "encoder": encoder,
+                "init_from": cfg.init_from,
+                "tracking_uri": mlflow_tracking_uri(config.runtime),
+                "code_version": code_version(),
+            },
+            cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
+            keep_checkpoints=cfg.keep_checkpoints,
+        )
+        result = fit(trainer)
+        final = config.generator_final_uri()
+        publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
+        storage.write_text(storage.join(final, "metrics.json"),
+                           json.dumps(result.metrics, indent=2))
+        return GeneratorRun(cfg.run_name, final, dict(result.metrics))
 
 
 def publish_checkpoint(source: str, destination: str, source_filesystem=None) -> None:
