@@ -1,9 +1,10 @@
 """What each generator lever buys, measured on the validation identities (never the report's).
 
-Run: ``.venv/bin/python bench/generator_levers.py --config CONFIG --lever NAME=CHECKPOINT[@SCALE]
-[--lever ...] [--out DIR] [KEY=VALUE ...]`` (config overrides as the factory commands take
-them; ``--lever`` repeatable: a name, a generator checkpoint and the classifier-free guidance
-scale to sample it with, 1 when omitted). Every lever goes through ``factory generator-report
+Run: ``.venv/bin/python bench/generator_levers.py --config CONFIG --lever
+NAME=CHECKPOINT[@SCALE[,LOW,HIGH]] [--lever ...] [--out DIR] [KEY=VALUE ...]`` (config
+overrides as the factory commands take them; ``--lever`` repeatable: a name, a generator
+checkpoint, the classifier-free guidance scale to sample it with, 1 when omitted, and the
+interval of t/T it applies in, every step when omitted). Every lever goes through ``factory generator-report
 --validation``'s measurement (inquiry identities 0 .. ``generator.compliance.validation_identities``
 - 1, the config's seeds and m values, the judge and E_id, the real reference, the Frechet
 distance in the judge's features), without the shuffled-m control, and gives one row: the judge's
@@ -26,16 +27,21 @@ from factory.report import format_table
 from factory.train.checkpoint_encoder import checkpoint_meta
 
 
-def parse_lever(text: str) -> tuple[str, str, float]:
-    """``name=path@2.0`` -> (name, path, 2.0); the scale defaults to 1 (no guidance)."""
+def parse_lever(text: str) -> tuple[str, str, float, tuple[float, float]]:
+    """``name=path@2.0,0,0.5`` -> (name, path, 2.0, (0.0, 0.5)); the scale defaults to 1 (no
+    guidance), the interval to every step."""
     name, separator, rest = text.partition("=")
     if not separator or not name or not rest:
-        raise SystemExit(f"--lever {text!r}: expected NAME=CHECKPOINT[@SCALE]")
-    checkpoint, _, scale = rest.rpartition("@") if "@" in rest else (rest, "", "1")
+        raise SystemExit(f"--lever {text!r}: expected NAME=CHECKPOINT[@SCALE[,LOW,HIGH]]")
+    checkpoint, _, guidance = rest.rpartition("@") if "@" in rest else (rest, "", "1")
     try:
-        return name, checkpoint, float(scale)
+        numbers = [float(part) for part in guidance.split(",")]
     except ValueError:
-        raise SystemExit(f"--lever {text!r}: the guidance scale {scale!r} is not a number")
+        raise SystemExit(f"--lever {text!r}: the guidance {guidance!r} is not SCALE[,LOW,HIGH]")
+    if len(numbers) not in (1, 3):
+        raise SystemExit(f"--lever {text!r}: the guidance {guidance!r} is not SCALE[,LOW,HIGH]")
+    interval = (numbers[1], numbers[2]) if len(numbers) == 3 else (0.0, 1.0)
+    return name, checkpoint, numbers[0], interval
 
 
 def training_hours(meta: dict, batch_size: int) -> float:
@@ -50,10 +56,11 @@ def training_hours(meta: dict, batch_size: int) -> float:
 
 
 def measure_lever(config_path: str, overrides: list[str], name: str, checkpoint: str,
-                  scale: float, out: str) -> dict:
+                  scale: float, interval: tuple[float, float], out: str) -> dict:
     config = load_config(config_path, [
         *overrides, f"generator.checkpoint={checkpoint}",
         f"generator.sampling.guidance_scale={scale}",
+        f"generator.sampling.guidance_interval=[{interval[0]}, {interval[1]}]",
         "generator.compliance.shuffled_m_control=false",
         "generator.compliance.lambda0_checkpoint=",
         f"evaluate.out={os.path.join(out, name.replace(' ', '_'))}"])
@@ -64,6 +71,7 @@ def measure_lever(config_path: str, overrides: list[str], name: str, checkpoint:
     real = result.real.get(judge.recognizer)
     return {
         "lever": name, "checkpoint": checkpoint, "guidance_scale": scale,
+        "guidance_interval": list(interval),
         "steps": meta.get("step"), "recognizer": judge.recognizer,
         "mean_at_m1": judge.at(1.0)["mean"], "rank1_at_m1": judge.at(1.0)["rank1"],
         "mean_at_m0": None if judge.at(0.0) is None else judge.at(0.0)["mean"],
@@ -96,8 +104,9 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for text in args.lever:
-        name, checkpoint, scale = parse_lever(text)
-        rows.append(measure_lever(args.config, args.overrides, name, checkpoint, scale, args.out))
+        name, checkpoint, scale, interval = parse_lever(text)
+        rows.append(measure_lever(args.config, args.overrides, name, checkpoint, scale, interval,
+                                  args.out))
         print(lever_table(rows[-1:]), flush=True)
     real = rows[0]["real"]
     lines = []

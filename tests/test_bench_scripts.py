@@ -79,3 +79,21 @@ def test_nominal_bf16_peak_of_known_gpus(monkeypatch, name, tflops, product):
     nominal, found = importlib.import_module("gpu_check").nominal_bf16(name)
     assert found == product
     assert nominal == (tflops * 1e12 if tflops else None)
+
+
+def test_a_lever_names_its_checkpoint_guidance_scale_and_interval():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        levers = importlib.import_module("generator_levers")
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    assert levers.parse_lever("w2 low half=runs/g/final@2,0,0.5") == (
+        "w2 low half", "runs/g/final", 2.0, (0.0, 0.5))
+    assert levers.parse_lever("shipped=assets/faceworld-generator") == (
+        "shipped", "assets/faceworld-generator", 1.0, (0.0, 1.0))
+    for bad in ("no-equals", "x=path@two", "x=path@2,0"):
+        with pytest.raises(SystemExit):
+            levers.parse_lever(bad)
+    # 100 steps at 32 images/s and 100 more at 64 (batch 32): 100 s + 50 s
+    meta = {"history": [{"step": 100, "images_per_s": 32.0}, {"step": 200, "images_per_s": 64.0}]}
+    assert levers.training_hours(meta, 32) == pytest.approx(150 / 3600)
