@@ -117,3 +117,11 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "unknown key 'faceworld.bogus'" in result.stderr
+
+
+def test_python_dash_m_factory_is_the_factory_command(tmp_path):
+    """``python -m factory`` parses, runs and exits as the ``factory`` entry point does."""
+    result = subprocess.run([sys.executable, "-m", "factory", "verify", str(tmp_path / "none")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("factory verify: error: ") and "manifest.json" in result.stderr
