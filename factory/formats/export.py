@@ -24,6 +24,8 @@ Layout of the output directory:
   ``key`` and its shard ``meta``;
 * ``export.json``: what this directory is an export of (format, source, selection), written
   first and checked by every rerun, with the code version that began it.
+* ``.facefactory.lock``: only while an export writes here, which one (:mod:`factory.locking`):
+  a second export into the same directory is refused before it reads or writes anything.
 
 Labels are renumbered ``0..C-1`` in ascending order of the source label, every one used, and
 images are ordered by label, then by source order: both follow from the source alone. Every
@@ -55,6 +57,7 @@ from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image
 from factory.formats.recordio import MAX_EXACT_LABEL, write_insightface_rec
 from factory.formats.shards import ShardDataset, refuse_inside_dataset
+from factory.locking import LOCK_FILE, hold_lock
 from factory.provenance import code_version
 
 ExportFormat = Literal["rec", "folder"]
@@ -107,8 +110,9 @@ def export_dataset(source: str, out: str, format: ExportFormat,
     """Export the dataset at ``source`` (selected as :func:`open_dataset` selects) to ``out``.
 
     :class:`UserError` (one line) for an unknown format, a missing source, an ``out`` that holds
-    other files or another export or lies inside a synthesised dataset, a selection that keeps
-    nothing, or a source file that is not an image.
+    other files or another export, lies inside a synthesised dataset or is being written by
+    another export (:mod:`factory.locking`), a selection that keeps nothing, or a source file
+    that is not an image.
     """
     if format not in FORMATS:
         raise UserError(f"export format {format!r}: expected one of {', '.join(FORMATS)}")
@@ -119,32 +123,33 @@ def export_dataset(source: str, out: str, format: ExportFormat,
     request = json.loads(json.dumps({  # as export.json holds it: tuples become lists
         "format": format, "source": source,
         "selection": {"m": m_range, "similarity": similarity_range, "mixup_share": mixup_share}}))
-    if _claimed(out, request):
-        if storage.exists(storage.join(out, METADATA_FILE)):
-            counts = json.loads(storage.read_text(storage.join(out, LABELS_FILE)))
-            return ExportResult(out, format, counts["num_images"], counts["num_classes"], True)
-    # every reader open_dataset returns has raw()
-    dataset = cast(EncodedFaceDataset,
-                   open_dataset(source, m_range, similarity_range, mixup_share))
-    plan = _plan(dataset)
-    if format == "rec" and len(plan.order) + plan.num_classes + 1 >= MAX_EXACT_LABEL:
-        raise FormatError(f"{source}: {len(plan.order)} images and {plan.num_classes} classes "
-                          "need RecordIO keys beyond 2**24, which float32 labels cannot hold "
-                          "exactly; export a selection or use --format folder")
-    storage.ensure_writable(out)
-    if not storage.exists(storage.join(out, EXPORT_FILE)):
-        storage.write_text(storage.join(out, EXPORT_FILE),
-                           json.dumps({**request, "code_version": code_version()}, indent=2))
-    _remove_temporaries(out)
-    if format == "rec":
-        locations, reused = _write_rec(dataset, plan, out), 0
-    else:
-        locations, reused = _write_folder(dataset, plan, out)
-    storage.write_text(storage.join(out, LABELS_FILE), _labels_json(dataset, plan))
-    with storage.atomic_output(storage.join(out, METADATA_FILE)) as stream:
-        for line in _metadata_lines(dataset, plan, locations):
-            stream.write(line.encode("utf-8"))
-    return ExportResult(out, format, len(plan.order), plan.num_classes, False, reused)
+    with hold_lock(out, "export"):  # before an earlier export.json is read
+        if _claimed(out, request):
+            if storage.exists(storage.join(out, METADATA_FILE)):
+                counts = json.loads(storage.read_text(storage.join(out, LABELS_FILE)))
+                return ExportResult(out, format, counts["num_images"], counts["num_classes"], True)
+        # every reader open_dataset returns has raw()
+        dataset = cast(EncodedFaceDataset,
+                       open_dataset(source, m_range, similarity_range, mixup_share))
+        plan = _plan(dataset)
+        if format == "rec" and len(plan.order) + plan.num_classes + 1 >= MAX_EXACT_LABEL:
+            raise FormatError(f"{source}: {len(plan.order)} images and {plan.num_classes} classes "
+                              "need RecordIO keys beyond 2**24, which float32 labels cannot hold "
+                              "exactly; export a selection or use --format folder")
+        storage.ensure_writable(out)
+        if not storage.exists(storage.join(out, EXPORT_FILE)):
+            storage.write_text(storage.join(out, EXPORT_FILE),
+                               json.dumps({**request, "code_version": code_version()}, indent=2))
+        _remove_temporaries(out)
+        if format == "rec":
+            locations, reused = _write_rec(dataset, plan, out), 0
+        else:
+            locations, reused = _write_folder(dataset, plan, out)
+        storage.write_text(storage.join(out, LABELS_FILE), _labels_json(dataset, plan))
+        with storage.atomic_output(storage.join(out, METADATA_FILE)) as stream:
+            for line in _metadata_lines(dataset, plan, locations):
+                stream.write(line.encode("utf-8"))
+        return ExportResult(out, format, len(plan.order), plan.num_classes, False, reused)
 
 
 def _claimed(out: str, request: dict[str, Any]) -> bool:
@@ -158,7 +163,7 @@ def _claimed(out: str, request: dict[str, Any]) -> bool:
             raise UserError(f"{out}: holds another export ({', '.join(changed)} differ); "
                             "choose another --out or remove it")
         return True
-    if storage.is_dir(out) and any(not name.startswith(storage.TEMP_MARKER)
+    if storage.is_dir(out) and any(not name.startswith(storage.TEMP_MARKER) and name != LOCK_FILE
                                    for name in storage.listdir(out)):
         raise UserError(f"{out}: exists and holds other files; choose a new or empty --out")
     return False

@@ -27,6 +27,7 @@ from factory import storage
 from factory.config import FactoryConfig
 from factory.errors import FormatError, UserError
 from factory.eval.benchmarks import VALIDATION_AVERAGE
+from factory.locking import LOCK_FILE, hold_lock
 from factory.provenance import code_version
 from factory.runtime import init_ray, ray_address, setup_mlflow
 from factory.sweep.compare import (
@@ -57,8 +58,9 @@ STOPPED_EARLY_TAG = "facefactory.stopped_after_epochs"
 STATE_FILE = "sweep.json"
 """In the sweep's directory: the MLflow parent run id, so a rerun logs under the same parent."""
 COMPARISON_FILE = "comparison.txt"
-SWEEP_FILES = (STATE_FILE, COMPARISON_FILE, CURVE_FILE)
-"""What the sweep itself writes beside Tune's files (read back only as JSON, or never)."""
+SWEEP_FILES = (STATE_FILE, COMPARISON_FILE, CURVE_FILE, LOCK_FILE)
+"""What the sweep itself writes beside Tune's files (read back only as JSON, or never); the
+lock is there while a sweep runs, restoring included (factory.locking)."""
 
 
 @dataclass
@@ -182,7 +184,10 @@ def _close_open_trials(config: FactoryConfig, parent_run_id: str) -> None:
 
 
 def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOutcome:
-    """Run (or resume) the configured sweep; returns the comparison of its trials."""
+    """Run (or resume) the configured sweep; returns the comparison of its trials. The sweep
+    folder's lock (:mod:`factory.locking`) is held throughout: a second run of the same sweep
+    is refused at once. Its trials lock their own folders below it (``trials/<trial>``,
+    ``data/<trial>``), never this one."""
     import mlflow
 
     sweep = config.sweep
@@ -193,25 +198,26 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
         apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
     reference = reference_avg(config)
     directory = storage.join(config.sweep_storage_uri(), sweep.name)
-    storage.ensure_writable(directory)
-    with tempfile.TemporaryDirectory(prefix="facefactory-tune-") as private:
-        results, interrupted, parent_run_id = _run_tune(config, cli_address, directory,
-                                                        reference, private)
-    if interrupted:
-        raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
-    setup_mlflow(config.runtime)
-    _close_open_trials(config, parent_run_id)
-    mlflow.MlflowClient().set_terminated(
-        parent_run_id, "FAILED" if any(result.error for result in results) else "FINISHED")
-    errors = [str(result.error).splitlines()[0] for result in results if result.error]
-    rows = sweep_rows(config.runtime.experiment, sweep.name)
-    table = comparison_table(rows)
-    storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
-    figure = _curve(rows, directory, parent_run_id)
-    if errors:
-        raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: {errors[0]} "
-                        f"(rerun to retry them; finished trials are kept)")
-    return SweepOutcome(directory=directory, table=table, figure=figure, trials=len(rows))
+    with hold_lock(directory, "sweep"):  # before its Tune state or sweep.json is read
+        storage.ensure_writable(directory)
+        with tempfile.TemporaryDirectory(prefix="facefactory-tune-") as private:
+            results, interrupted, parent_run_id = _run_tune(config, cli_address, directory,
+                                                            reference, private)
+        if interrupted:
+            raise KeyboardInterrupt  # Tune saved the experiment state; a rerun restores it
+        setup_mlflow(config.runtime)
+        _close_open_trials(config, parent_run_id)
+        mlflow.MlflowClient().set_terminated(
+            parent_run_id, "FAILED" if any(result.error for result in results) else "FINISHED")
+        errors = [str(result.error).splitlines()[0] for result in results if result.error]
+        rows = sweep_rows(config.runtime.experiment, sweep.name)
+        table = comparison_table(rows)
+        storage.write_text(storage.join(directory, COMPARISON_FILE), table + "\n")
+        figure = _curve(rows, directory, parent_run_id)
+        if errors:
+            raise UserError(f"sweep {sweep.name}: {len(errors)} trial(s) failed, first: "
+                            f"{errors[0]} (rerun to retry them; finished trials are kept)")
+        return SweepOutcome(directory=directory, table=table, figure=figure, trials=len(rows))
 
 
 def _run_tune(config: FactoryConfig, cli_address: str | None, directory: str,

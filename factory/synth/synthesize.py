@@ -29,6 +29,7 @@ Output layout under ``synthesis.out``::
                                     requested m and the measured similarities
     similarity_histogram.png        similarity to inquiry and to center, all samples
     README.md                       the dataset card (factory.synth.card), rewritten by analyze
+    .facefactory.lock               only while a run writes here: which one (factory.locking)
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from factory.formats.shards import (
     shard_pattern,
     write_shard,
 )
+from factory.locking import hold_lock
 from factory.models.inference import InferenceSettings, prepare
 from factory.provenance import code_version, package_versions
 from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
@@ -563,43 +565,45 @@ def finish_dataset(config: FactoryConfig, meta: dict[str, Any],
 
 
 def synthesize(config: FactoryConfig, cli_address: str | None = None) -> SynthesisRun:
-    """Plan, sample the shards a previous run did not finish, write the manifest."""
+    """Plan, sample the shards a previous run did not finish, write the manifest; all of it
+    holding the output's lock, so a second synthesis of the same output is refused at once."""
     started = time.perf_counter()
     cfg = config.synthesis
     out = config.synthesis_out_uri()
     refuse_inside_dataset(out, "synthesis.out")
-    storage.ensure_writable(out)
-    checkpoint = config.synthesis_checkpoint_uri()
-    meta = check_generator(checkpoint)  # the actors load it; the driver only checks it
-    m_axis(cfg.m, cfg.sampling, checkpoint)  # a measured target out of reach: refused now
-    # what a previous run left is read (never changed) before the embedding stage runs
-    previous = previous_plan(out)
-    done = complete_shards(out)
-    damaged = damaged_shards(out, done)
-    identities, inquiry_filter = resume_or_make_plan(config, out, meta, previous, cli_address)
-    record = plan_record(config, meta, identities)
-    remove_stale_temporaries(out)
-    for shard, reason in damaged.items():
-        print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
-        storage.delete(stats_uri(out, shard))  # the shard is no longer complete
-        done.discard(shard)
-    todo = [item for item in shard_items(identities, cfg.identities_per_shard)
-            if item.shard not in done]
-    planned = time.perf_counter()
-    print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} images in "
-          f"{record['shards']} shards -> {out} ({len(todo)} to write, "
-          f"{record['shards'] - len(todo)} already complete)")
-    pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
-    # an actor lost mid-shard (a preempted node) leaves its temporary behind; its work item
-    # was retried elsewhere, and with the pool finished no writer is left to own one
-    remove_stale_temporaries(out)
-    images, seconds = (pool.images, pool.seconds) if pool else (0, 0.0)
-    rate = images / seconds if seconds else 0.0
-    if images:
-        print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
-              f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
-              f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
-    finishing = time.perf_counter()
-    manifest = finish_dataset(config, meta, identities, inquiry_filter, rate)
-    return SynthesisRun(out, manifest, images, rate, pool, planned - started,
-                        time.perf_counter() - finishing)
+    with hold_lock(out, "synthesize"):  # before anything of a previous run is read
+        storage.ensure_writable(out)
+        checkpoint = config.synthesis_checkpoint_uri()
+        meta = check_generator(checkpoint)  # the actors load it; the driver only checks it
+        m_axis(cfg.m, cfg.sampling, checkpoint)  # a measured target out of reach: refused now
+        # what a previous run left is read (never changed) before the embedding stage runs
+        previous = previous_plan(out)
+        done = complete_shards(out)
+        damaged = damaged_shards(out, done)
+        identities, inquiry_filter = resume_or_make_plan(config, out, meta, previous, cli_address)
+        record = plan_record(config, meta, identities)
+        remove_stale_temporaries(out)
+        for shard, reason in damaged.items():
+            print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
+            storage.delete(stats_uri(out, shard))  # the shard is no longer complete
+            done.discard(shard)
+        todo = [item for item in shard_items(identities, cfg.identities_per_shard)
+                if item.shard not in done]
+        planned = time.perf_counter()
+        print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} "
+              f"images in {record['shards']} shards -> {out} ({len(todo)} to write, "
+              f"{record['shards'] - len(todo)} already complete)")
+        pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
+        # an actor lost mid-shard (a preempted node) leaves its temporary behind; its work item
+        # was retried elsewhere, and with the pool finished no writer is left to own one
+        remove_stale_temporaries(out)
+        images, seconds = (pool.images, pool.seconds) if pool else (0, 0.0)
+        rate = images / seconds if seconds else 0.0
+        if images:
+            print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
+                  f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
+                  f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
+        finishing = time.perf_counter()
+        manifest = finish_dataset(config, meta, identities, inquiry_filter, rate)
+        return SynthesisRun(out, manifest, images, rate, pool, planned - started,
+                            time.perf_counter() - finishing)

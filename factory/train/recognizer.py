@@ -28,6 +28,7 @@ from factory.eval.benchmarks import VALIDATION_AVERAGE, EpochEvaluation, backbon
 from factory.errors import UserError
 from factory.eval.verification import plot_roc
 from factory.formats.dataset import open_checked, open_dataset, open_training_data
+from factory.locking import hold_lock
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
 from factory.provenance import code_version
@@ -326,6 +327,8 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
                      parent: ParentRun | None = None,
                      callbacks: Sequence[Any] = ()) -> RecognizerRun:
     """Train (or resume) the configured recognizer with Ray Train; returns its final checkpoint.
+    The run folder's lock (:mod:`factory.locking`) is held throughout: a second run of the same
+    ``run_name`` and storage is refused at once.
 
     ``parent`` nests the MLflow run; ``callbacks`` are Ray Train callbacks (a sweep passes
     Tune's reporter, so every epoch's metrics reach the Tune scheduler)."""
@@ -338,29 +341,30 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
         open_checked(cfg.domain_mixup.real_data, cfg.precheck_images)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
     run_root = storage.join(config.recognizer_storage_uri(), cfg.run_name)
-    storage.ensure_writable(run_root)
-    _claim_run(run_root, cfg, data_uri)
-    init_ray(config.runtime, cli_address)
-    copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
-                    "recognizer.workers")
-    trainer = make_trainer(
-        train_loop,
-        {
-            "config": config.model_dump(mode="json"),
-            "data_uri": data_uri,
-            "benchmarks": evaluation_benchmarks(config),
-            "validation_benchmarks": validation_benchmarks(config),
-            "tracking_uri": mlflow_tracking_uri(config.runtime),
-            "code_version": code_version(),
-            "parent": parent or ParentRun(),
-        },
-        cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
-        callbacks=callbacks,
-    )
-    result = fit(trainer)
-    final = config.recognizer_final_uri()
-    _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
-    return RecognizerRun(cfg.run_name, final, dict(result.metrics))
+    with hold_lock(run_root, "train-recognizer"):  # before run.json or checkpoints are read
+        storage.ensure_writable(run_root)
+        _claim_run(run_root, cfg, data_uri)
+        init_ray(config.runtime, cli_address)
+        copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
+                        "recognizer.workers")
+        trainer = make_trainer(
+            train_loop,
+            {
+                "config": config.model_dump(mode="json"),
+                "data_uri": data_uri,
+                "benchmarks": evaluation_benchmarks(config),
+                "validation_benchmarks": validation_benchmarks(config),
+                "tracking_uri": mlflow_tracking_uri(config.runtime),
+                "code_version": code_version(),
+                "parent": parent or ParentRun(),
+            },
+            cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
+            callbacks=callbacks,
+        )
+        result = fit(trainer)
+        final = config.recognizer_final_uri()
+        _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
+        return RecognizerRun(cfg.run_name, final, dict(result.metrics))
 
 
 def _publish_final(source_path: str, source_fs, final_uri: str, metrics: dict) -> None:
