@@ -9,6 +9,20 @@ cluster's size: so no address means ``address="local"``, never ``None``. Callers
 start actor pools must leave CPU for the tasks that feed them (fractional ``num_cpus`` per
 actor): on a 2-CPU machine a pool that takes both CPUs starves its read tasks and hangs.
 
+What a local cluster listens on (:func:`start_local_ray`, Ray 2.60, seen with ``ss -ltnp``):
+every TCP server is on 127.0.0.1, since nothing outside this machine has any business with a
+cluster no other node joins. That is the GCS (gRPC, on the port chosen here), the raylet's node
+manager and object manager (gRPC), each worker's and the driver's core worker (gRPC), the
+dashboard agent (gRPC; its HTTP server on 52365, which a second cluster on the machine finds
+taken and goes without; and the Prometheus metrics exporter), the runtime-env agent (HTTP) and
+the dashboard (HTTP, 8265 or the next free port). Left to itself, Ray gives the node the
+machine's outward address and listens on every interface (the gRPC servers, the metrics
+exporter) or on that address (the agents' HTTP servers); with a loopback node address each of
+them takes 127.0.0.1, so the node's address is made 127.0.0.1 here (:func:`_loopback_node`).
+The object store and the raylet's own socket are Unix sockets in the session folder. Token
+authentication stays on as Ray sets it, and its token file is made readable by its owner only.
+A cluster that ``ray start`` runs is configured by its own flags, not here.
+
 MLflow: ``MLFLOW_TRACKING_URI`` or ``runtime.mlflow_tracking_uri``, else a SQLite file in the
 current directory, made absolute so Ray workers (whose working directory differs) share it; a
 SQLite store's artifacts go to ``mlartifacts/`` beside it (:func:`factory.tracking.use_experiment`)
@@ -24,13 +38,17 @@ and the region to every Ray worker; the secrets are never copied into Ray's job 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from factory.config import RuntimeConfig
+from factory.storage import DEADLINE_VARIABLE
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -41,12 +59,19 @@ RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 """Where Ray Data warns that its progress bars are off."""
 LOCAL = "local"
 """Ray's address for "start a new local cluster", never one found on the machine."""
+LOOPBACK = "127.0.0.1"
+"""The one address a local cluster's servers listen on."""
+RAY_TOKEN_FILE = Path("~/.ray/auth_token")
+"""Where Ray keeps the token of clusters with token authentication (unless ``RAY_AUTH_TOKEN``
+or ``RAY_AUTH_TOKEN_PATH`` says otherwise); ``~`` is expanded when used."""
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"
 """Where a starting Ray head takes its GCS port from (Ray's own variable)."""
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
-FORWARDED_VARIABLES = (*ENDPOINT_VARIABLES, "AWS_DEFAULT_REGION", "AWS_REGION")
-"""What Ray workers get from this process beside the tracking URI: where the object store is,
-not the credentials (those come from each node's own environment or role)."""
+FORWARDED_VARIABLES = (*ENDPOINT_VARIABLES, "AWS_DEFAULT_REGION", "AWS_REGION",
+                       DEADLINE_VARIABLE)
+"""What Ray workers get from this process beside the tracking URI: where the object store is
+and how long to wait for it, not the credentials (those come from each node's own environment
+or role)."""
 
 
 def ray_address(runtime: RuntimeConfig, cli_address: str | None = None) -> str | None:
@@ -119,27 +144,68 @@ def hide_ray_internal_lines() -> None:
 
 
 def start_local_ray(num_cpus: int, **init_kwargs: Any) -> None:
-    """Start this process's own cluster, on a GCS port chosen here so that its workers can be
-    told it: Ray's state API, which Ray Train's placement-group cleaner calls from a worker with
-    no address, would otherwise look for "the" cluster on the machine and, with another one
-    running there, fail (``Found multiple active Ray instances``) or judge this run's controller
-    dead and remove its workers' placement group."""
+    """Start this process's own cluster, on loopback only, with a private token file.
+
+    The GCS port is chosen here so that its workers can be told it: Ray's state API, which Ray
+    Train's placement-group cleaner calls from a worker with no address, would otherwise look
+    for "the" cluster on the machine and, with another one running there, fail (``Found
+    multiple active Ray instances``) or judge this run's controller dead and remove its
+    workers' placement group. The node's address is loopback (:func:`_loopback_node`), so no
+    other machine can reach its servers, and the token file is made owner-only
+    (:func:`_private_token_file`) before and after Ray reads or creates it."""
     import ray
 
     port = _free_port()
     runtime_env = init_kwargs.setdefault("runtime_env", {})
-    runtime_env.setdefault("env_vars", {})["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    runtime_env.setdefault("env_vars", {})["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     saved = os.environ.get(GCS_PORT_VARIABLE)
     os.environ[GCS_PORT_VARIABLE] = str(port)
+    _private_token_file()
     try:
-        # The dashboard stays on: Ray Train's state API (its placement-group cleaner) needs it.
-        ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=True,
-                 dashboard_host="127.0.0.1", **init_kwargs)
+        with _loopback_node():
+            # The dashboard stays on: Ray Train's state API (its placement-group cleaner)
+            # needs it.
+            ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=True,
+                     dashboard_host=LOOPBACK, **init_kwargs)
     finally:
         if saved is None:
             os.environ.pop(GCS_PORT_VARIABLE, None)
         else:
             os.environ[GCS_PORT_VARIABLE] = saved
+        _private_token_file()
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Within the block, a Ray node started here takes 127.0.0.1 as its address.
+
+    Ray takes the node's address from ``services.get_node_ip_address()``, which is the
+    machine's outward address unless ``ray_constants.ENABLE_RAY_CLUSTER`` is off (its
+    "single-machine Ray" switch, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once when Ray is
+    imported, so set here on the module); an explicit ``_node_ip_address="127.0.0.1"`` does not
+    help, since ``ray.init`` rewrites loopback to that same outward address. With a loopback
+    address the GCS, raylet and worker gRPC servers, the agents and the metrics exporter listen
+    on 127.0.0.1 (Ray 2.60, measured). Restored afterwards: with the switch off, a driver that
+    joins a multi-node cluster would give it a loopback address."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _private_token_file() -> None:
+    """Make Ray's default token file (``~/.ray/auth_token``) readable by its owner only.
+
+    The token admits any process to a cluster that has token authentication on. Ray 2.60 writes
+    the file with the process's umask (0644 as a rule) and has no option for its mode, so it is
+    tightened here: before ``ray.init`` for a file an earlier run left, after it for one Ray has
+    just written. A file the user names in ``RAY_AUTH_TOKEN_PATH`` is the user's own business."""
+    with contextlib.suppress(FileNotFoundError):
+        RAY_TOKEN_FILE.expanduser().chmod(0o600)
 
 
 def _free_port() -> int:

@@ -4,6 +4,15 @@ Every stage reads and writes through these helpers, so an output location is jus
 the config and nothing assumes a node-local disk. Writes are atomic: bytes go to a temporary name
 beside the target and are renamed into place only when complete, so a crash never leaves a
 half-written file under a final name.
+
+Remote calls have a deadline. A remote URI's filesystem is built, and its first request made
+(the one that looks up credentials: a token from the cloud's metadata server, an S3 bucket's
+region), in a worker thread that this thread waits for at most :func:`remote_deadline` seconds;
+past it the call fails with one :class:`UserError` naming the URI and the deadline. The clients'
+own retry limits do not cover an endpoint that accepts a connection and never answers (a
+metadata server behind a broken proxy), and a thread blocked inside one does not see Ctrl-C:
+waiting on the worker instead keeps this thread responsive to it. Moving file contents (reading,
+writing, copying a tree) takes as long as the data needs and is not bounded.
 """
 
 from __future__ import annotations
@@ -11,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import posixpath
+import threading
 import uuid
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TypeVar
 
 import pyarrow as pa
 from pyarrow import fs as pafs
@@ -30,6 +41,14 @@ GCS_RETRY_SECONDS = 60
 """How long a Google Cloud Storage call keeps retrying before it fails, unless the URI sets its
 own ``retry_limit_seconds``. The client's default is many minutes, so a missing credential or
 an unreachable endpoint looked like a hang."""
+REMOTE_DEADLINE_SECONDS = 120.0
+"""How long a remote URI's first request (credentials included) may take before it fails,
+unless :data:`DEADLINE_VARIABLE` says otherwise; longer than :data:`GCS_RETRY_SECONDS`, so
+that a client that gives up on its own still reports its own reason."""
+DEADLINE_VARIABLE = "FACTORY_REMOTE_DEADLINE_S"
+"""The environment variable that overrides :data:`REMOTE_DEADLINE_SECONDS` (seconds, > 0)."""
+
+T = TypeVar("T")
 
 
 def is_remote(uri: str) -> bool:
@@ -49,13 +68,74 @@ def absolute(uri: str) -> str:
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Split a URI into a pyarrow filesystem and the path inside it."""
+    """Split a URI into a pyarrow filesystem and the path inside it, within the deadline."""
+    return _within_deadline(uri, lambda: _filesystem(uri))
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     try:
         return pafs.FileSystem.from_uri(_bounded(uri))
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
         raise UserError(f"{uri}: not a usable storage URI ({exc})") from None
+
+
+def _first_call(uri: str,
+                call: Callable[[pafs.FileSystem, str], T]) -> tuple[pafs.FileSystem, str, T]:
+    """Resolve ``uri`` and make its first request, ``call(filesystem, path)``, together within
+    the deadline; the filesystem, the path and what ``call`` returned."""
+    def reach() -> tuple[pafs.FileSystem, str, T]:
+        filesystem, path = _filesystem(uri)
+        return filesystem, path, call(filesystem, path)
+
+    return _within_deadline(uri, reach)
+
+
+def remote_deadline() -> float:
+    """The deadline in seconds: :data:`DEADLINE_VARIABLE` if set, else the default."""
+    value = os.environ.get(DEADLINE_VARIABLE, "").strip()
+    if not value:
+        return REMOTE_DEADLINE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise UserError(f"{DEADLINE_VARIABLE}={value!r}: expected a number of seconds above 0")
+    return seconds
+
+
+def _within_deadline(uri: str, call: Callable[[], T]) -> T:
+    """``call()``, run in a worker thread when ``uri`` is remote; a :class:`UserError` if it has
+    not returned within :func:`remote_deadline` seconds.
+
+    The worker is a daemon thread: one stuck in a client is left behind and ends with the
+    process (a thread pool's would be joined at exit, and hang it). Waiting on it here is
+    interruptible, so Ctrl-C raises KeyboardInterrupt at once. One exception at exit: pyarrow
+    waits for S3 calls in flight before it shuts its S3 client down, so an abandoned S3 call
+    holds the exit until that client gives up by itself (about 100 s against an endpoint that
+    never answers, measured), which is below the default deadline."""
+    if not is_remote(uri):
+        return call()
+    deadline = remote_deadline()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread, raised there
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"storage: {uri}", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        raise UserError(f"{uri}: no answer within {deadline:g} s from the storage service or "
+                        f"its credential source (set {DEADLINE_VARIABLE} to wait longer)")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def _bounded(uri: str) -> str:
@@ -91,10 +171,12 @@ def join(uri: str, *parts: str) -> str:
 def _file_info(uri: str, recursive: bool | None = None) -> pafs.FileInfo | list[pafs.FileInfo]:
     """What the filesystem knows of ``uri``, or with ``recursive`` set of the entries below it
     (all levels when True); a :class:`UserError` naming the URI when it cannot be asked."""
-    filesystem, path = resolve(uri)
-    target = path if recursive is None else pafs.FileSelector(path, recursive=recursive)
+    def look_up(filesystem: pafs.FileSystem, path: str) -> pafs.FileInfo | list[pafs.FileInfo]:
+        return filesystem.get_file_info(
+            path if recursive is None else pafs.FileSelector(path, recursive=recursive))
+
     try:
-        return filesystem.get_file_info(target)
+        return _first_call(uri, look_up)[2]
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot look it up ({_reason(exc)})") from None
 
@@ -139,9 +221,8 @@ def list_files(uri: str) -> list[str]:
 
 def makedirs(uri: str) -> None:
     """Create a directory and its parents; a clear :class:`UserError` if that is not allowed."""
-    filesystem, path = resolve(uri)
     try:
-        filesystem.create_dir(path, recursive=True)
+        _first_call(uri, lambda filesystem, path: filesystem.create_dir(path, recursive=True))
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot create output directory ({_reason(exc)})") from None
 
@@ -150,20 +231,22 @@ def ensure_writable(uri: str) -> None:
     """Create ``uri`` as a directory and prove a file can be written there, before any work."""
     makedirs(uri)
     probe = join(uri, f"{TEMP_MARKER}probe-{uuid.uuid4().hex}")
-    filesystem, path = resolve(probe)
-    try:
+
+    def write_and_delete(filesystem: pafs.FileSystem, path: str) -> None:
         with filesystem.open_output_stream(path) as stream:
             stream.write(b"ok")
         filesystem.delete_file(path)
+
+    try:
+        _first_call(probe, write_and_delete)
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: output location is not writable ({_reason(exc)})") from None
 
 
 def open_input(uri: str) -> IO[bytes]:
     """A random-access binary file for reading; :class:`UserError` if it does not exist."""
-    filesystem, path = resolve(uri)
     try:
-        return filesystem.open_input_file(path)
+        return _first_call(uri, lambda filesystem, path: filesystem.open_input_file(path))[2]
     except FileNotFoundError:
         raise UserError(f"{uri}: file not found") from None
     except FILESYSTEM_ERRORS as exc:
@@ -196,12 +279,15 @@ def read_json_object(uri: str) -> dict:
 @contextlib.contextmanager
 def atomic_output(uri: str) -> Iterator[IO[bytes]]:
     """Write a file under a temporary name and rename it to ``uri`` only if the block succeeds."""
-    filesystem, path = resolve(uri)
-    parent = posixpath.dirname(path) if "://" in uri else os.path.dirname(path)
-    temp_path = posixpath.join(parent, f"{TEMP_MARKER}{uuid.uuid4().hex}-{posixpath.basename(path)}")
-    try:
+    def open_temporary(filesystem: pafs.FileSystem, path: str) -> tuple[str, IO[bytes]]:
+        parent = posixpath.dirname(path) if "://" in uri else os.path.dirname(path)
+        temp_path = posixpath.join(
+            parent, f"{TEMP_MARKER}{uuid.uuid4().hex}-{posixpath.basename(path)}")
         filesystem.create_dir(parent, recursive=True)
-        stream = filesystem.open_output_stream(temp_path)
+        return temp_path, filesystem.open_output_stream(temp_path)
+
+    try:
+        filesystem, path, (temp_path, stream) = _first_call(uri, open_temporary)
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot write ({_reason(exc)})") from None
     try:
@@ -216,9 +302,8 @@ def atomic_output(uri: str) -> Iterator[IO[bytes]]:
 
 def delete(uri: str) -> None:
     """Remove the file at ``uri``; a :class:`UserError` naming it if that is not allowed."""
-    filesystem, path = resolve(uri)
     try:
-        filesystem.delete_file(path)
+        _first_call(uri, lambda filesystem, path: filesystem.delete_file(path))
     except FILESYSTEM_ERRORS as exc:
         raise UserError(f"{uri}: cannot delete ({_reason(exc)})") from None
 
@@ -241,9 +326,9 @@ def copy_tree(source: str, destination: str,
     """
     if source_filesystem is None:
         source_filesystem, source = resolve(source)
-    destination_filesystem, destination_path = resolve(destination)
     try:
-        destination_filesystem.create_dir(destination_path, recursive=True)
+        destination_filesystem, destination_path, _ = _first_call(
+            destination, lambda filesystem, path: filesystem.create_dir(path, recursive=True))
         pafs.copy_files(source, destination_path, source_filesystem=source_filesystem,
                         destination_filesystem=destination_filesystem)
     except FILESYSTEM_ERRORS as exc:

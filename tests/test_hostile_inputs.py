@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from factory import storage
+from factory import locking, storage
 from factory.cli import MAX_ERROR_CHARS, main
 from factory.config import load_config
 from factory.formats.images import encode_jpeg
@@ -29,6 +30,7 @@ from factory.formats.verification_bin import write_bin
 from factory.synth import synthesize as synthesize_module
 from factory.synth.inquiries import embed_inquiries_here
 from factory.train.generator_checkpoint import load_generator
+from test_storage import silent_endpoint
 
 
 @dataclass
@@ -438,6 +440,29 @@ def synthesis_into_a_dataset(inputs: Inputs) -> Case:
                                       f"{dataset}",))
 
 
+def _locked(folder: Path, command: str) -> str:
+    """A lock on ``folder`` held, as its record says, by this test's parent process (alive while
+    the test runs) for ``command``: what another factory command writing there leaves."""
+    owner = replace(locking._this_process(command), pid=os.getppid(), process_start=None)
+    folder.mkdir(parents=True)
+    (folder / locking.LOCK_FILE).write_bytes(locking._record(owner))
+    return f"{folder}: being written by {owner.describe()}; wait until it ends"
+
+
+def synthesis_into_an_output_another_synthesis_writes(inputs: Inputs) -> Case:
+    out = inputs.tmp_path / "out"
+    return Case(["synthesize", f"workdir={inputs.tmp_path / 'work'}", f"synthesis.out={out}",
+                 f"synthesis.inquiry.data={inputs.tmp_path / 'inquiry'}"],
+                (_locked(out, "synthesize"),))
+
+
+def export_into_an_out_another_export_writes(inputs: Inputs) -> Case:
+    out, source = inputs.tmp_path / "out", inputs.tmp_path / "source"
+    source.mkdir()
+    return Case(["export", str(source), "--format", "rec", "--out", str(out)],
+                (_locked(out, "export"),))
+
+
 CASES: list[Callable[[Inputs], Case]] = [
     binary_config, yaml_alias_bomb, yaml_alias_bomb_in_an_override, yaml_nested_too_deeply,
     yaml_self_containing_alias, huge_value_in_the_error, m_interval_of_1e_minus_12,
@@ -455,6 +480,7 @@ CASES: list[Callable[[Inputs], Case]] = [
     verify_a_shard_with_one_byte_changed, verify_an_added_shard, verify_a_dropped_manifest_entry,
     verify_a_sample_count_of_99999, verify_a_shard_count_of_99999,
     verify_an_export_written_into_shards, export_into_a_dataset, synthesis_into_a_dataset,
+    synthesis_into_an_output_another_synthesis_writes, export_into_an_out_another_export_writes,
 ]
 
 
@@ -514,6 +540,25 @@ def test_a_gs_uri_fails_within_its_retry_bound(tmp_path, capsys, monkeypatch):
     assert code == 2 and elapsed < 60, (elapsed, err[-2000:])
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "gs://no-such-bucket/recognizer" in lines[0], err[-2000:]
+
+
+def test_a_gs_uri_whose_token_never_comes_fails_at_the_deadline(capsys, monkeypatch):
+    """A metadata server that accepts the token request and never answers is beyond the GCS
+    client's retry bound (it waited past 300 s, deaf to Ctrl-C); the factory's deadline (here
+    2 s) ends the call with one line naming the URI and the deadline."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv(storage.DEADLINE_VARIABLE, "2")
+    with silent_endpoint() as (address, connected):
+        monkeypatch.setenv("GCE_METADATA_ROOT", address)
+        started = time.monotonic()
+        code = main(["evaluate", "evaluate.checkpoint=gs://no-such-bucket/recognizer"])
+        elapsed = time.monotonic() - started
+        assert connected.is_set()  # it did reach the silent endpoint
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 10, (elapsed, err[-2000:])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "gs://no-such-bucket/recognizer" in lines[0], err[-2000:]
+    assert "within 2 s" in lines[0] and storage.DEADLINE_VARIABLE in lines[0], lines[0]
 
 
 # -- loose ends: odd but valid inputs must still give valid outputs ------------------------------

@@ -6,11 +6,13 @@ its temp folder, which ``ray start --head`` writes and a killed head leaves behi
 The factory starts a cluster of its own unless an address is given, and ``--address auto``
 joins the machine's running head. Both cases are run as a user meets them, in a separate
 process with Ray's temp folder (``RAY_TMPDIR``) private to the test, so no other Ray on the
-machine is seen or touched; the head is stopped by signalling its own process group.
+machine is seen or touched; the head is stopped by signalling its own process group. A local
+cluster also listens on loopback only and keeps Ray's token file readable by its owner only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -61,6 +63,49 @@ def ray_tmpdir(tmp_path):
     env.pop("RAY_ADDRESS", None)
     yield root, env
     subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+# Starts a local cluster the way every stage does, runs one task (so a worker's own server is up
+# too), waits until the GCS, the dashboard and the dashboard agent's metrics exporter listen,
+# then reports every TCP socket that this process and the processes it started listen on (all
+# of the cluster's: Ray's daemons are its children, the agents and workers theirs) and the mode
+# of Ray's token file.
+LISTENERS = """
+import json, os, time
+import psutil, ray
+from factory.config import RuntimeConfig
+from factory.runtime import init_ray
+
+init_ray(RuntimeConfig(num_cpus=1))
+
+@ray.remote(num_cpus=0)
+def worker_pid():
+    return os.getpid()
+
+ray.get(worker_pid.remote())
+expected = {int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]),
+            int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1]),
+            ray.nodes()[0]["MetricsExportPort"]}
+
+def listening():
+    found = []
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            found += [[process.name(), c.laddr.ip, c.laddr.port]
+                      for c in process.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:  # a worker that has just exited
+            pass
+    return found
+
+deadline = time.monotonic() + 60
+while not expected <= {port for _, _, port in listening()} and time.monotonic() < deadline:
+    time.sleep(0.5)
+token = os.path.expanduser("~/.ray/auth_token")
+print(json.dumps({"expected": sorted(expected), "listening": listening(),
+                  "token_mode": os.stat(token).st_mode & 0o777}))
+ray.shutdown()
+"""
 
 
 def _probe(env: dict, address: str = "") -> dict:
@@ -115,3 +160,31 @@ def test_a_running_head_is_left_alone_unless_asked_for(ray_tmpdir, tmp_path):
         assert _port(joined["gcs"]) == gcs
     finally:
         _stop_head(head)
+
+
+def test_a_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(ray_tmpdir,
+                                                                              tmp_path):
+    """Nothing of a local cluster is reachable from another machine, and its token (Ray writes
+    ~/.ray/auth_token 0644) is readable by its owner only. HOME is private to the test, so
+    the token file is one Ray creates for this run."""
+    _, env = ray_tmpdir
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(env, HOME=str(home))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):  # Ray's defaults
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-c", LISTENERS], env=env, capture_output=True,
+                            text=True, timeout=START_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    listening = seen["listening"]
+    assert set(seen["expected"]) <= {port for _, _, port in listening}, seen
+    exposed = [entry for entry in listening if not _loopback(entry[1])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert seen["token_mode"] == 0o600, oct(seen["token_mode"])
+
+
+def _loopback(ip: str) -> bool:
+    """True for a loopback address, IPv4-mapped ones (an IPv6 socket bound to 127.0.0.1) too."""
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback

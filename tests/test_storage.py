@@ -1,11 +1,47 @@
-"""URI storage: atomic writes and clear errors for unwritable locations."""
+"""URI storage: atomic writes, clear errors for unwritable locations, a deadline on remote calls."""
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from factory import storage
 from factory.errors import FormatError, UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[tuple[str, threading.Event]]:
+    """``host:port`` of a local TCP server that accepts connections and never answers (a
+    metadata or storage endpoint behind a broken proxy), and an event set once a client has
+    connected. Leaving the block closes every connection, which releases a client still
+    waiting on one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    connected = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the server closed
+            while True:
+                held.append(server.accept()[0])
+                connected.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}", connected
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
@@ -55,6 +91,46 @@ def test_gcs_uris_get_a_retry_bound_unless_they_set_one():
         f"gs://b/x?scheme=http&retry_limit_seconds={limit}"
     assert storage._bounded("gs://b/x?retry_limit_seconds=5") == "gs://b/x?retry_limit_seconds=5"
     assert storage._bounded("/local/x") == "/local/x"
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (None, storage.REMOTE_DEADLINE_SECONDS), ("2.5", 2.5), ("0", None), ("-1", None),
+    ("inf", None), ("nan", None), ("soon", None),
+])
+def test_the_remote_deadline_is_a_positive_number_of_seconds(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(storage.DEADLINE_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(storage.DEADLINE_VARIABLE, value)
+    if seconds is None:
+        with pytest.raises(UserError, match=storage.DEADLINE_VARIABLE):
+            storage.remote_deadline()
+    else:
+        assert storage.remote_deadline() == seconds
+
+
+def test_ctrl_c_stops_a_remote_call_that_gets_no_answer():
+    """A thread blocked in the GCS client's token request does not see Ctrl-C; the factory waits
+    on it from another thread, so SIGINT ends the call at once, long before the deadline."""
+    with silent_endpoint() as (address, connected):
+        env = dict(os.environ, GCE_METADATA_ROOT=address, PYTHONPATH=str(REPO_ROOT),
+                   **{storage.DEADLINE_VARIABLE: "300"})
+        env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+        process = subprocess.Popen(
+            [sys.executable, "-c",
+             "from factory import storage; storage.exists('gs://no-such-bucket/x')"],
+            env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert connected.wait(60), "the GCS client never asked the metadata server"
+            time.sleep(0.5)
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            err = process.communicate(timeout=30)[1]
+            elapsed = time.monotonic() - interrupted
+        finally:
+            process.kill()
+            process.wait()
+    assert err.rstrip().endswith("KeyboardInterrupt") and elapsed < 10, (elapsed, err[-2000:])
 
 
 def test_s3_uris_open_files_for_writing_only_when_they_are_sent():
