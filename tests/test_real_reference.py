@@ -171,5 +171,5 @@ def test_the_report_and_the_validation_inquiries_are_different_people():
     report = first_image_per_identity(dataset, 3, skip=3)
     assert [int(image[0, 0, 0]) for image in validation] == [0, 2]
     assert [int(image[0, 0, 0]) for image in report] == [6, 8, 10]
-    with pytest.raises(ValueError, match="after the first 5"):
+    with pytest.raises(FormatError, match="after the first 5"):
         first_image_per_identity(dataset, 3, skip=5)

@@ -37,7 +37,9 @@ def pool(world, tmp_path_factory):
                             "mixup": None})
                for index in range(len(train))]
     write_shard(str(root / "shards" / shard_name(0)), samples)
-    (root / "manifest.json").write_text(json.dumps({"counts": {"samples": len(samples)}}))
+    (root / "manifest.json").write_text(json.dumps({
+        "counts": {"samples": len(samples)},
+        "shards": [{"shard": shard_name(0), "count": len(samples)}]}))  # what readers read
     return root
 
 

@@ -100,12 +100,15 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     # It is also a lambda = 0 control here, and a second random encoder plays the judge.
     judge = _random_encoder(tmp_path / "judge", seed=1)
     report_config = _config(world, encoder_checkpoint, tmp_path, **{
-        "generator.compliance.identities": 3, "generator.compliance.seeds": 1,
+        "generator.compliance.identities": 2, "generator.compliance.first_identity": 2,
+        "generator.compliance.validation_identities": 2, "generator.compliance.seeds": 1,
         "generator.compliance.grid_identities": 2, "generator.compliance.grid_columns": 3,
         "generator.compliance.lambda0_checkpoint": run.checkpoint,
         "judge.checkpoint": str(judge), "evaluate.out": str(tmp_path / "report")})
     result, out = generator_report(report_config)
-    assert len(result.requested) == 3 * 5
+    assert len(result.requested) == 2 * 5  # inquiry identities 2 and 3: the report's own
+    assert set(result.real) == {"E_id", "judge"}  # the real genuine row, by both recognizers
+    assert result.real["judge"].identities == 2 and "pose" in result.real["judge"].kinds
     assert result.headline.recognizer == "judge" and set(result.by) == {"E_id", "judge"}
     assert set(result.controls) == {"shuffled m", "lambda = 0"}
     assert set(result.controls["shuffled m"]) == {"E_id", "judge"}
@@ -116,10 +119,12 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert [len(row) for row in result.trajectory] == [steps] * 5
     assert all(-1.0 <= value <= 1.0 for row in result.trajectory for value in row)
     for name in ("compliance.json", "compliance.png", "compliance-e_id.png", "controls.png",
-                 "trajectory.png", "cemiface_grid.png"):
+                 "trajectory.png", "cemiface_grid.png", "compliance_curve.json"):
         assert (tmp_path / "report" / name).is_file(), name
     document = json.loads((tmp_path / "report" / "compliance.json").read_text())
     assert document["headline"] == "judge" and document["judge"] == str(judge)
+    assert document["inquiry_identities"] == [2, 4]
+    assert document["real_reference"]["judge"]["kinds"]["all"]["images"] == 2 * 16
     assert document["config"]["generator"]["compliance"]["lambda0_checkpoint"] == run.checkpoint
 
     # generator-progress measures each kept checkpoint of the run with both samplers.

@@ -158,9 +158,9 @@ def _record_bytes(train_dir, key: int) -> int:
 
 
 def test_extra_data_is_trained_on_as_more_identities(ray_two_cpus, world, tmp_path):
-    train = world / "faceworld" / "train"
+    more = world / "faceworld" / "judge-train"  # 8 more identities, none of train's
     run = train_recognizer(_config(world, tmp_path, **{"recognizer.optimizer.epochs": 1,
-                                                       "recognizer.extra_data": f"[{train}]"}))
-    # 8 identities x 4 images twice over: 16 classes, 64 images, 8 steps of 8
+                                                       "recognizer.extra_data": f"[{more}]"}))
+    # 8 identities x 4 images, then 8 others x 4: 16 classes, 64 images, 8 steps of 8
     assert load_state(run.checkpoint)["head"]["weight"].shape[0] == 16
     assert run.metrics["global_step"] == 8

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from factory.config import SamplingConfig
+from factory.errors import FormatError
 from factory.eval.embedding import embed, identity_spread
 from factory.eval.real_reference import ReferenceImages, RealReference, measure_real_reference
 from factory.formats.dataset import FaceDataset
@@ -132,8 +133,10 @@ def first_image_per_identity(dataset: FaceDataset, count: int, skip: int = 0) ->
             break
     chosen = list(firsts.values())[skip:]
     if len(chosen) < 2:
-        raise ValueError(f"m-compliance needs at least two inquiry identities after the first "
-                         f"{skip}; the inquiry set has {len(firsts)}")
+        raise FormatError(f"m-compliance needs at least two inquiry identities after the first "
+                          f"{skip}; the inquiry set has {len(firsts)} (set "
+                          "generator.compliance.first_identity and validation_identities to "
+                          "fit it)")
     return np.stack([dataset.image(index) for index in chosen])
 
 

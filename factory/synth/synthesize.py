@@ -100,8 +100,10 @@ from factory.train.checkpoint_encoder import checkpoint_meta, load_checkpoint_en
 from factory.train.generator_checkpoint import LoadedGenerator, check_generator, load_generator
 
 LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
-                   "compile": False}
+                   "compile": False, "guidance_scale": 1.0, "guidance_interval": [0.0, 1.0]}
 """How plans written before these sampling settings existed sampled (always like this)."""
+LEGACY_M = {"axis": "m"}
+"""How plans written before ``synthesis.m.axis`` existed named their m (always as m)."""
 _STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
 
 
@@ -255,9 +257,10 @@ def previous_plan(out: str) -> dict[str, Any] | None:
     previous = storage.read_json_object(uri)
     if isinstance(previous.get("synthesis"), dict):
         previous["synthesis"].pop("out", None)  # earlier versions recorded the location
-        if isinstance(previous["synthesis"].get("sampling"), dict):
-            for key, value in LEGACY_SAMPLING.items():
-                previous["synthesis"]["sampling"].setdefault(key, value)
+        for section, legacy in (("sampling", LEGACY_SAMPLING), ("m", LEGACY_M)):
+            if isinstance(previous["synthesis"].get(section), dict):
+                for key, value in legacy.items():
+                    previous["synthesis"][section].setdefault(key, value)
     return previous
 
 
