@@ -152,6 +152,16 @@ def _write_train_set(cfg: FaceWorldConfig, out: str, folder: str = "train",
     return total
 
 
+def _held_out_face(cfg: FaceWorldConfig, stream: int, label: int
+                   ) -> tuple[np.ndarray, np.random.Generator, bytes]:
+    """A held-out identity of ``stream``, its random stream (positioned after the draws made
+    here) and its frontal image as JPEG: an inquiry, or a real reference's reference image."""
+    rng = _rng(cfg.seed, stream, label)
+    identity = sample_identity(rng)
+    image = render_face(identity, sample_nuisance(rng, "frontal"), cfg.image_size)
+    return identity, rng, encode_jpeg(image, 95)
+
+
 def _write_reference_set(cfg: FaceWorldConfig, out: str) -> int:
     """Held-out identities, each a frontal reference image rendered as inquiries are, then
     ``cfg.reference_images_per_kind`` images of every kind in REFERENCE_KINDS: the real genuine
@@ -160,10 +170,8 @@ def _write_reference_set(cfg: FaceWorldConfig, out: str) -> int:
 
     def samples() -> Iterator[tuple[int, bytes]]:
         for label in range(cfg.reference_set_identities):
-            rng = _rng(cfg.seed, REFERENCE_STREAM, label)
-            identity = sample_identity(rng)
-            image = render_face(identity, sample_nuisance(rng, "frontal"), cfg.image_size)
-            yield label, encode_jpeg(image, 95)
+            identity, rng, reference = _held_out_face(cfg, REFERENCE_STREAM, label)
+            yield label, reference
             for kind in REFERENCE_KINDS:
                 for _ in range(cfg.reference_images_per_kind):
                     nuisance = sample_nuisance(rng, kind)
@@ -191,10 +199,7 @@ def _write_inquiry_set(cfg: FaceWorldConfig, out: str) -> int:
 
     def samples() -> Iterator[tuple[int, bytes]]:
         for label in range(cfg.inquiry_identities):
-            rng = _rng(cfg.seed, INQUIRY_STREAM, label)
-            identity = sample_identity(rng)
-            image = render_face(identity, sample_nuisance(rng, "frontal"), cfg.image_size)
-            yield label, encode_jpeg(image, 95)
+            yield label, _held_out_face(cfg, INQUIRY_STREAM, label)[2]
 
     write_insightface_rec(
         storage.join(out, "inquiry"),
