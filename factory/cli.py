@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from factory.config import FactoryConfig, load_config
-from factory.errors import UserError
+from factory.errors import UserError, disk_full
 from factory.runtime import use_storage_endpoint
 
 EXIT_USER_ERROR = 2
@@ -309,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command][1](config, args)
     except UserError as exc:
         print(error_line(args.command, exc), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(error_line(args.command, full), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)

@@ -125,3 +125,28 @@ def test_python_dash_m_factory_is_the_factory_command(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("factory verify: error: ") and "manifest.json" in result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space(capsys, tmp_path,
+                                                                    monkeypatch):
+    """ENOSPC anywhere in a command (here while the face world writes its training set) is the
+    user's to fix: one line with the file and the space left, exit 2, no traceback; inside a
+    Ray Train worker it is turned into the same error."""
+    import errno
+
+    from factory.faceworld import build
+    from factory.train.workers import user_error_in
+
+    target = tmp_path / "faceworld" / "train" / "train.rec"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(build, "write_insightface_rec", full)
+    code, err = run_main(capsys, "faceworld", f"workdir={tmp_path}",
+                         "faceworld.identities=2", "faceworld.images_per_identity=2")
+    assert_one_line_error(code, err, str(target), "no space left on device", "MiB free",
+                          "rerun")
+    converted = user_error_in(OSError(errno.ENOSPC, "No space left on device", str(target)))
+    assert converted is not None and str(target) in str(converted)
+    assert user_error_in(OSError(errno.EACCES, "Permission denied", str(target))) is None

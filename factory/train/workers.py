@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from factory import storage
 from factory.config import WorkersConfig
-from factory.errors import UserError
+from factory.errors import UserError, disk_full
 
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
@@ -86,10 +86,14 @@ DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
 
 def user_error_in(error: BaseException | None) -> UserError | None:
     """The user's error behind a worker failure, with its one-line message; None for others.
+    A full disk (ENOSPC) counts as the user's: it is named with its path and free space.
 
     An error from a DataLoader process arrives as the same type whose message torch prefixed
     with that process's traceback; its last line is the original message.
     """
+    full = disk_full(error) if error is not None else None
+    if full is not None:
+        return full
     if not isinstance(error, UserError):
         return None
     message = str(error)
