@@ -45,7 +45,7 @@ RAY = os.path.join(VENV_BIN, "ray")
 HEAD_START_TIMEOUT_S = 180
 SUBMIT_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 30
-MAX_UPLOAD_MIB = 32.0  # the code plus the shipped face-world generator and judge (assets/, 23 MB)
+MAX_UPLOAD_MIB = 40.0  # the code plus the shipped face-world generators and judge (assets/, 34 MB)
 # Unix socket paths (under the temp dir's session folder) must stay under 108 bytes.
 MAX_TEMP_DIR_CHARS = 40
 
