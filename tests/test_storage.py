@@ -119,7 +119,10 @@ def test_ctrl_c_stops_a_remote_call_that_gets_no_answer():
         process = subprocess.Popen(
             [sys.executable, "-c",
              "from factory import storage; storage.exists('gs://no-such-bucket/x')"],
-            env=env, stderr=subprocess.PIPE, text=True)
+            env=env, stderr=subprocess.PIPE, text=True,
+            # a test runner's worker may ignore SIGINT, and an ignored signal stays ignored in
+            # its children: give the child the default a terminal's Ctrl-C meets
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
         reader.start()
