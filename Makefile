@@ -4,7 +4,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
-# Every other package at the version that produced the README's figures; CONSTRAINTS= to float.
+# Every other package at the version that produced the documented figures; CONSTRAINTS= to float.
 CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -56,7 +56,7 @@ def child(args: argparse.Namespace) -> None:
     from factory.config import load_config
     from factory.synth.plan import shard_items
     from factory.synth.synthesize import make_plan
-    from factory.train.generator_checkpoint import load_generator
+    from factory.checkpoints.generator import load_generator
 
     config = load_config(None, [
         f"workdir={args.root}", f"synthesis.checkpoint={args.checkpoint}",
@@ -82,7 +82,7 @@ def child(args: argparse.Namespace) -> None:
             for item in items]
         size = sum(len(row["item"]) for row in rows)
     else:
-        from factory.train.generator_checkpoint import check_generator
+        from factory.checkpoints.generator import check_generator
 
         check_generator(args.checkpoint)
         identities, _ = make_plan(config)

@@ -24,7 +24,7 @@ import os
 from factory.config import load_config
 from factory.eval.generator_report import generator_report
 from factory.report import format_table
-from factory.train.checkpoint_encoder import checkpoint_meta
+from factory.checkpoints.encoder import checkpoint_meta
 
 
 def parse_lever(text: str) -> tuple[str, str, float, tuple[float, float]]:

@@ -16,9 +16,11 @@ least the lowest reference draw's, its Frechet distance at most the highest, and
 judge mean lies within the reference draws' range widened by half that range. Writes
 ``solver_study.json``, ``solver_study.md`` and ``solver_study.png`` to ``--out``.
 
-A setting may name the precision it samples in and ask for a compiled UNet (``--settings
-"ddim:20@bf16"``: bf16 autocast, also on a CPU; ``ddim:20@bf16+compile``: and
-``torch.compile``); the reference is always float32 and eager, the old default.
+``--settings`` lists the settings as every benchmark does (``bench/sampler_settings.py``:
+``ddim:5,10,unipc:8``, each ``[solver:]steps[@precision][+compile]``); a setting may name the
+precision it samples in and ask for a compiled UNet (``ddim:20@bf16``: bf16 autocast, also on
+a CPU; ``ddim:20@bf16+compile``: and ``torch.compile``). The study samples on the CPU, so
+``auto``, the default, is float32; the reference is always float32 and eager, the old default.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import numpy as np
 import torch
 
+from factory import layout
 from factory.config import load_config
 from factory.eval.compliance import (
     draw_samples,
@@ -41,33 +44,18 @@ from factory.eval.compliance import (
 )
 from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
+from factory.models.inference import resolve_precision
 from factory.models.sampling import SOLVER_NAMES
 from factory.report import format_table
-from factory.train.checkpoint import load_judge
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.recognizer import load_judge
+from factory.checkpoints.generator import load_generator
+from sampler_settings import SamplerSetting, settings_argument
 
-REFERENCE = ("ddim", 20, "fp32", False)
+REFERENCE = SamplerSetting("ddim", 20, "fp32", False)
 """The old default: DDIM 20 in float32 (``precision: auto`` on a CPU), not compiled."""
-PRECISIONS = ("fp32", "bf16", "fp16")
+STUDY_DEVICE = torch.device("cpu")
+"""Where every setting samples (``draw_samples``'s device): ``auto`` precision is float32."""
 SEED_STRIDE = 1000  # seed_offset between replicate draws (seeds within a draw stay below it)
-
-
-def parse_settings(text: str) -> list[tuple[str, int, str, bool]]:
-    """``ddim:5,10,20;unipc:5,8;ddim:20@bf16+compile`` -> [(ddim, 5, fp32, False), (ddim, 10,
-    fp32, False), ..., (ddim, 20, bf16, True)]: solver, steps, the sampling precision (float32
-    unless ``@`` names another) and whether the UNet is compiled."""
-    settings = []
-    for part in text.split(";"):
-        part, compiled, _ = part.partition("+compile")
-        part, _, precision = part.partition("@")
-        solver, steps = part.split(":")
-        if solver not in SOLVER_NAMES:
-            raise SystemExit(f"--settings: unknown solver {solver!r}")
-        if (precision or "fp32") not in PRECISIONS:
-            raise SystemExit(f"--settings: unknown precision {precision!r} ({PRECISIONS})")
-        settings += [(solver, int(s), precision or "fp32", bool(compiled))
-                     for s in steps.split(",")]
-    return settings
 
 
 def label(result: dict) -> str:
@@ -176,8 +164,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--identities", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--settings", default="ddim:5,10,15;dpmsolver++:5,8,10,15,20;"
-                                              "unipc:5,8,10,15,20")
+    parser.add_argument("--settings", default="ddim:5,10,15,dpmsolver++:5,8,10,15,20,"
+                                              "unipc:5,8,10,15,20",
+                        help="[solver:]steps[@precision][+compile] settings, comma-separated "
+                             "(bench/sampler_settings.py; ddim:5,10,ddim:20@bf16+compile)")
     parser.add_argument("--replicates", type=int, default=2,
                         help="extra seed sets of DDIM 20 (the spread)")
     parser.add_argument("--threads", type=int, default=2)
@@ -185,17 +175,18 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, as the factory commands take them")
     args = parser.parse_args()
+    settings = settings_argument(parser, "--settings", args.settings)
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     cfg = config.generator
-    generator = load_generator(config.generator_checkpoint_uri())
+    generator = load_generator(layout.generator_checkpoint_uri(config))
     judge = load_judge(config.judge)
     if judge is None:
         raise SystemExit(f"{args.config}: the study needs judge.checkpoint")
-    inquiries = first_image_per_identity(open_dataset(config.inquiry_data_uri()),
+    inquiries = first_image_per_identity(open_dataset(layout.inquiry_data_uri(config)),
                                          args.identities)
     images = inquiry_tensor(inquiries, generator.image_size)
-    real = open_dataset(config.generator_data_uri())
+    real = open_dataset(layout.generator_data_uri(config))
     m_values = cfg.compliance.m_values
     os.makedirs(args.out, exist_ok=True)
     results, references = [], []
@@ -236,8 +227,10 @@ def main() -> None:
     draw_samples(generator, inquiries[:2], m_values[:1], 1, warm_up)
     for replicate in range(args.replicates + 1):
         references.append(one(*REFERENCE, replicate * SEED_STRIDE))
-    for setting in parse_settings(args.settings):
-        results.append(one(*setting, 0))
+    for setting in settings:
+        results.append(one(setting.solver, setting.steps,
+                           resolve_precision(setting.precision, STUDY_DEVICE), setting.compile,
+                           0))
     results.insert(0, references[0])
     tol = tolerance(references)
     candidates = [r for r in results if within(r, tol)]

@@ -50,18 +50,16 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from factory import layout
 from factory.config import FactoryConfig, SamplingConfig, load_config
 from factory.faceworld.build import build_faceworld
 from factory.models.inference import InferenceSettings, prepare, resolve_precision
 from factory.models.sampling import SOLVER_NAMES, autocast_context, sample_images
 from factory.synth.plan import shard_items
-from factory.synth.synthesize import (
-    finish_dataset,
-    make_plan,
-    synthesize,
-    write_sampled_shard,
-)
-from factory.train.generator_checkpoint import LoadedGenerator, load_generator
+from factory.synth.shard_writer import write_sampled_shard
+from factory.synth.synthesize import finish_dataset, make_plan, synthesize
+from factory.checkpoints.generator import LoadedGenerator, load_generator
+from sampler_settings import settings_argument
 
 TARGET_ONE_ACTOR = 0.95
 TARGET_TWO_ACTORS = 1.8
@@ -80,27 +78,10 @@ def render_inquiries(root: str) -> None:
                                                "faceworld.inquiry_identities=64"]))
 
 
-def parse_solvers(text: str) -> list[tuple[str, int, str, bool]]:
-    """``ddim:20,dpmsolver++:10,ddim:20@bf16+compile`` -> [("ddim", 20, "auto", False),
-    ("dpmsolver++", 10, "auto", False), ("ddim", 20, "bf16", True)]: solver, steps,
-    ``synthesis.sampling.precision`` and ``.compile``."""
-    settings = []
-    for part in text.split(","):
-        part, compiled, _ = part.partition("+compile")
-        part, _, precision = part.partition("@")
-        solver, steps = part.split(":")
-        if solver not in SOLVER_NAMES:
-            raise SystemExit(f"--solvers: unknown solver {solver!r} ({', '.join(SOLVER_NAMES)})")
-        if (precision or "auto") not in PRECISION_DTYPES | {"auto": None}:
-            raise SystemExit(f"--solvers: unknown precision {precision!r}")
-        settings.append((solver, int(steps), precision or "auto", bool(compiled)))
-    return settings
-
-
 def bench_config(args, root: str, out: str, identities: int, actors: int,
                  steps: int | None = None, encode: str = "thread") -> FactoryConfig:
     gpus = 1.0 if args.device == "cuda" else 0.0
-    solver, default_steps, precision, compiled = parse_solvers(args.solvers)[0]
+    solver, default_steps, precision, compiled = args.settings[0]
     return load_config(None, [
         f"workdir={root}", f"synthesis.checkpoint={args.checkpoint}", f"synthesis.out={out}",
         f"synthesis.inquiry.identities={min(identities, 64)}",
@@ -215,12 +196,12 @@ def plain_loop(config: FactoryConfig, device: str, threads: int
     (to check the pool wrote the same bytes)."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    generator = load_generator(config.synthesis_checkpoint_uri())
+    generator = load_generator(layout.synthesis_checkpoint_uri(config))
     settings = prepare(generator, config.synthesis.sampling, device)
     identities, inquiry_filter = make_plan(config, generator)
     images = 0
     for item in shard_items(identities, config.synthesis.identities_per_shard):
-        images += write_sampled_shard(config.synthesis_out_uri(), item.shard, generator, item,
+        images += write_sampled_shard(layout.synthesis_out_uri(config), item.shard, generator, item,
                                       config.synthesis, settings)
     sampled = time.perf_counter() - started
     manifest = finish_dataset(config, generator.meta, identities, inquiry_filter,
@@ -269,7 +250,7 @@ def concurrent_sampling(args, processes: int) -> float:
 def sampling_child(args) -> None:
     """One process of :func:`concurrent_sampling`: load, warm up, wait, time, print img/s."""
     torch.set_num_threads(args.threads)
-    solver, steps, precision, compiled = parse_solvers(args.solvers)[0]
+    solver, steps, precision, compiled = args.settings[0]
     generator, settings = warm_sampler(args, solver, precision, compiled)
     time.sleep(max(0.0, args.sampling_child - time.time()))
     print(sampling_rate(generator, settings, solver, steps, args.sampling_images,
@@ -305,7 +286,7 @@ def sampling_section(args, attainable: dict[str, float]) -> dict:
     """Per solver setting: images/s, achieved FLOP/s and the fraction of the attainable rate
     in the setting's own precision."""
     results, first = {}, None
-    for solver, steps, precision, compiled in parse_solvers(args.solvers):
+    for solver, steps, precision, compiled in args.settings:
         generator, settings = warm_sampler(args, solver, precision, compiled)
         if first is None:
             first = (solver, steps, settings, generator)
@@ -344,7 +325,7 @@ def pool_breakdown(run) -> str:
 
 def end_to_end_section(args, root: str, attainable: dict[str, float]) -> dict:
     total = args.identities * args.images_per_identity
-    solver, steps, precision, _ = parse_solvers(args.solvers)[0]
+    solver, steps, precision, _ = args.settings[0]
     generator = load_generator(args.checkpoint)
     settings = prepare(generator, SamplingConfig(precision=precision), args.device)
     flops = flops_per_image(generator, settings, steps)
@@ -394,8 +375,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--solvers", default="ddim:20,dpmsolver++:10,unipc:10",
-                        help="solver:steps[@precision][+compile] settings (ddim:20@bf16+compile: "
-                        "bf16 autocast and a compiled UNet); the first one runs end to end")
+                        help="[solver:]steps[@precision][+compile] settings, comma-separated "
+                        "(bench/sampler_settings.py; ddim:20@bf16+compile: bf16 autocast and a "
+                        "compiled UNet); the first one runs end to end")
     parser.add_argument("--actors", default="1,2")
     parser.add_argument("--encode", default="thread,stage",
                         help="synthesis.actors.encode settings the pools run with")
@@ -415,6 +397,7 @@ def main() -> None:
     parser.add_argument("--sampling-child", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.settings = settings_argument(parser, "--solvers", args.solvers)
     args.checkpoint = os.path.abspath(args.checkpoint)
     args.batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     if args.rss_child:
@@ -428,7 +411,7 @@ def main() -> None:
     skip = set(args.skip.split(","))
     torch.set_num_threads(args.threads)
     precisions = sorted({resolved_precision(precision, args.device)
-                         for _, _, precision, _ in parse_solvers(args.solvers)})
+                         for _, _, precision, _ in args.settings})
     attainable = {precision: attainable_flops(args.device, args.threads, precision)
                   for precision in precisions}
     for precision, rate in attainable.items():

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from factory import layout
 from factory.config import FactoryConfig, load_config
 from factory.errors import UserError, disk_full
 from factory.runtime import use_storage_endpoint
+from factory.tracking import store_unavailable
 
 EXIT_USER_ERROR = 2
 MAX_ERROR_CHARS = 500
@@ -22,6 +25,19 @@ MAX_ERROR_CHARS = 500
 
 Handler = Callable[[FactoryConfig, argparse.Namespace], int | None]
 """Runs one command; returns its exit code, or None for 0."""
+
+Input = Callable[[FactoryConfig], object]
+"""Resolves one input a command reads (a :mod:`factory.layout` function): ConfigError when the
+config leaves it unset and has no face world to default to."""
+
+
+class Command(NamedTuple):
+    """One ``factory`` command: its help line, what runs it, and the inputs it reads, which
+    :func:`require_inputs` resolves before any work starts."""
+
+    help: str
+    run: Handler
+    reads: tuple[Input, ...] = ()
 
 
 def _faceworld(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -90,7 +106,7 @@ def _analyze(config: FactoryConfig, args: argparse.Namespace) -> None:
 
 def _publish_backbone(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory import storage
-    from factory.train.checkpoint import publish_backbone
+    from factory.checkpoints.recognizer import publish_backbone
 
     target = storage.absolute(args.target)
     files = publish_backbone(storage.absolute(args.checkpoint), target)
@@ -147,20 +163,12 @@ def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
 
 
 def _compare(config: FactoryConfig, args: argparse.Namespace) -> None:
-    import os
+    from factory.sweep.compare import compare_sweeps
 
-    import mlflow
-
-    from factory.runtime import mlflow_tracking_uri
-    from factory.sweep.compare import accuracy_curve_png, comparison_table, sweep_rows
-
-    mlflow.set_tracking_uri(mlflow_tracking_uri(config.runtime))
-    rows = sweep_rows(args.experiment or config.runtime.experiment, args.sweep)
-    print(comparison_table(rows))
-    os.makedirs(args.out, exist_ok=True)
-    figure = accuracy_curve_png(rows, os.path.join(args.out, "accuracy_vs_m.png"))
-    if figure:
-        print(f"accuracy against m: {figure}")
+    comparison = compare_sweeps(config, args.experiment, args.sweep, args.out)
+    print(comparison.table)
+    if comparison.figure:
+        print(f"accuracy against m: {comparison.figure}")
 
 
 def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -185,39 +193,71 @@ def _doctor(config: FactoryConfig, args: argparse.Namespace) -> int:
     return 0 if all(check.ok for check in checks) else 1
 
 
-COMMANDS: dict[str, tuple[str, Handler]] = {
-    "faceworld": ("render the built-in face world (RecordIO + .bin benchmarks)", _faceworld),
-    "baseline": ("raw-pixel cosine baseline on the face-world benchmarks", _baseline),
-    "train-recognizer": ("train an IResNet with a margin loss under Ray Train", _train_recognizer),
-    "train-generator": ("train the CemiFace generator under Ray Train", _train_generator),
-    "generator-report": ("m-compliance and the CemiFace grid of a generator checkpoint",
-                         _generator_report),
-    "generator-progress": ("m-compliance of every checkpoint of a generator run, both samplers",
-                           _generator_progress),
-    "evaluate": ("10-fold verification of a recognizer on .bin benchmarks", _evaluate),
-    "synthesize": ("sample a synthetic dataset into WebDataset shards (Ray Data actors)",
-                   _synthesize),
-    "analyze": ("similarity statistics, m compliance and the privacy check of a dataset",
-                _analyze),
-    "publish-backbone": ("copy a recognizer checkpoint's backbone without its training state "
-                         "(the shipped judge)", _publish_backbone),
-    "export": ("write a dataset as insightface RecordIO or an image folder, with its metadata",
-               _export),
-    "verify": ("check a synthesised dataset's shards against its manifest (the files, sizes, "
-               "sha256, sample counts)",
-               _verify),
-    "sweep": ("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
-              _sweep),
-    "compare": ("a sweep's settings (mean +- std over seeds) and trials, ranked on validation, "
-                "with test AVG and GtR, and accuracy against m, from MLflow",
-                _compare),
-    "pipeline": ("run every stage end to end from one config", _pipeline),
-    "experiments": ("the face-world studies (m, similarity groups, lambda = 0, SynFace, GtR) "
-                    "over seeds, resumably, into a results page", _experiments),
-    "doctor": ("check Python, torch, Ray, MLflow, storage and the CPU's matmul features, one "
-               "line each (starts nothing)",
-               _doctor),
+def _pipeline_inputs(config: FactoryConfig) -> None:
+    """What ``pipeline`` reads: the recognizer's data and benchmarks; with
+    ``generator.checkpoint`` also the generator stages' inputs, and E_id when that checkpoint
+    is first trained further from ``generator.init_from``."""
+    reads: list[Input] = [layout.recognizer_data_uri, layout.evaluation_benchmark_uris]
+    if config.generator.checkpoint:
+        reads += [layout.inquiry_data_uri, layout.generator_data_uri,
+                  layout.synthesis_inquiry_uri]
+    if config.generator.checkpoint and config.generator.init_from:
+        reads.append(layout.identity_encoder_uri)
+    for resolve in reads:
+        resolve(config)
+
+
+COMMANDS: dict[str, Command] = {
+    "faceworld": Command("render the built-in face world (RecordIO + .bin benchmarks)",
+                         _faceworld, (layout.faceworld_uri,)),
+    "baseline": Command("raw-pixel cosine baseline on the face-world benchmarks", _baseline,
+                        (layout.baseline_benchmark_uris,)),
+    "train-recognizer": Command("train an IResNet with a margin loss under Ray Train",
+                                _train_recognizer,
+                                (layout.recognizer_data_uri, layout.evaluation_benchmark_uris)),
+    "train-generator": Command("train the CemiFace generator under Ray Train", _train_generator,
+                               (layout.generator_data_uri, layout.identity_encoder_uri)),
+    "generator-report": Command("m-compliance and the CemiFace grid of a generator checkpoint",
+                                _generator_report,
+                                (layout.inquiry_data_uri, layout.generator_data_uri)),
+    "generator-progress": Command("m-compliance of every checkpoint of a generator run, both "
+                                  "samplers", _generator_progress, (layout.inquiry_data_uri,)),
+    "evaluate": Command("10-fold verification of a recognizer on .bin benchmarks", _evaluate,
+                        (layout.evaluation_benchmark_uris,)),
+    "synthesize": Command("sample a synthetic dataset into WebDataset shards (Ray Data actors)",
+                          _synthesize, (layout.synthesis_inquiry_uri,)),
+    "analyze": Command("similarity statistics, m compliance and the privacy check of a dataset",
+                       _analyze),
+    "publish-backbone": Command("copy a recognizer checkpoint's backbone without its training "
+                                "state (the shipped judge)", _publish_backbone),
+    "export": Command("write a dataset as insightface RecordIO or an image folder, with its "
+                      "metadata", _export),
+    "verify": Command("check a synthesised dataset's shards against its manifest (the files, "
+                      "sizes, sha256, sample counts)", _verify),
+    "sweep": Command("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
+                     _sweep),
+    "compare": Command("a sweep's settings (mean +- std over seeds) and trials, ranked on "
+                       "validation, with test AVG and GtR, and accuracy against m, from MLflow",
+                       _compare),
+    "pipeline": Command("run every stage end to end from one config", _pipeline,
+                        (_pipeline_inputs,)),
+    "experiments": Command("the face-world studies (m, similarity groups, lambda = 0, SynFace, "
+                           "GtR) over seeds, resumably, into a results page", _experiments),
+    "doctor": Command("check Python, torch, Ray, MLflow, storage and the CPU's matmul features, "
+                      "one line each (starts nothing)", _doctor),
 }
+"""Every command, with what it reads: adding one is one entry here (and its handler above)."""
+
+
+def require_inputs(config: FactoryConfig, command: str) -> None:
+    """Resolve every input ``command`` reads, before it does any work: a config without a
+    face world stops at once on the first data key or E_id it leaves unset. Then refuse the
+    production configs' placeholder URIs (``doctor`` excepted: it reports on the setup,
+    placeholders and all)."""
+    for resolve in COMMANDS[command].reads:
+        resolve(config)
+    if command != "doctor":
+        config.refuse_placeholders()
 
 
 class _Version(argparse.Action):
@@ -237,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("--config", help="YAML config file (defaults apply when omitted)")
         sub.add_argument("--address", help="Ray cluster address (overrides RAY_ADDRESS)")
         if name == "faceworld":
@@ -304,9 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        config.require_inputs(args.command)
+        require_inputs(config, args.command)
         use_storage_endpoint(config.runtime)
-        code = COMMANDS[args.command][1](config, args)
+        code = COMMANDS[args.command].run(config, args)
     except UserError as exc:
         print(error_line(args.command, exc), file=sys.stderr)
         return EXIT_USER_ERROR
@@ -315,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if full is None:
             raise
         print(error_line(args.command, full), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # an MLflow tracking store that did not answer: the user's to start
+        lost = store_unavailable(exc)
+        if lost is None:
+            raise
+        print(error_line(args.command, lost), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"factory {args.command}: interrupted", file=sys.stderr)

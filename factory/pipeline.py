@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.eval.baseline import run_pixel_baseline
 from factory.eval.benchmarks import backbone_embedder, evaluate_embedder, load_benchmarks
@@ -64,7 +64,7 @@ def random_init_results(config: FactoryConfig) -> list[VerificationResult]:
     """The configured backbone with random weights: what the architecture alone achieves."""
     torch.manual_seed(config.recognizer.seed)
     backbone = build_backbone(**config.recognizer.backbone.model_dump())
-    benchmarks = load_benchmarks(config.baseline_benchmark_uris(),
+    benchmarks = load_benchmarks(layout.baseline_benchmark_uris(config),
                                  config.recognizer.backbone.input_size)
     return evaluate_embedder(backbone_embedder(backbone), benchmarks)
 
@@ -121,7 +121,7 @@ def synthetic_recognizer_config(config: FactoryConfig, dataset: str) -> FactoryC
 def run_synthetic_stage(config: FactoryConfig, cli_address: str | None,
                         clock: StageClock) -> tuple[dict, Evaluation]:
     """Synthesise with the generator checkpoint, analyse, train and evaluate on the result."""
-    print(f"== synthesize with {config.synthesis_checkpoint_uri()} (Ray Data actors)")
+    print(f"== synthesize with {layout.synthesis_checkpoint_uri(config)} (Ray Data actors)")
     with clock.stage("synthesis"):
         run = synthesize(config, cli_address)
     print("== analyze the synthetic dataset")
@@ -172,7 +172,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
         columns = {"raw pixels": run_pixel_baseline(config)}
         columns["random init"] = random_init_results(config)
 
-    training_sets = " + ".join(config.recognizer_data_uris())
+    training_sets = " + ".join(layout.recognizer_data_uris(config))
     print(f"== train recognizer on {training_sets} ({config.recognizer.backbone.name}, Ray Train)")
     with clock.stage("real-trained recognizer"):
         real_run = train_recognizer(config, cli_address)
@@ -190,7 +190,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     print("\n== results (chance is 50%)")
     print(table)
     if synthetic_document:
-        real = open_training_data(config.recognizer_data_uris())
+        real = open_training_data(layout.recognizer_data_uris(config))
         line = gtr_line(synthetic_document["gtr"], synthetic_document["counts"], len(real),
                         real.num_classes)
         print(f"synthetic data: {sampler_text(config.synthesis.sampling.model_dump())}")

@@ -68,9 +68,9 @@ def save_tiny_generator(directory: str, data_uri: str) -> str:
     from factory.config import GeneratorConfig, UNetConfig
     from factory.models.diffusion import training_scheduler
     from factory.models.iresnet import build_backbone
-    from factory.train.checkpoint_encoder import encoder_record
+    from factory.checkpoints.encoder import encoder_record
     from factory.train.generator import build_generator
-    from factory.train.generator_checkpoint import save_generator
+    from factory.checkpoints.generator import save_generator
 
     torch.manual_seed(0)
     cfg = GeneratorConfig(image_size=32, unet=UNetConfig(

@@ -20,8 +20,8 @@ from factory.config import JudgeConfig
 from factory.errors import FormatError
 from factory.models.adaface import AdaFaceIR, adaface_depth
 from factory.models.iresnet import preprocess
-from factory.train.checkpoint import load_backbone, load_identity_encoder, load_judge
-from factory.train.checkpoint_encoder import encoder_record, load_encoder
+from factory.checkpoints.recognizer import load_backbone, load_identity_encoder, load_judge
+from factory.checkpoints.encoder import encoder_record, load_encoder
 
 Spec = namedtuple("Spec", ["in_channel", "depth", "stride"])
 

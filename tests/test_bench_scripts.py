@@ -97,3 +97,38 @@ def test_a_lever_names_its_checkpoint_guidance_scale_and_interval():
     # 100 steps at 32 images/s and 100 more at 64 (batch 32): 100 s + 50 s
     meta = {"history": [{"step": 100, "images_per_s": 32.0}, {"step": 200, "images_per_s": 64.0}]}
     assert levers.training_hours(meta, 32) == pytest.approx(150 / 3600)
+
+
+def _sampler_settings():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        return importlib.import_module("sampler_settings")
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+
+
+def test_one_parser_reads_every_benchmarks_sampler_settings():
+    settings = _sampler_settings()
+    parse, setting = settings.parse_settings, settings.SamplerSetting
+    assert parse("ddim:5,10,dpmsolver++:8@fp32,unipc:10+compile,ddim:20@bf16+compile") == [
+        setting("ddim", 5, "auto", False), setting("ddim", 10, "auto", False),
+        setting("dpmsolver++", 8, "fp32", False), setting("unipc", 10, "auto", True),
+        setting("ddim", 20, "bf16", True)]
+    assert parse(" ddim:20 , 15@fp16 ") == [setting("ddim", 20, "auto", False),
+                                             setting("ddim", 15, "fp16", False)]
+    for bad, reason in (("ddim:20;unipc:5", "separated by commas"), ("20", "name its solver"),
+                        ("euler:20", "unknown solver 'euler'"),
+                        ("ddim:20@fp64", "unknown precision 'fp64'"),
+                        ("ddim:0", "at least 1"), ("ddim:20,", "an empty setting")):
+        with pytest.raises(ValueError, match=reason):
+            parse(bad)
+
+
+def test_both_sampler_benchmarks_refuse_a_malformed_setting_in_one_usage_line():
+    for script, flag in (("synthesis_speed.py", "--solvers"), ("solver_study.py", "--settings")):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), flag,
+                                 "ddim:20;unipc:5"], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": ROOT})
+        assert result.returncode == 2
+        assert f"error: {flag}: 'ddim:20;unipc:5' is not [solver:]steps[@precision]" \
+               "[+compile]" in result.stderr

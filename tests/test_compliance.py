@@ -16,7 +16,7 @@ from diffusers import DDPMScheduler
 
 from factory.config import SamplingConfig
 from factory.eval.compliance import frechet_distance, measure_compliance
-from factory.train.generator_checkpoint import LoadedGenerator
+from factory.checkpoints.generator import LoadedGenerator
 
 SIZE, DIM = 8, 16
 M_VALUES = [1.0, 0.5, 0.0, -0.5, -1.0]

@@ -15,7 +15,7 @@ from factory.models.inference import prepare
 from factory.synth.plan import shard_items
 from factory.synth.sampler import sample_shard
 from factory.synth.synthesize import make_plan
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.generator import load_generator
 
 M = [1.0, 0.5, 0.0, -0.5, -1.0]
 JUDGE_MEANS = [0.9, 0.6, 0.2, -0.2, -0.5]

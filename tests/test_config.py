@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory import layout
 from factory.config import load_config, save_config
 from factory.errors import ConfigError
 
@@ -86,9 +87,9 @@ def test_faceworld_generator_config_conditions_on_the_quickstart_outputs():
     """configs/faceworld-generator.yaml reads what `make quickstart` writes."""
     quickstart = load_config(str(CONFIGS / "quickstart.yaml"))
     generator = load_config(str(CONFIGS / "faceworld-generator.yaml"))
-    assert generator.generator.data == quickstart.generator_data_uri()
-    assert generator.generator.identity_encoder == quickstart.recognizer_final_uri()
-    assert generator.inquiry_data_uri() == quickstart.inquiry_data_uri()
+    assert generator.generator.data == layout.generator_data_uri(quickstart)
+    assert generator.generator.identity_encoder == layout.recognizer_final_uri(quickstart)
+    assert layout.inquiry_data_uri(generator) == layout.inquiry_data_uri(quickstart)
 
 
 def test_aliases_within_the_bound_still_load(tmp_path):

@@ -17,8 +17,8 @@ from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import build_backbone
 from factory.models.sampling import sample_images
 from factory.train.generator import build_generator
-from factory.train.checkpoint_encoder import encoder_record
-from factory.train.generator_checkpoint import load_generator, save_generator
+from factory.checkpoints.encoder import encoder_record
+from factory.checkpoints.generator import load_generator, save_generator
 
 TINY_UNET = UNetConfig(block_out_channels=[16, 32], cross_attention=[False, True],
                        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8)
@@ -185,7 +185,7 @@ def test_a_generator_checkpoint_as_identity_encoder_lends_its_own_e_id():
 
     from factory.config import load_config
     from factory.train.generator import _encoder_state
-    from factory.train.checkpoint_encoder import read_encoder_record
+    from factory.checkpoints.encoder import read_encoder_record
 
     shipped = str(Path(__file__).resolve().parent.parent / "assets" / "faceworld-generator")
     record = _encoder_state(load_config(None, [f"generator.identity_encoder={shipped}"]))

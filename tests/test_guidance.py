@@ -11,9 +11,9 @@ from factory.models.diffusion import cemiface_loss, draw_unconditional, training
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import build_backbone
 from factory.models.sampling import guided_output, sample_images
-from factory.train.checkpoint_encoder import encoder_record
+from factory.checkpoints.encoder import encoder_record
 from factory.train.generator import NULL_CONTEXT, build_generator, load_init_weights
-from factory.train.generator_checkpoint import load_generator, save_generator
+from factory.checkpoints.generator import load_generator, save_generator
 from tests.test_generator_model import tiny_config
 
 

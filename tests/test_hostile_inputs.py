@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-from factory import locking, storage
+from factory import layout, locking, storage
 from factory.cli import MAX_ERROR_CHARS, main
 from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.verification_bin import write_bin
+from factory.synth import pool
 from factory.synth import synthesize as synthesize_module
 from factory.synth.inquiries import embed_inquiries_here
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.generator import load_generator
 from test_storage import silent_endpoint
 
 
@@ -78,17 +79,16 @@ def synthesis_overrides(world: Path, generator: Path, out: Path) -> list[str]:
 
 def shards_in_this_process(config, todo, checkpoint, out, cli_address):
     """The actor pool's work without Ray: the same actor class, one shard at a time."""
-    actor = synthesize_module.ShardSynthesizer(config.synthesis.model_dump(mode="json"),
-                                               checkpoint, out, config.synthesis_inquiry_uri())
+    actor = pool.ShardSynthesizer(config.synthesis.model_dump(mode="json"), checkpoint, out,
+                                  layout.synthesis_inquiry_uri(config))
     images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
                      ["images"][0]) for item in todo)
-    return synthesize_module.PoolRun(images=images, seconds=1.0, shard_seconds=1.0,
-                                     startup_seconds=0.0)
+    return pool.PoolRun(images=images, seconds=1.0, shard_seconds=1.0, startup_seconds=0.0)
 
 
 def inquiries_in_this_process(config, cli_address=None):
     """The inquiry-embedding stage without Ray: the same embeddings, computed here."""
-    return embed_inquiries_here(config, load_generator(config.synthesis_checkpoint_uri()))
+    return embed_inquiries_here(config, load_generator(layout.synthesis_checkpoint_uri(config)))
 
 
 @pytest.fixture(scope="module")
@@ -615,7 +615,7 @@ def test_readers_read_only_the_shards_the_manifest_lists(dataset, tmp_path):
     reader still sees the dataset's 8 samples."""
     from factory.formats.dataset import open_dataset
     from factory.synth.analyze import read_samples
-    from factory.synth.synthesize import read_manifest
+    from factory.synth.reader import read_manifest
 
     copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     shutil.copy(copy / "shards" / "shard-000001.tar", copy / "shards" / "shard-000002.tar")

@@ -252,6 +252,7 @@ def _submit(head: Head, submission_id: str, *entrypoint: str) -> str:
 
 def test_faceworld_and_synthesis_jobs_submit_and_write_outputs(ray_head: Head, tmp_path: Path):
     from conftest import save_tiny_generator
+    from factory import layout
     from factory.config import load_config
     from factory.formats.shards import iter_shard
 
@@ -269,10 +270,10 @@ def test_faceworld_and_synthesis_jobs_submit_and_write_outputs(ray_head: Head, t
     assert not shipped & {".venv", "runs", ".git", "mlflow.db", "mlruns"}, shipped
 
     config = load_config(str(REPO_ROOT / "configs" / "smoke.yaml"), [f"workdir={workdir}"])
-    out = Path(config.faceworld_uri())
+    out = Path(layout.faceworld_uri(config))
     for name in ("train/train.rec", "train/train.idx", "train/property", "summary.json"):
         assert (out / name).is_file(), name
-    for uri in config.benchmark_uris():
+    for uri in layout.benchmark_uris(config):
         assert Path(uri).is_file(), uri
     summary = json.loads((out / "summary.json").read_text())
     assert summary["identities"] == config.faceworld.identities
@@ -280,7 +281,7 @@ def test_faceworld_and_synthesis_jobs_submit_and_write_outputs(ray_head: Head, t
     generator = save_tiny_generator(str(tmp_path / "generator"), str(out / "train"))
     _submit(ray_head, f"synthesize-smoke-{tag}", "jobs/synthesize.py", "--config",
             "configs/smoke.yaml", f"workdir={workdir}", f"synthesis.checkpoint={generator}")
-    dataset = Path(config.synthesis_out_uri())
+    dataset = Path(layout.synthesis_out_uri(config))
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["counts"]["samples"] == 6 * 2 and manifest["counts"]["shards"] == 3
     keys = [s["__key__"] for shard in manifest["shards"]

@@ -27,8 +27,8 @@ from factory.formats.shards import iter_shard
 from factory.storage import TEMP_MARKER
 from factory.synth.plan import planned_keys
 from factory.synth.synthesize import make_plan
-from factory.train.checkpoint import load_state
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.recognizer import load_state
+from factory.checkpoints.generator import load_generator
 
 pytestmark = pytest.mark.slow
 

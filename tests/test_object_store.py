@@ -114,8 +114,8 @@ def test_every_stage_runs_on_the_object_store(endpoint, aws, tmp_path, capsys):
     from factory.formats.shards import iter_shard
     from factory.synth.plan import planned_keys
     from factory.synth.synthesize import make_plan
-    from factory.train.checkpoint import load_state
-    from factory.train.generator_checkpoint import load_generator
+    from factory.checkpoints.recognizer import load_state
+    from factory.checkpoints.generator import load_generator
 
     config_file = _run_config(endpoint, tmp_path)
     config = load_config(str(config_file))

@@ -24,7 +24,7 @@ from factory.models.pipeline import CemiFacePipeline, CemiFacePipelineOutput
 from factory.synth.plan import shard_items
 from factory.synth.sampler import sample_shard
 from factory.synth.synthesize import make_plan
-from factory.train.generator_checkpoint import check_generator, load_generator
+from factory.checkpoints.generator import check_generator, load_generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,8 +91,8 @@ def test_the_documented_example_runs_as_printed(tmp_path, monkeypatch, capsys):
     (_, code), (_, printed) = [block for block in blocks if block[0] in ("python", "text")]
     os.symlink(os.path.join(REPO, "assets"), tmp_path / "assets")
     monkeypatch.chdir(tmp_path)  # the example's relative paths, and where it saves its images
-    with open(os.path.join(REPO, "README.md")) as stream:
-        assert f"```python\n{code}\n```" in stream.read()  # the README prints the same code
+    with open(os.path.join(REPO, "docs", "generator.md")) as stream:
+        assert f"```python\n{code}\n```" in stream.read()  # the generator page prints it
     exec(compile(code, "factory/models/pipeline.py (docstring)", "exec"), {})
     output = capsys.readouterr().out.strip()
     # the figures to 2e-3 (another CPU may round a last digit otherwise); the rest exactly

@@ -80,7 +80,7 @@ def test_the_production_config_runs_at_its_real_shapes(endpoint, aws, tmp_path, 
     from factory.formats.images import decode_image
     from factory.formats.shards import iter_shard
     from factory.models.iresnet import build_backbone
-    from factory.train.generator_checkpoint import load_generator
+    from factory.checkpoints.generator import load_generator
 
     aws.setenv("AWS_ENDPOINT_URL", endpoint)
     aws.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

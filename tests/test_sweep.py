@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from factory import layout
 from factory.config import load_config
 from factory.formats.dataset import open_dataset
 from factory.formats.images import encode_jpeg
@@ -193,7 +194,7 @@ def test_a_measured_real_pool_splits_into_equal_similarity_groups(world, tmp_pat
         f"sweep.measure.encoder={tmp_path / 'model.pt'}",
         "sweep.measure.encoder_backbone={name: ir-tiny, input_size: 32, embedding_size: 32}",
         "sweep.measure.samples_per_shard=10", "sweep.similarity_groups=4"])
-    pool = config.sweep_pool_uri()
+    pool = layout.sweep_pool_uri(config)
     manifest = measure_pool(config, pool)
     assert manifest["counts"] == {"samples": 32, "identities": 8, "shards": 4}
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from factory import layout
 from factory.config import load_config
 from factory.errors import UserError
 from factory.formats.dataset import open_dataset
@@ -24,7 +25,7 @@ from factory.synth import synthesize as synthesize_module
 from factory.synth.plan import identities_from_bytes, planned_keys, shard_items
 from factory.synth.sampler import encode_samples, sample_shard
 from factory.synth.synthesize import make_plan, synthesize
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.generator import load_generator
 
 CONTRACT = {"label", "inquiry", "m", "similarity_inquiry", "similarity_center", "seed", "mixup",
             "generator", "sampler", "steps"}
@@ -136,7 +137,7 @@ def test_encoding_later_gives_the_same_samples_inquiry_copies_included(world, ti
     identities, _ = make_plan(config, generator)
     item = shard_items(identities, 2)[0]
     settings = prepare(generator, config.synthesis.sampling, "cpu")
-    inquiries = open_dataset(config.synthesis_inquiry_uri())
+    inquiries = open_dataset(layout.synthesis_inquiry_uri(config))
     now = sample_shard(generator, item, config.synthesis, settings, inquiries)
     later = sample_shard(generator, item, config.synthesis, settings, inquiries, encode=False)
     assert later.pixels is not None and not any(sample.jpg for sample in later.samples)

@@ -14,8 +14,8 @@ from factory.config import SamplingConfig, load_config
 from factory.errors import ConfigError
 from factory.models.inference import CPU_BATCH_SIZE, prepare
 from factory.models.sampling import sample_images
-from factory.synth.synthesize import actor_pool
-from factory.train.generator_checkpoint import load_generator
+from factory.synth.pool import actor_pool
+from factory.checkpoints.generator import load_generator
 
 SHIPPED = "assets/faceworld-generator"
 BF16_MEAN_ABS = 0.02

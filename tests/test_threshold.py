@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
+from factory.config import parse_fpr
 from factory.errors import UserError
 from factory.eval.threshold import (
     ThresholdEstimate,
     estimate_threshold,
     impostor_pairs,
-    parse_fpr,
     threshold_at_fpr,
     top_impostor_scores,
 )

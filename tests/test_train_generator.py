@@ -18,9 +18,9 @@ from factory.eval.generator_report import generator_report
 from factory.eval.progress import generator_progress
 from factory.models.iresnet import build_backbone
 from factory.models.sampling import sample_images
-from factory.train.checkpoint import save_checkpoint
+from factory.checkpoints.recognizer import save_checkpoint
 from factory.train.generator import train_generator
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.generator import load_generator
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
+from factory import layout
 from factory.config import FactoryConfig, load_config
-from factory.train.checkpoint import load_backbone, load_state
+from factory.checkpoints.recognizer import load_backbone, load_state
 from factory.train.recognizer import train_recognizer
 
 pytestmark = pytest.mark.slow
@@ -92,7 +93,7 @@ def test_a_rerun_with_another_model_is_refused_before_training(world, tmp_path):
     (run_root / "run.json").write_text(json.dumps({
         "backbone": config.recognizer.backbone.model_dump(mode="json") | {"name": "ir-small"},
         "head": config.recognizer.head.model_dump(mode="json"),
-        "data": config.recognizer_data_uri(), "real_data": ""}))
+        "data": layout.recognizer_data_uri(config), "real_data": ""}))
     with pytest.raises(UserError, match="different backbone; set a new recognizer.run_name"):
         train_recognizer(config)
 

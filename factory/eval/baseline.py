@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from factory import layout
 from factory.config import FactoryConfig
 from factory.eval.benchmarks import evaluate_embedder, load_benchmarks
 from factory.eval.verification import VerificationResult
@@ -23,7 +24,7 @@ def pixel_embedding(images: np.ndarray) -> np.ndarray:
 def run_pixel_baseline(config: FactoryConfig) -> list[VerificationResult]:
     """10-fold accuracy of raw pixels on the face world's benchmarks (with none, on
     ``evaluate.benchmarks``)."""
-    benchmarks = load_benchmarks(config.baseline_benchmark_uris(), config.baseline.image_size)
+    benchmarks = load_benchmarks(layout.baseline_benchmark_uris(config), config.baseline.image_size)
     return evaluate_embedder(pixel_embedding, benchmarks)
 
 

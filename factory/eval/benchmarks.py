@@ -3,17 +3,24 @@
 Benchmarks are decoded once at the model's input size and reused (the training loop evaluates
 every few epochs). Any callable from uint8 NHWC RGB images to raw embeddings can be judged: a
 recognizer backbone, or the raw-pixel baseline.
+
+Which benchmarks a run reads is looked up here too (:func:`evaluation_benchmarks`,
+:func:`validation_benchmarks`), so that training, evaluation and sweeps take the same lists
+from one place below all of them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from factory.errors import FormatError
+from factory import layout, storage
+from factory.config import FactoryConfig
+from factory.errors import FormatError, UserError
 from factory.eval.verification import (
     NUM_FOLDS,
     VerificationResult,
@@ -124,3 +131,39 @@ class EpochEvaluation:
         if test:
             metrics.update(accuracy_metrics(test, TEST_AVERAGE))
         return metrics, test or validation
+
+
+def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
+    """The test benchmarks: explicit ``evaluate.benchmarks`` (each must exist), else the face
+    world's if present."""
+    return _existing(config.evaluate.benchmarks,
+                     lambda: layout.evaluation_benchmark_uris(config), "evaluate.benchmarks")
+
+
+def validation_benchmarks(config: FactoryConfig) -> list[str]:
+    """The validation benchmarks: explicit ``evaluate.validation_benchmarks`` (each must
+    exist, and none may be a test benchmark), else the face world's if present."""
+    uris = _existing(config.evaluate.validation_benchmarks,
+                     lambda: layout.validation_benchmark_uris(config),
+                     "evaluate.validation_benchmarks")
+    names = {_stem(uri) for uri in evaluation_benchmarks(config)}
+    shared = sorted(names & {_stem(uri) for uri in uris})
+    if shared:
+        raise UserError(f"evaluate.validation_benchmarks: {', '.join(shared)} is also a test "
+                        "benchmark's name (validation and test must be different sets, and the "
+                        "name keys the metrics)")
+    return uris
+
+
+def _existing(given: Sequence[str], defaults: Callable[[], list[str]], key: str) -> list[str]:
+    """``given`` (each must exist), else those of ``defaults()`` that exist."""
+    if given:
+        for uri in given:
+            if not storage.exists(uri):
+                raise UserError(f"{key}: {uri}: benchmark file not found")
+        return list(given)
+    return [uri for uri in defaults() if storage.exists(uri)]
+
+
+def _stem(uri: str) -> str:
+    return os.path.basename(uri.rstrip("/")).removesuffix(".bin")

@@ -47,7 +47,7 @@ from factory.models.sampling import (
     sample_images,
     solver_scheduler,
 )
-from factory.train.generator_checkpoint import LoadedGenerator
+from factory.checkpoints.generator import LoadedGenerator
 
 SHUFFLE_SEED = 2024
 

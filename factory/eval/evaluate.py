@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from factory import storage
+from factory import layout, storage
+from factory.checkpoints.recognizer import load_backbone
 from factory.config import FactoryConfig
 from factory.errors import UserError
 from factory.eval.benchmarks import (
     accuracy_metrics,
     backbone_embedder,
     evaluate_embedder,
+    evaluation_benchmarks,
     load_benchmarks,
 )
 from factory.eval.verification import VerificationResult, plot_roc
@@ -28,8 +30,6 @@ from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_backbone
-from factory.train.recognizer import evaluation_benchmarks
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Evaluation:
 
 
 def default_checkpoint(config: FactoryConfig) -> str:
-    return config.recognizer_final_uri()
+    return layout.recognizer_final_uri(config)
 
 
 def reference_average(config: FactoryConfig, run_name: str) -> float:

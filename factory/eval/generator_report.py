@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig, SamplingConfig
 from factory.eval.compliance import (
     Compliance,
@@ -57,8 +57,8 @@ from factory.provenance import code_version
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_judge
-from factory.train.generator_checkpoint import LoadedGenerator, load_generator
+from factory.checkpoints.recognizer import load_judge
+from factory.checkpoints.generator import LoadedGenerator, load_generator
 
 GRID_SEED = 77
 
@@ -118,27 +118,27 @@ def generator_report(config: FactoryConfig, validation: bool = False
     ``validation`` measures the validation identities instead of the report's (for choosing
     between levers, guidance scales or checkpoints) and writes to its own folder."""
     cfg = config.generator
-    uri = config.generator_checkpoint_uri()
+    uri = layout.generator_checkpoint_uri(config)
     generator = load_generator(uri)
     compliance_cfg = cfg.compliance
-    dataset = open_dataset(config.inquiry_data_uri())
+    dataset = open_dataset(layout.inquiry_data_uri(config))
     first, count = ((0, compliance_cfg.validation_identities) if validation
                     else (compliance_cfg.first_identity, compliance_cfg.identities))
     inquiries = first_image_per_identity(dataset, count, skip=first)
     judge = load_judge(config.judge)
-    reference_uri = config.real_reference_uri()
+    reference_uri = layout.real_reference_uri(config)
     reference = load_reference(reference_uri, compliance_cfg.identities)
     with torch.no_grad():
         result = measure_compliance(
             generator, inquiries, compliance_cfg.m_values, compliance_cfg.seeds, cfg.sampling,
             judge=judge, shuffled_control=compliance_cfg.shuffled_m_control,
             control_generators=load_controls(config),
-            real=open_dataset(config.generator_data_uri()), reference=reference)
+            real=open_dataset(layout.generator_data_uri(config)), reference=reference)
     out = config.evaluate.out or storage.join(
         config.workdir, "generator-report-validation" if validation else "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
-                "code_version": code_version(), "inquiries": config.inquiry_data_uri(),
+                "code_version": code_version(), "inquiries": layout.inquiry_data_uri(config),
                 "judge": config.judge.checkpoint or None,
                 "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
                 "seeds_per_m": compliance_cfg.seeds,

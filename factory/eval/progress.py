@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FINAL_DIR, FactoryConfig
 from factory.eval.compliance import first_image_per_identity, measure_compliance
 from factory.eval.generator_figures import agg_figure
@@ -26,9 +26,9 @@ from factory.formats.dataset import open_dataset
 from factory.provenance import code_version
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_judge
-from factory.train.checkpoint_encoder import META_FILE
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.recognizer import load_judge
+from factory.checkpoints.encoder import META_FILE
+from factory.checkpoints.generator import load_generator
 
 
 def run_checkpoints(folder: str) -> list[str]:
@@ -76,11 +76,11 @@ def generator_progress(config: FactoryConfig, folder: str | None = None
                        ) -> tuple[list[dict[str, Any]], str]:
     """Measure every checkpoint; returns one row per (checkpoint, sampler, recognizer)."""
     cfg = config.generator
-    folder = folder or storage.join(config.generator_storage_uri(), cfg.run_name)
+    folder = folder or storage.join(layout.generator_storage_uri(config), cfg.run_name)
     checkpoints = ([cfg.init_from] if cfg.init_from else []) + run_checkpoints(folder)
     if not checkpoints:
         raise ValueError(f"{folder}: no generator checkpoints")
-    inquiries = first_image_per_identity(open_dataset(config.inquiry_data_uri()),
+    inquiries = first_image_per_identity(open_dataset(layout.inquiry_data_uri(config)),
                                          cfg.compliance.validation_identities)
     judge = load_judge(config.judge)
     samplers = {"CemiFace's sampler": cfg.sampling.model_copy(update={"identity_handoff": None})}

@@ -18,33 +18,20 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.errors import FormatError, UserError
-from factory.formats.verification_bin import read_bin
+from factory.formats.verification_bin import IDENTITIES_SUFFIX, read_bin
 
-FPR_SPEC = re.compile(r"fpr:([0-9.]+(?:e-?[0-9]+)?)")
-IDENTITIES_SUFFIX = ".identities.npy"
 BLOCK = 1024
 
 Encode = Callable[[np.ndarray], np.ndarray]
 """uint8 NHWC images -> unit-length embeddings, one row each."""
-
-
-def parse_fpr(spec: str) -> float:
-    """``"fpr:1e-4"`` -> 1e-4; ValueError for anything else (the config validator's message)."""
-    match = FPR_SPEC.fullmatch(spec.strip())
-    rate = float(match.group(1)) if match else math.nan
-    if not 0.0 < rate < 1.0:
-        raise ValueError("expected a number in [-1, 1] or 'fpr:<rate>' with 0 < rate < 1 "
-                         "(e.g. 'fpr:1e-4')")
-    return rate
 
 
 @dataclass
@@ -157,7 +144,7 @@ def encoder_threshold(config: FactoryConfig, encoder: Callable, image_size: int,
     on ``synthesis.threshold_benchmarks`` (default: the face world's validation benchmarks)."""
     from factory.models.identity import encode_images
 
-    uris = config.threshold_benchmark_uris()
+    uris = layout.threshold_benchmark_uris(config)
     missing = [uri for uri in uris if not storage.exists(uri)]
     if missing:
         raise UserError(f"synthesis.threshold_benchmarks: {missing[0]} not found (a threshold "

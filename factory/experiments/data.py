@@ -12,14 +12,16 @@ import json
 
 import numpy as np
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.errors import UserError
 from factory.experiments.cells import Dataset, MeasuredSet, RealSet, SyntheticSet
 from factory.formats.dataset import open_dataset
 from factory.formats.recordio import write_insightface_rec
 from factory.synth.measure import measure_pool
-from factory.synth.synthesize import MANIFEST_FILE, read_manifest, synthesize
+from factory.synth.layout import MANIFEST_FILE
+from factory.synth.reader import read_manifest
+from factory.synth.synthesize import synthesize
 
 SUBSET_MARKER = "subset.json"
 IDENTITIES_PER_SHARD = 50
@@ -43,7 +45,7 @@ def make_real_subset(config: FactoryConfig, subset: RealSet) -> str:
     out = data_uri(config, subset)
     if storage.exists(storage.join(out, SUBSET_MARKER)):
         return out
-    world = open_dataset(storage.join(config.faceworld_uri(), "train"))
+    world = open_dataset(storage.join(layout.faceworld_uri(config), "train"))
     labels = np.asarray(world.labels)
     if subset.identities > world.num_classes:
         raise UserError(f"experiments (volumes, real_share): {subset.key} needs "
@@ -60,7 +62,7 @@ def make_real_subset(config: FactoryConfig, subset: RealSet) -> str:
                           num_images=len(indices), num_classes=subset.identities,
                           image_size=(int(size[0]), int(size[1])))
     storage.write_text(storage.join(out, SUBSET_MARKER), json.dumps(
-        {"source": storage.join(config.faceworld_uri(), "train"),
+        {"source": storage.join(layout.faceworld_uri(config), "train"),
          "identities": subset.identities, "images_per_identity": subset.images}))
     return out
 
@@ -74,7 +76,7 @@ def make_measured_set(config: FactoryConfig, measured: MeasuredSet) -> str:
     source = make_real_subset(config, measured.source)
     measuring = config.model_copy(deep=True)
     measuring.sweep.measure.data = source
-    measuring.sweep.measure.encoder = config.synthesis_checkpoint_uri()
+    measuring.sweep.measure.encoder = layout.synthesis_checkpoint_uri(config)
     measure_pool(measuring, out)
     return out
 
@@ -97,7 +99,8 @@ def make_synthetic_set(config: FactoryConfig, synthetic: SyntheticSet,
     cfg.m.kind = "values"
     cfg.m.values = list(synthetic.m_values)
     cfg.identities_per_shard = IDENTITIES_PER_SHARD
-    cfg.privacy.real_data = cfg.privacy.real_data or storage.join(config.faceworld_uri(), "train")
+    cfg.privacy.real_data = (cfg.privacy.real_data
+                             or storage.join(layout.faceworld_uri(config), "train"))
     synthesize(run, cli_address=cli_address)
     return out
 

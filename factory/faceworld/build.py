@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from factory import storage
+from factory import layout, storage
 from factory.config import (
     VALIDATION_DIR,
     BenchmarkSpec,
@@ -42,14 +42,13 @@ from factory.config import (
     save_config,
 )
 from factory.errors import FormatError
-from factory.eval.threshold import IDENTITIES_SUFFIX
 from factory.faceworld.identity import lookalike, sample_identity
 from factory.faceworld.montage import montage
 from factory.faceworld.nuisance import Nuisance, same_scene, sample_nuisance
 from factory.faceworld.render import render_face
 from factory.formats.images import encode_jpeg, encode_png
 from factory.formats.recordio import write_insightface_rec
-from factory.formats.verification_bin import write_bin
+from factory.formats.verification_bin import IDENTITIES_SUFFIX, write_bin
 from factory.provenance import code_version
 
 TRAIN_IDENTITY_STREAM, TRAIN_IMAGE_STREAM, INQUIRY_STREAM, BENCHMARK_STREAM_BASE = 0, 1, 50, 100
@@ -299,7 +298,7 @@ def load_summary(out: str) -> FaceWorldSummary | None:
 
 def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
     """Render the face world configured in ``config.faceworld``; reuse a complete identical one."""
-    cfg, out = config.faceworld, config.faceworld_uri()
+    cfg, out = config.faceworld, layout.faceworld_uri(config)
     resolved = cfg.model_dump(mode="json")
     existing = load_summary(out)
     if existing is not None and existing.config == resolved:

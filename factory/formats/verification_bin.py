@@ -22,6 +22,11 @@ from factory import storage
 from factory.errors import FormatError, UserError
 from factory.formats.images import decode_image, resize
 
+IDENTITIES_SUFFIX = ".identities.npy"
+"""The side file of a ``<name>.bin``: ``<name>.identities.npy``, the identity of each of its
+images, which the face world writes so that an impostor threshold can use every pair of images
+of different people, not only the benchmark's negative pairs (:mod:`factory.eval.threshold`)."""
+
 
 @dataclass
 class VerificationSet:

@@ -11,7 +11,7 @@ so at small t (x0_hat is nearly x) the sample must keep the identity, and at lar
 land at the requested similarity m. The ``constant`` target schedule sets gamma = 1 at every t
 (target m throughout): a DDIM trajectory follows the per-noise-level optimum closely, and under
 CemiFace's gamma that optimum climbs back to 1 in the late steps, which pulls a sample laid out at
-similarity m back towards its inquiry (measured on the face world, see the README). m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
+similarity m back towards its inquiry (measured on the face world, see docs/generator.md). m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
 continuous m is known to collapse the model to one image for every m.
 """
 

@@ -47,9 +47,9 @@ batches hold the same samples, up to float rounding (a rare pixel one level off)
 remade alone or found in a synthesised dataset's metadata.
 
 One checkpoint format. :meth:`CemiFacePipeline.from_pretrained` is the factory's
-:func:`~factory.train.generator_checkpoint.load_generator` and
+:func:`~factory.checkpoints.generator.load_generator` and
 :meth:`~CemiFacePipeline.save_pretrained` its
-:func:`~factory.train.generator_checkpoint.save_generator`: ``unet/``, ``condition/`` and
+:func:`~factory.checkpoints.generator.save_generator`: ``unet/``, ``condition/`` and
 ``scheduler/`` are diffusers folders, but E_id is ``identity_encoder.pt`` (backbone arguments
 and weights, read with ``weights_only=True``, never unpickled), which diffusers' generic loader
 cannot read and must not be taught to unpickle; and the checkpoint has no ``model_index.json``.
@@ -74,12 +74,12 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from factory import storage
+from factory.checkpoints.encoder import ENCODER_FILE, encoder_record
+from factory.checkpoints.generator import CONFIG_FILE, load_generator, save_generator
+from factory.checkpoints.recognizer import read_torch_file
 from factory.models.generator import CemiFaceGenerator, SimilarityCondition
 from factory.models.identity import IdentityEncoder, inquiry_tensor
 from factory.models.sampling import Solver, autocast_context, sample_images, to_uint8
-from factory.train.checkpoint import read_torch_file
-from factory.train.checkpoint_encoder import ENCODER_FILE, encoder_record
-from factory.train.generator_checkpoint import CONFIG_FILE, load_generator, save_generator
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 """One inquiry image or a batch: a PIL image; a numpy array ``[H, W, 3]`` or ``[N, H, W, 3]``;
@@ -109,7 +109,7 @@ class PipelineIdentityEncoder(IdentityEncoder):
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint stores of E_id, as ``identity_encoder.pt``
-        (:func:`factory.train.checkpoint_encoder.encoder_record`)."""
+        (:func:`factory.checkpoints.encoder.encoder_record`)."""
         return encoder_record(self.source, self.backbone, self.input_size)
 
 
@@ -163,7 +163,7 @@ class CemiFacePipeline(DiffusionPipeline):
                         dtype: torch.dtype | None = None) -> CemiFacePipeline:
         """A generator checkpoint the factory wrote (a run's checkpoint or a published
         ``final/``, local or on an object store), loaded by the factory's own
-        :func:`~factory.train.generator_checkpoint.load_generator` (see the module docstring);
+        :func:`~factory.checkpoints.generator.load_generator` (see the module docstring);
         ``dtype`` casts every component's weights, as ``.to(dtype)`` would."""
         uri = os.fspath(pretrained_model_name_or_path)
         loaded = load_generator(uri)
@@ -183,7 +183,7 @@ class CemiFacePipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write a generator checkpoint with the factory's
-        :func:`~factory.train.generator_checkpoint.save_generator`, so that ``load_generator``,
+        :func:`~factory.checkpoints.generator.save_generator`, so that ``load_generator``,
         synthesis and :meth:`from_pretrained` read it (weights in the pipeline's dtype)."""
         save_generator(os.fspath(save_directory), CemiFaceGenerator(self.unet, self.condition),
                        self.scheduler, self.identity_encoder.record(), self.meta,

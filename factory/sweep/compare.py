@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from factory.config import load_yaml
+from factory.config import FactoryConfig, load_yaml
 from factory.errors import UserError
 from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
 from factory.report import format_table
+from factory.runtime import mlflow_tracking_uri
 from factory.sweep.trial import CURVE_M, CURVE_SIMILARITY, SWEEP_TAG, SWEPT_PARAM_PREFIX
 
 PARENT_TAG = "facefactory.sweep_parent"
@@ -33,6 +34,8 @@ REFERENCE_METRIC = "reference_avg_acc"
 CURVE_KEYS = {CURVE_M: "recognizer.select.m", CURVE_SIMILARITY: "recognizer.select.similarity"}
 SEED_KEY = "recognizer.seed"
 """The swept key ``sweep.seeds`` repeats settings over: settings are compared across it."""
+CURVE_FILE = "accuracy_vs_m.png"
+"""The accuracy-against-m figure, in ``factory compare --out`` and in a sweep's folder."""
 
 
 @dataclass
@@ -250,3 +253,26 @@ def accuracy_curve_png(rows: list[TrialRow], path: str) -> str | None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path
+
+
+@dataclass
+class Comparison:
+    """What ``factory compare`` shows: the table of trials and settings, and the figure's path
+    (None: no trial has a curve axis)."""
+
+    table: str
+    figure: str | None
+
+
+def compare_sweeps(config: FactoryConfig, experiment: str | None, sweep: str | None,
+                   out: str) -> Comparison:
+    """``factory compare``: the trials of ``sweep`` (None: of every sweep) in MLflow experiment
+    ``experiment`` (None: ``runtime.experiment``) of the config's tracking store, as the table
+    and the accuracy-against-m figure, written into the local folder ``out``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri(config.runtime))
+    rows = sweep_rows(experiment or config.runtime.experiment, sweep)
+    os.makedirs(out, exist_ok=True)
+    figure = accuracy_curve_png(rows, os.path.join(out, CURVE_FILE))
+    return Comparison(comparison_table(rows), figure)

@@ -16,6 +16,7 @@ experiment, sealed, when ``fit`` ends (:mod:`factory.sweep.seal`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -23,14 +24,15 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.errors import FormatError, UserError
-from factory.eval.benchmarks import VALIDATION_AVERAGE
+from factory.eval.benchmarks import VALIDATION_AVERAGE, validation_benchmarks
 from factory.locking import LOCK_FILE, hold_lock
 from factory.provenance import code_version
 from factory.runtime import init_ray, ray_address, setup_mlflow
 from factory.sweep.compare import (
+    CURVE_FILE,
     PARENT_TAG,
     REFERENCE_METRIC,
     accuracy_curve_png,
@@ -47,13 +49,12 @@ from factory.sweep.space import (
     tune_space,
 )
 from factory.sweep.trial import SweepSetup, run_trial
-from factory.train.recognizer import validation_benchmarks
 from factory.train.workers import copies_that_fit
 from factory.synth.measure import measure_pool
-from factory.synth.synthesize import MANIFEST_FILE, synthesize
+from factory.synth.layout import MANIFEST_FILE
+from factory.synth.synthesize import synthesize
 from factory.tracking import MAX_PARAM_LENGTH, flatten
 
-CURVE_FILE = "accuracy_vs_m.png"
 STOPPED_EARLY_TAG = "facefactory.stopped_after_epochs"
 STATE_FILE = "sweep.json"
 """In the sweep's directory: the MLflow parent run id, so a rerun logs under the same parent."""
@@ -74,7 +75,8 @@ class SweepOutcome:
 def reference_avg(config: FactoryConfig) -> float | None:
     """The real-trained recognizer's AVG for GtR: ``sweep.reference``'s ``metrics.json``, else
     this config's recognizer run when it has finished; None when neither exists."""
-    uri = storage.join(config.sweep.reference or config.recognizer_final_uri(), "metrics.json")
+    uri = storage.join(config.sweep.reference or layout.recognizer_final_uri(config),
+                       "metrics.json")
     if not storage.exists(uri):
         if config.sweep.reference:
             raise UserError(f"{uri}: not found (sweep.reference must be a finished recognizer "
@@ -93,7 +95,7 @@ def check_validation(config: FactoryConfig) -> list[str]:
     if not uris:
         raise UserError(
             "evaluate.validation_benchmarks: a sweep selects on validation benchmarks and none "
-            f"were found (the face world's are {config.validation_benchmark_uris()[:1]}...; "
+            f"were found (the face world's are {layout.validation_benchmark_uris(config)[:1]}...; "
             "build them with `factory faceworld`, or list .bin files there)")
     names = [os.path.basename(uri).removesuffix(".bin") for uri in uris]
     metric = config.sweep.metric
@@ -107,7 +109,7 @@ def check_validation(config: FactoryConfig) -> list[str]:
 def ensure_pool(config: FactoryConfig, cli_address: str | None) -> str:
     """The select-mode pool; when it is not there yet, the real data of ``sweep.measure``
     measured into shards, else a synthesis from the synthesis section."""
-    pool = config.sweep_pool_uri()
+    pool = layout.sweep_pool_uri(config)
     if storage.exists(storage.join(pool, MANIFEST_FILE)):
         return pool
     if config.sweep.measure.data:
@@ -197,7 +199,7 @@ def run_sweep(config: FactoryConfig, cli_address: str | None = None) -> SweepOut
     for params in corner_params(sweep.space):
         apply_params(config.model_dump(mode="json"), params)  # a bad key fails here, at once
     reference = reference_avg(config)
-    directory = storage.join(config.sweep_storage_uri(), sweep.name)
+    directory = storage.join(layout.sweep_storage_uri(config), sweep.name)
     with hold_lock(directory, "sweep"):  # before its Tune state or sweep.json is read
         storage.ensure_writable(directory)
         with tempfile.TemporaryDirectory(prefix="facefactory-tune-") as private:
@@ -290,16 +292,41 @@ def _new_tuner(config: FactoryConfig, trainable, param_space, concurrent: int, p
     )
 
 
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+"""Logs "Trial task failed for trial <name>", with the trial's traceback, in the sweep's
+process."""
+
+
+class _TrialUserErrorsOnOneLine(logging.Filter):
+    """A trial that failed on a :class:`UserError` (a tracking store that did not answer, a bad
+    input) is logged as one line ending in the error's message, without the trial's traceback:
+    the user has the cause to fix, not a bug to report, and the sweep ends with that line too.
+    Ray raises a trial's error as a ``RayTaskError`` that is also an instance of the error's own
+    class, carrying the error itself as ``cause``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, UserError):
+            cause = getattr(error, "cause", error)
+            record.msg = f"{record.getMessage()}: {' '.join(str(cause).split())}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def _fit(tuner):
     """``tuner.fit()``, and whether Ctrl-C (SIGINT) interrupted it.
 
     Tune handles SIGINT during ``fit`` itself: it saves the experiment state, stops the trials
     and returns normally, marking unstarted trials terminated, so the results cannot tell. Its
     handler puts the previous one back when it fires, and that is how an interruption shows.
+    A trial that fails on a user error is logged on one line (:class:`_TrialUserErrorsOnOneLine`).
     """
     before = signal.getsignal(signal.SIGINT)
     catches = (threading.current_thread() is threading.main_thread()
                and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
+    tune_logger = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    if not any(isinstance(f, _TrialUserErrorsOnOneLine) for f in tune_logger.filters):
+        tune_logger.addFilter(_TrialUserErrorsOnOneLine())
     results = tuner.fit()
     interrupted = catches and signal.getsignal(signal.SIGINT) is before
     if catches:

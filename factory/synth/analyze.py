@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig, describe_validation_error
 from factory.errors import FormatError
 from factory.eval.compliance import spearman
@@ -71,14 +71,10 @@ from factory.synth.privacy import (
     sample_privacy_text,
     synthetic_embeddings,
 )
-from factory.synth.synthesize import (
-    read_centers,
-    read_manifest,
-    read_stats,
-)
+from factory.synth.reader import read_centers, read_manifest, read_stats
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_judge
-from factory.train.generator_checkpoint import load_generator
+from factory.checkpoints.recognizer import load_judge
+from factory.checkpoints.generator import load_generator
 
 BIN_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
 
@@ -211,7 +207,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                           "synthesis.privacy.real_data")
     centers, labels = synthetic_centers(dataset, manifest)
     real = real_centers(generator.encoder, generator.image_size, open_dataset(real_uri))
-    inquiry_uri = recorded_config(dataset, manifest).synthesis_inquiry_uri()
+    inquiry_uri = layout.synthesis_inquiry_uri(recorded_config(dataset, manifest))
     # inquiries drawn from the training set itself are no reference: they are training people
     held_out = None if inquiry_uri == real_uri else held_out_embeddings(generator, inquiry_uri)
     reference = None if held_out is None else (held_out @ real.T).max(1)
@@ -306,7 +302,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
 def measured_reference(config: FactoryConfig, generator, judge) -> dict[str, RealReference]:
     """The real genuine figures by E_id (the generator's) and the judge, on the configured
     reference set (none when it is not configured)."""
-    reference = load_reference(config.real_reference_uri(),
+    reference = load_reference(layout.real_reference_uri(config),
                                config.generator.compliance.identities)
     if reference is None:
         return {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.models.sampling import SOLVER_NAMES
 from factory.synth.layout import (
@@ -139,7 +139,7 @@ def _provenance(manifest: dict[str, Any]) -> str:
                     f"steps, eta {synthesis.sampling.eta}"
                     + (f", identity hand-off at {handoff}" if handoff is not None else "")),
         ("inquiry identities", f"{counts['identities'] - counts['mixup_identities']} from "
-                               f"`{config.synthesis_inquiry_uri()}` (asked for "
+                               f"`{layout.synthesis_inquiry_uri(config)}` (asked for "
                                f"{synthesis.inquiry.identities}, every pair below cosine "
                                f"{_filter_text(manifest, synthesis.inquiry.max_similarity)})"),
         ("seed", str(synthesis.seed)),

@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from factory import layout
 from factory.config import FactoryConfig
 from factory.errors import UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.models.identity import embedding_batches
 from factory.runtime import init_ray, quiet_ray_data
-from factory.train.checkpoint_encoder import checkpoint_meta, load_checkpoint_encoder
+from factory.checkpoints.encoder import checkpoint_meta, load_checkpoint_encoder
 
 if TYPE_CHECKING:  # the UNet's loader imports diffusers, which an embedding actor never needs
-    from factory.train.generator_checkpoint import LoadedGenerator
+    from factory.checkpoints.generator import LoadedGenerator
 
 EMBED_BATCH = 256
 
@@ -97,10 +98,10 @@ def embed_inquiries_on_actors(config: FactoryConfig, cli_address: str | None = N
     import ray
 
     cfg = config.synthesis
-    dataset = open_dataset(config.synthesis_inquiry_uri())
+    dataset = open_dataset(layout.synthesis_inquiry_uri(config))
     firsts = first_index_per_identity(dataset)
     if not firsts:
-        raise UserError(f"{config.synthesis_inquiry_uri()}: no inquiry identities")
+        raise UserError(f"{layout.synthesis_inquiry_uri(config)}: no inquiry identities")
     names = [identity_name(dataset, label) for label in firsts]
     chunks = -(-len(firsts) // EMBED_BATCH)
     init_ray(config.runtime, cli_address)
@@ -115,8 +116,8 @@ def embed_inquiries_on_actors(config: FactoryConfig, cli_address: str | None = N
         InquiryEmbedder, batch_size=1, batch_format="numpy",
         # a fixed pool of the range's upper end: the stage is short, scaling would not pay
         compute=ray.data.ActorPoolStrategy(size=min(cfg.actors.size_range()[1], chunks)),
-        fn_constructor_kwargs={"checkpoint": config.synthesis_checkpoint_uri(),
-                               "inquiry_uri": config.synthesis_inquiry_uri(),
+        fn_constructor_kwargs={"checkpoint": layout.synthesis_checkpoint_uri(config),
+                               "inquiry_uri": layout.synthesis_inquiry_uri(config),
                                "threads": threads, "gpus": cfg.actors.gpus_per_actor},
         **resources)
     embeddings: np.ndarray | None = None
@@ -135,7 +136,7 @@ def embed_inquiries_on_actors(config: FactoryConfig, cli_address: str | None = N
 def embed_inquiries_here(config: FactoryConfig, generator: LoadedGenerator) -> Inquiries:
     """The same as :func:`embed_inquiries_on_actors`, computed in this process with a loaded
     generator (the benchmark's Ray-free loop, and tests that check the two agree)."""
-    dataset = open_dataset(config.synthesis_inquiry_uri())
+    dataset = open_dataset(layout.synthesis_inquiry_uri(config))
     firsts = first_index_per_identity(dataset)
     return Inquiries([identity_name(dataset, label) for label in firsts], list(firsts.values()),
                      embed_inquiries(generator, dataset, list(firsts.values())))

@@ -1,5 +1,6 @@
 """The names of the files in a synthesised dataset directory, shared by every stage that writes
-or reads one (synthesis, analysis, the dataset card)::
+or reads one (synthesis, analysis, the dataset card), and the bins of the similarity histograms
+its stats and manifest hold::
 
     shards/shard-000000.tar ...     the samples (webdataset: key.jpg, key.cls, key.json)
     stats/shard-000000.json ...     per-shard counts, checksums, labels, histograms, centers
@@ -15,7 +16,10 @@ or reads one (synthesis, analysis, the dataset card)::
 
 from __future__ import annotations
 
-from factory.formats.shards import MANIFEST_FILE  # the readers' name for it, re-exported
+import numpy as np
+
+from factory import storage
+from factory.formats.shards import MANIFEST_FILE, shard_name  # MANIFEST_FILE: re-exported
 
 STATS_DIR, PLAN_FILE = "stats", "plan.json"
 IDENTITIES_FILE = "plan_identities.npz"
@@ -25,3 +29,16 @@ ANALYSIS_FILE, STATISTICS_FILE = "analysis.json", "statistics.txt"
 COMPLIANCE_FIGURE, PRIVACY_FIGURE, SAMPLES_FIGURE = (
     "m_vs_similarity.png", "privacy.png", "samples.png")
 CARD_FILE = "README.md"
+
+HISTOGRAM_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
+"""0.1-wide similarity bins over [-1, 1], the CemiFace statistics table's bins."""
+
+
+def stats_uri(out: str, shard: int) -> str:
+    """A shard's stats record (written last: its presence marks the shard complete)."""
+    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".json"))
+
+
+def centers_uri(out: str, shard: int) -> str:
+    """A shard's synthetic identity centers (``.npy``, for the privacy check)."""
+    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".centers.npy"))

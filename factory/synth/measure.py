@@ -14,7 +14,7 @@ import json
 import numpy as np
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig, MeasuredPoolConfig
 from factory.errors import UserError
 from factory.formats.dataset import open_dataset
@@ -22,9 +22,9 @@ from factory.formats.images import encode_jpeg
 from factory.formats.shards import SHARD_DIR, ShardSample, shard_name, write_shard
 from factory.models.identity import IdentityEncoder, embedding_batches
 from factory.provenance import code_version
-from factory.synth.synthesize import MANIFEST_FILE
-from factory.train.checkpoint import load_identity_encoder
-from factory.train.checkpoint_encoder import META_FILE, load_checkpoint_encoder
+from factory.synth.layout import MANIFEST_FILE
+from factory.checkpoints.recognizer import load_identity_encoder
+from factory.checkpoints.encoder import META_FILE, load_checkpoint_encoder
 
 
 def is_generator_checkpoint(uri: str) -> bool:
@@ -48,7 +48,7 @@ def measured_similarities(encoder: IdentityEncoder, image_size: int, dataset,
 def measure_pool(config: FactoryConfig, out: str) -> dict:
     """Measure ``sweep.measure.data`` into shards at ``out``; returns the manifest."""
     cfg: MeasuredPoolConfig = config.sweep.measure
-    encoder_uri = cfg.encoder or config.recognizer_final_uri()
+    encoder_uri = cfg.encoder or layout.recognizer_final_uri(config)
     if not storage.exists(encoder_uri):
         raise UserError(f"{encoder_uri}: identity encoder not found (train the recognizer "
                         "first, or set sweep.measure.encoder)")

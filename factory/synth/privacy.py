@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig
 from factory.eval.threshold import ThresholdEstimate, encoder_threshold
 from factory.formats.images import decode_image
@@ -54,7 +54,7 @@ def privacy_threshold(config: FactoryConfig, encoder: torch.nn.Module, image_siz
     config names must exist."""
     fpr = config.synthesis.privacy.false_match_fpr
     if not config.synthesis.threshold_benchmarks and not all(
-            storage.exists(uri) for uri in config.validation_benchmark_uris()):
+            storage.exists(uri) for uri in layout.validation_benchmark_uris(config)):
         return None, ("no validation benchmarks to set the FPR threshold on (set "
                       "synthesis.threshold_benchmarks)")
     return encoder_threshold(config, encoder, image_size, fpr), ""

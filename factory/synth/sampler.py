@@ -31,6 +31,7 @@ from factory.models.sampling import (
     sample_images,
     to_uint8,
 )
+from factory.synth.layout import HISTOGRAM_EDGES
 from factory.synth.plan import (
     PlannedIdentity,
     ShardItem,
@@ -39,11 +40,7 @@ from factory.synth.plan import (
     sample_m,
     sample_seed,
 )
-from factory.train.generator_checkpoint import LoadedGenerator
-
-HISTOGRAM_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
-"""0.1-wide similarity bins over [-1, 1], the CemiFace statistics table's bins."""
-
+from factory.checkpoints.generator import LoadedGenerator
 
 @dataclass
 class SampledShard:

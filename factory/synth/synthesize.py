@@ -2,19 +2,14 @@
 
 The driver checks the generator checkpoint without loading its weights, has the inquiry
 embeddings computed by a Ray Data stage on the actors' resources (:mod:`factory.synth.inquiries`),
-plans (identity mixup, shard assignment), skips shards a previous run finished, and streams the
-remaining work items, one per shard (identity records plus their embeddings as an array), to a
-pool of :class:`ShardSynthesizer` actors. Each actor loads the generator and E_id once, samples a
-whole shard in fixed batches, measures every sample's similarity to its inquiry embedding and to its
-identity center in the same pass, and writes, in this order, the identity centers, the tar (to a
-temporary name, then renamed) and the shard's stats file; with ``synthesis.actors.encode: stage``
-the actor hands the sampled shard, pixels and all, to a separate CPU stage that encodes and
-writes it in the same order, so the actor goes on to its next shard. A shard counts as done only
-when its stats file exists, which is written last, so a killed run leaves nothing half-done
-under a final name and a rerun writes exactly the planned keys. A rerun does not trust those
-markers alone: it checks each complete shard against its stats (size, sha256, a loadable centers
-file) and writes a damaged one again. The driver only ever holds the plan and one
-small stats record per shard, so its memory does not grow with the number of images.
+plans (identity mixup, shard assignment), skips shards a previous run finished, has the actor
+pool (:mod:`factory.synth.pool`) sample and write the rest, and writes the manifest. A shard
+counts as done only when its stats file exists, which is written last
+(:mod:`factory.synth.shard_writer`), so a killed run leaves nothing half-done under a final name
+and a rerun writes exactly the planned keys. A rerun does not trust those markers alone: it
+checks each complete shard against its stats (:mod:`factory.synth.reader`: size, sha256, a
+loadable centers file) and writes a damaged one again. The driver only ever holds the plan and
+one small stats record per shard, so its memory does not grow with the number of images.
 
 Output layout under ``synthesis.out``::
 
@@ -31,15 +26,11 @@ Output layout under ``synthesis.out``::
     README.md                       the dataset card (factory.synth.card), rewritten by analyze
     .facefactory.lock               only while a run writes here: which one (factory.locking)
 """
-
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import pickle
-import re
 import tempfile
 import time
 import zipfile
@@ -47,152 +38,48 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from factory import storage
-from factory.config import ActorsConfig, FactoryConfig, SynthesisConfig
-from factory.errors import FormatError, UserError
+from factory import layout, storage
+from factory.checkpoints.encoder import checkpoint_meta, load_checkpoint_encoder
+from factory.checkpoints.generator import LoadedGenerator, check_generator
+from factory.config import FactoryConfig, parse_fpr
+from factory.errors import UserError
 from factory.eval.compliance_curve import m_axis
-from factory.eval.threshold import encoder_threshold, parse_fpr
-from factory.formats.dataset import FaceDataset, open_dataset
-from factory.formats.shards import (
-    SHARD_DIR,
-    manifest_shards,
-    refuse_inside_dataset,
-    shard_damage,
-    shard_name,
-    shard_pattern,
-    write_shard,
-)
+from factory.eval.threshold import encoder_threshold
+from factory.formats.shards import SHARD_DIR, refuse_inside_dataset, shard_name, shard_pattern
 from factory.locking import hold_lock
-from factory.models.inference import InferenceSettings, prepare
 from factory.provenance import code_version, package_versions
-from factory.runtime import init_ray, mlflow_tracking_uri, quiet_ray_data
+from factory.runtime import mlflow_tracking_uri
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
 from factory.synth.inquiries import embed_inquiries_here, embed_inquiries_on_actors
 from factory.synth.layout import (
+    HISTOGRAM_EDGES,
     HISTOGRAM_FILE,
     IDENTITIES_FILE,
     MANIFEST_FILE,
     PLAN_FILE,
     STATS_DIR,
+    stats_uri,
 )
 from factory.synth.plan import (
     PlannedIdentity,
-    ShardItem,
     identities_from_bytes,
     identities_to_bytes,
     plan_identities,
     planned_m,
     shard_items,
 )
-from factory.synth.sampler import (
-    HISTOGRAM_EDGES,
-    SampledShard,
-    checkpoint_id,
-    encode_samples,
-    sample_shard,
-)
+from factory.synth.pool import PoolRun, pool_text, run_actor_pool
+from factory.synth.reader import complete_shards, damaged_shards, read_stats
+from factory.synth.sampler import checkpoint_id
 from factory.tracking import RunTracker
-from factory.train.checkpoint_encoder import checkpoint_meta, load_checkpoint_encoder
-from factory.train.generator_checkpoint import LoadedGenerator, check_generator, load_generator
 
 LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
                    "compile": False, "guidance_scale": 1.0, "guidance_interval": [0.0, 1.0]}
 """How plans written before these sampling settings existed sampled (always like this)."""
 LEGACY_M = {"axis": "m"}
 """How plans written before ``synthesis.m.axis`` existed named their m (always as m)."""
-_STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
-
-
-def stats_uri(out: str, shard: int) -> str:
-    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".json"))
-
-
-def centers_uri(out: str, shard: int) -> str:
-    return storage.join(out, STATS_DIR, shard_name(shard).replace(".tar", ".centers.npy"))
-
-
-def torch_threads(cpus: float, threads: int) -> int:
-    return threads or max(1, int(round(cpus)))
-
-
-def actor_device(gpus: float) -> torch.device:
-    """A GPU when the actor was given one and CUDA is there; the CPU otherwise."""
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-
-
-def write_sampled_shard(out: str, shard: int, generator: LoadedGenerator, item: ShardItem,
-                        cfg: SynthesisConfig, settings: InferenceSettings,
-                        inquiries: FaceDataset | None = None) -> int:
-    """Sample one shard and write it; the stats file goes last and marks it complete."""
-    return write_sampled(out, shard, sample_shard(generator, item, cfg, settings, inquiries))
-
-
-def write_sampled(out: str, shard: int, sampled: SampledShard) -> int:
-    """Write a sampled, encoded shard: centers, the tar, then the stats file that marks it
-    complete."""
-    buffer = io.BytesIO()
-    np.save(buffer, sampled.centers)
-    storage.write_bytes(centers_uri(out, shard), buffer.getvalue())
-    written = write_shard(storage.join(out, SHARD_DIR, shard_name(shard)), sampled.samples)
-    stats = {"shard": shard_name(shard), "count": written.count, "sha256": written.sha256,
-             "size_bytes": written.size_bytes, "labels": sampled.labels,
-             "real_images": sum(1 for s in sampled.samples if s.meta["real"]),
-             "histogram_inquiry": sampled.histogram_inquiry,
-             "histogram_center": sampled.histogram_center}
-    storage.write_text(stats_uri(out, shard), json.dumps(stats))
-    return written.count
-
-
-class ShardSynthesizer:
-    """The Ray Data actor: loads the generator once, then turns work items into shards, or
-    (``actors.encode: stage``) into sampled shards with their pixels, pickled, for
-    :func:`encode_and_write`."""
-
-    def __init__(self, config: dict[str, Any], checkpoint: str, out: str, inquiry_uri: str):
-        self.cfg = SynthesisConfig.model_validate(config)
-        torch.set_num_threads(torch_threads(self.cfg.actors.cpus_per_actor,
-                                            self.cfg.actors.threads_per_actor))
-        self.generator = load_generator(checkpoint)
-        self.settings = prepare(self.generator, self.cfg.sampling,
-                                actor_device(self.cfg.actors.gpus_per_actor))
-        self.out = out
-        self.inquiries = open_dataset(inquiry_uri) if self.cfg.include_inquiry_images else None
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        in_actor = self.cfg.actors.encode == "thread"
-        shards, results, seconds, began = [], [], [], []
-        for shard, item, embeddings in zip(batch["shard"], batch["item"], batch["embeddings"]):
-            began.append(time.time())  # wall clock: the driver compares it with its own
-            started = time.perf_counter()
-            sampled = sample_shard(self.generator, ShardItem.from_row(shard, item, embeddings),
-                                   self.cfg, self.settings, self.inquiries, encode=in_actor)
-            results.append(write_sampled(self.out, int(shard), sampled) if in_actor
-                           else pickle.dumps(sampled, protocol=pickle.HIGHEST_PROTOCOL))
-            shards.append(int(shard))
-            seconds.append(time.perf_counter() - started)
-        column = (("images", np.array(results)) if in_actor
-                  else ("sampled", np.array(results, dtype=object)))
-        return {"shard": np.array(shards), column[0]: column[1], "seconds": np.array(seconds),
-                "began": np.array(began)}
-
-
-def encode_and_write(batch: dict[str, np.ndarray], out: str, quality: int
-                     ) -> dict[str, np.ndarray]:
-    """The CPU stage of ``actors.encode: stage``: JPEG-encode the sampled shards the actors
-    handed over and write them; its time is added to the shard's."""
-    images, seconds = [], []
-    for shard, sampled, sampling_seconds in zip(batch["shard"], batch["sampled"],
-                                                batch["seconds"]):
-        started = time.perf_counter()
-        images.append(write_sampled(out, int(shard),
-                                    encode_samples(pickle.loads(sampled), quality)))
-        seconds.append(float(sampling_seconds) + time.perf_counter() - started)
-    return {"shard": batch["shard"], "images": np.array(images), "seconds": np.array(seconds),
-            "began": batch["began"]}
 
 
 def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator | None = None
@@ -203,7 +90,7 @@ def inquiry_threshold(config: FactoryConfig, generator: LoadedGenerator | None =
     spec = config.synthesis.inquiry.max_similarity
     if not isinstance(spec, str):
         return {"max_similarity": spec, "threshold": float(spec)}
-    checkpoint = config.synthesis_checkpoint_uri()
+    checkpoint = layout.synthesis_checkpoint_uri(config)
     encoder = generator.encoder if generator else load_checkpoint_encoder(checkpoint)
     size = generator.image_size if generator else int(checkpoint_meta(checkpoint)["image_size"])
     estimate = encoder_threshold(config, encoder, size, parse_fpr(spec))
@@ -243,8 +130,8 @@ def plan_record(config: FactoryConfig, meta: dict[str, Any],
     if not isinstance(config.synthesis.inquiry.max_similarity, str):
         del cfg["threshold_benchmarks"]  # used by an 'fpr:' filter only
     return {"synthesis": cfg,
-            "generator": checkpoint_id(config.synthesis_checkpoint_uri(), meta),
-            "inquiry_data": config.synthesis_inquiry_uri(), "identities": len(identities),
+            "generator": checkpoint_id(layout.synthesis_checkpoint_uri(config), meta),
+            "inquiry_data": layout.synthesis_inquiry_uri(config), "identities": len(identities),
             "shards": len(shard_items(identities, config.synthesis.identities_per_shard))}
 
 
@@ -301,79 +188,6 @@ def claim_output(out: str, record: dict[str, Any], previous: dict[str, Any] | No
                         "differ); choose another synthesis.out or remove it")
 
 
-def complete_shards(out: str) -> set[int]:
-    """Shards whose stats file (written last) exists."""
-    directory = storage.join(out, STATS_DIR)
-    if not storage.is_dir(directory):
-        return set()
-    names = storage.listdir(directory)
-    return {int(match.group(1)) for match in map(_STATS_NAME.fullmatch, names) if match}
-
-
-def damaged_shards(out: str, done: set[int]) -> dict[int, str]:
-    """The complete shards whose files no longer match their stats record (size, sha256) or
-    whose centers file does not load, with the reason: a rerun must not trust its markers."""
-    damaged = {}
-    for shard in sorted(done):
-        stats = read_stats(out, shard)
-        reason = shard_damage(storage.join(out, SHARD_DIR, shard_name(shard)),
-                              stats["size_bytes"], stats["sha256"])
-        if reason is None:
-            try:
-                read_centers(out, shard, len(stats["labels"]))
-            except FormatError as exc:
-                reason = f"its centers file is damaged ({exc})"
-        if reason is not None:
-            damaged[shard] = reason
-    return damaged
-
-
-def read_stats(out: str, shard: int) -> dict[str, Any]:
-    """A shard's stats record, every field the manifest and the analysis use checked."""
-    uri = stats_uri(out, shard)
-    stats = storage.read_json_object(uri)
-    fields = {"count": int, "size_bytes": int, "real_images": int, "sha256": str,
-              "labels": list, "histogram_inquiry": list, "histogram_center": list}
-    for key, kind in fields.items():
-        if isinstance(stats.get(key), bool) or not isinstance(stats.get(key), kind):
-            raise FormatError(f"{uri}: expected {key} ({kind.__name__}) in a shard's stats; "
-                              f"remove the file to have shard {shard} written again")
-    bins = len(HISTOGRAM_EDGES) - 1
-    for key in ("histogram_inquiry", "histogram_center"):
-        if len(stats[key]) != bins or not all(isinstance(v, int) for v in stats[key]):
-            raise FormatError(f"{uri}: expected {key} to hold {bins} counts; remove the file "
-                              f"to have shard {shard} written again")
-    return stats
-
-
-def read_centers(out: str, shard: int, rows: int) -> np.ndarray:
-    """A shard's identity centers, ``[rows, dim]`` floats (never unpickled)."""
-    uri = centers_uri(out, shard)
-    try:
-        centers = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FormatError(f"{uri}: not a readable .npy array ({exc})") from None
-    if centers.ndim != 2 or len(centers) != rows or centers.dtype.kind != "f":
-        raise FormatError(f"{uri}: expected {rows} identity centers as a 2-d float array, "
-                          f"found shape {centers.shape} of {centers.dtype}")
-    return centers
-
-
-def read_manifest(dataset: str) -> dict[str, Any]:
-    """A dataset's manifest, with the fields readers rely on checked: the shard list (names
-    that stay inside ``shards/``), the generator's URI and the config."""
-    uri = storage.join(dataset, MANIFEST_FILE)
-    if not storage.exists(uri):
-        raise FormatError(f"{uri}: no manifest (not a dataset written by factory synthesize, "
-                          "or the run has not finished)")
-    manifest = storage.read_json_object(uri)
-    manifest_shards(manifest, uri)  # FormatError for a bad shard list
-    if not isinstance(manifest.get("generator_uri"), str) or \
-            not isinstance(manifest.get("config"), dict):
-        raise FormatError(f"{uri}: expected generator_uri and config entries")
-    return manifest
-
-
 def remove_stale_temporaries(out: str) -> int:
     """Delete temporary files a killed run left (they never carry a final name).
 
@@ -395,75 +209,6 @@ def remove_stale_temporaries(out: str) -> int:
     return removed
 
 
-def actor_pool(actors: ActorsConfig, shards: int):
-    """A fixed ``ActorPoolStrategy``, or an autoscaling one for a [min, max] range; never more
-    actors than shards to write.
-
-    One shard in flight per actor: Ray Data would otherwise queue up to four on the first actor
-    that is ready while the others are still starting (importing torch, loading the model), and
-    with few shards left (a resume, the last round) one actor wrote them one after another while
-    the rest idled. A shard is minutes of work, so there is nothing to gain from queueing."""
-    import ray
-
-    low, high = (min(size, shards) for size in actors.size_range())
-    if low == high:
-        return ray.data.ActorPoolStrategy(size=low, max_tasks_in_flight_per_actor=1)
-    return ray.data.ActorPoolStrategy(min_size=low, max_size=high,
-                                      max_tasks_in_flight_per_actor=1)
-
-
-@dataclass
-class PoolRun:
-    """Where an actor pool's time went: all of it, the part actors spent inside shards (summed
-    over actors), and its start-up, from asking for the pool to the moment the first shard
-    began (Ray Data's executor, the actor processes importing torch and loading the model).
-    The start-up is read from the shards' own start times: Ray Data may hand the first result
-    over only with the next, so the first result's arrival would overstate it."""
-
-    images: int
-    seconds: float
-    shard_seconds: float
-    startup_seconds: float
-
-
-def run_actor_pool(config: FactoryConfig, todo: list[ShardItem], checkpoint: str, out: str,
-                   cli_address: str | None) -> PoolRun:
-    """Stream ``todo`` through the actor pool and time it."""
-    import ray
-
-    cfg = config.synthesis
-    init_ray(config.runtime, cli_address)
-    quiet_ray_data()  # the tqdm bar below is this stage's one progress display
-    dataset = ray.data.from_items([item.to_row() for item in todo],
-                                  override_num_blocks=len(todo))
-    resources = {"num_cpus": cfg.actors.cpus_per_actor}
-    if cfg.actors.gpus_per_actor > 0:
-        resources["num_gpus"] = cfg.actors.gpus_per_actor
-    results = dataset.map_batches(
-        ShardSynthesizer, batch_size=1, batch_format="numpy",
-        compute=actor_pool(cfg.actors, len(todo)),
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "checkpoint": checkpoint,
-                               "out": out, "inquiry_uri": config.synthesis_inquiry_uri()},
-        **resources,
-    )
-    if cfg.actors.encode == "stage":
-        results = results.map_batches(encode_and_write, batch_size=1, batch_format="numpy",
-                                      num_cpus=cfg.actors.encode_cpus,
-                                      fn_kwargs={"out": out, "quality": cfg.jpeg_quality})
-    started, asked = time.perf_counter(), time.time()
-    images, shard_seconds, first_began = 0, 0.0, float("inf")
-    with tqdm(total=len(todo), desc="synthesize", unit="shard") as progress:
-        for row in results.iter_rows():
-            images += int(row["images"])
-            shard_seconds += float(row["seconds"])
-            first_began = min(first_began, float(row["began"]))
-            elapsed = time.perf_counter() - started
-            progress.set_postfix(images=images, images_per_s=f"{images / elapsed:.1f}")
-            progress.update(1)
-    return PoolRun(images, time.perf_counter() - started, shard_seconds,
-                   max(0.0, first_began - asked))
-
-
 def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
                    meta: dict[str, Any],
                    identities: list[PlannedIdentity]) -> dict[str, Any]:
@@ -475,14 +220,14 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
     samples = sum(s["count"] for s in shards)
     real = sum(s["real_images"] for s in shards)
     axis = m_axis(config.synthesis.m, config.synthesis.sampling,
-                  config.synthesis_checkpoint_uri())
+                  layout.synthesis_checkpoint_uri(config))
     return {
         "format": "facefactory-webdataset/1",
         "shard_pattern": f"{SHARD_DIR}/{shard_pattern(len(shards))}",
         "code_version": code_version(),
         "packages": package_versions(),
         "generator": record["generator"],
-        "generator_uri": config.synthesis_checkpoint_uri(),
+        "generator_uri": layout.synthesis_checkpoint_uri(config),
         "generator_checkpoint": {key: meta.get(key) for key in (
             "step", "image_size", "identity_encoder", "data", "code_version")},
         "counts": {"identities": record["identities"],
@@ -499,11 +244,6 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
                                          HISTOGRAM_EDGES)[0].tolist()},
         "config": config.model_dump(mode="json"),
     }
-
-
-def _pool_text(actors: ActorsConfig) -> str:
-    low, high = actors.size_range()
-    return str(low) if low == high else f"{low} to {high}, autoscaling"
 
 
 def _kept_privacy(out: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -539,7 +279,7 @@ def finish_dataset(config: FactoryConfig, meta: dict[str, Any],
     """Once every shard is written: the manifest, the similarity histogram PNG, the MLflow run
     (config, counts, throughput, both files) and the dataset card; returns the manifest. The
     benchmark's plain loop ends with it too, so that both write the same dataset."""
-    cfg, out = config.synthesis, config.synthesis_out_uri()
+    cfg, out = config.synthesis, layout.synthesis_out_uri(config)
     record = plan_record(config, meta, identities)
     manifest = build_manifest(config, out, record, meta, identities)
     manifest["inquiry_filter"] = inquiry_filter
@@ -554,7 +294,7 @@ def finish_dataset(config: FactoryConfig, meta: dict[str, Any],
                              config.runtime.mlflow_artifact_location)
         tracker.start(f"synthesize-{config.name}",
                       params={"synthesis": cfg.model_dump(mode="json"),
-                              "generator": config.synthesis_checkpoint_uri(), "out": out},
+                              "generator": layout.synthesis_checkpoint_uri(config), "out": out},
                       tags={"code_version": manifest["code_version"], "stage": "synthesize"})
         tracker.log_metrics({**manifest["counts"], "images_per_s": images_per_s})
         manifest_path = os.path.join(scratch, MANIFEST_FILE)
@@ -572,11 +312,11 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
     holding the output's lock, so a second synthesis of the same output is refused at once."""
     started = time.perf_counter()
     cfg = config.synthesis
-    out = config.synthesis_out_uri()
+    out = layout.synthesis_out_uri(config)
     refuse_inside_dataset(out, "synthesis.out")
     with hold_lock(out, "synthesize"):  # before anything of a previous run is read
         storage.ensure_writable(out)
-        checkpoint = config.synthesis_checkpoint_uri()
+        checkpoint = layout.synthesis_checkpoint_uri(config)
         meta = check_generator(checkpoint)  # the actors load it; the driver only checks it
         m_axis(cfg.m, cfg.sampling, checkpoint)  # a measured target out of reach: refused now
         # what a previous run left is read (never changed) before the embedding stage runs
@@ -604,7 +344,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         rate = images / seconds if seconds else 0.0
         if images:
             print(f"synthesis: {images} images in {seconds:.1f} s ({rate:.1f} images/s, "
-                  f"actors: {_pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
+                  f"actors: {pool_text(cfg.actors)}; {pool.startup_seconds:.1f} s to start the "
                   f"pool, {pool.shard_seconds:.1f} actor-seconds in shards)")
         finishing = time.perf_counter()
         manifest = finish_dataset(config, meta, identities, inquiry_filter, rate)

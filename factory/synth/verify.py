@@ -33,7 +33,7 @@ from factory.formats.shards import (
     shard_name,
 )
 from factory.synth.layout import MANIFEST_FILE
-from factory.synth.synthesize import read_centers, read_manifest, read_stats
+from factory.synth.reader import read_centers, read_manifest, read_stats
 
 RERUN = "rerun factory synthesize with the dataset's config to write the manifest again"
 

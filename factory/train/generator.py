@@ -4,7 +4,7 @@ Every worker runs :func:`train_loop`: DDP over gloo on CPUs or NCCL on GPUs, the
 encoder on each worker, AdamW with warm-up and cosine decay, EMA weights, the CemiFace loss
 (``factory.models.diffusion``). Rank 0 logs the loss terms to MLflow every ``log_every`` steps
 and, every ``checkpoint_every`` steps, writes a checkpoint in diffusers layout
-(``factory.train.generator_checkpoint``) with a preview grid of EMA samples (rows identities,
+(``factory.checkpoints.generator``) with a preview grid of EMA samples (rows identities,
 columns m from 1 to -1) and the loss curve. A rerun with the same ``run_name`` resumes from the
 latest checkpoint; ``init_from`` starts a new run from another checkpoint's weights (the
 quickstart continues the shipped face-world generator this way).
@@ -25,12 +25,11 @@ from typing import Any
 
 import torch
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig, GeneratorConfig
 from factory.errors import UserError
 from factory.eval.generator_figures import loss_curve_png, similarity_grid_png
 from factory.formats.dataset import open_checked, open_dataset
-from factory.locking import hold_lock
 from factory.models.diffusion import (
     cemiface_loss,
     draw_m,
@@ -40,25 +39,17 @@ from factory.models.diffusion import (
 )
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
 from factory.models.sampling import guidance_options, sample_images
-from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
-from factory.train.checkpoint import load_backbone
-from factory.train.checkpoint_encoder import (
+from factory.checkpoints.recognizer import load_backbone
+from factory.checkpoints.encoder import (
     META_FILE,
     encoder_record,
     load_encoder,
     read_encoder_record,
 )
-from factory.train.generator_checkpoint import load_generator, load_training_state, save_generator
-from factory.train.workers import (
-    autocast_and_scaler,
-    copies_that_fit,
-    fit,
-    make_trainer,
-    ProgressLines,
-    worker_context,
-)
+from factory.checkpoints.generator import load_generator, load_training_state, save_generator
+from factory.train.driver import training_run
+from factory.train.workers import ProgressLines, autocast_and_scaler, worker_context
 from factory.train.samples import DiffusionImages
 from factory.train.schedule import warmup_cosine_multiplier
 
@@ -281,7 +272,7 @@ def _encoder_state(config: FactoryConfig) -> dict[str, Any]:
     cfg = config.generator
     if cfg.init_from and not cfg.identity_encoder:
         return read_encoder_record(cfg.init_from)
-    uri = config.identity_encoder_uri()
+    uri = layout.identity_encoder_uri(config)
     if storage.exists(storage.join(uri, META_FILE)):
         return read_encoder_record(uri)
     if not storage.exists(uri):
@@ -322,32 +313,17 @@ def train_generator(config: FactoryConfig, cli_address: str | None = None) -> Ge
     The run folder's lock (:mod:`factory.locking`) is held throughout: a second run of the same
     ``run_name`` and storage is refused at once."""
     cfg = config.generator
-    data_uri = config.generator_data_uri()
+    data_uri = layout.generator_data_uri(config)
     open_checked(data_uri, cfg.precheck_images)  # fail fast, on the driver, in one line
     encoder = _encoder_state(config)
     if cfg.init_from:
         _check_init_fits(cfg, encoder)  # a one-line error now rather than inside a worker
-    run_root = storage.join(config.generator_storage_uri(), cfg.run_name)
-    with hold_lock(run_root, "train-generator"):  # before its checkpoints are read
-        storage.ensure_writable(run_root)
-        init_ray(config.runtime, cli_address)
-        copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
-                        "generator.workers")
-        trainer = make_trainer(
-            train_loop,
-            {
-                "config": config.model_dump(mode="json"),
-                "data_uri": data_uri,
-                "encoder": encoder,
-                "init_from": cfg.init_from,
-                "tracking_uri": mlflow_tracking_uri(config.runtime),
-                "code_version": code_version(),
-            },
-            cfg.workers, cfg.run_name, config.generator_storage_uri(), cfg.max_failures,
-            keep_checkpoints=cfg.keep_checkpoints,
-        )
-        result = fit(trainer)
-        final = config.generator_final_uri()
+    with training_run(config, "generator", layout.generator_storage_uri(config),
+                      cli_address) as run:  # the lock is held before its checkpoints are read
+        result = run.fit(train_loop, {"data_uri": data_uri, "encoder": encoder,
+                                      "init_from": cfg.init_from},
+                         keep_checkpoints=cfg.keep_checkpoints)
+        final = layout.generator_final_uri(config)
         publish_checkpoint(result.checkpoint.path, final, result.checkpoint.filesystem)
         storage.write_text(storage.join(final, "metrics.json"),
                            json.dumps(result.metrics, indent=2))

@@ -3,7 +3,8 @@
 The driver validates the inputs, then a ``TorchTrainer`` runs :func:`train_loop` on every worker
 (DDP over gloo on CPUs, NCCL on GPUs; workers, CPUs and GPUs from config). Each epoch rank 0
 evaluates the validation benchmarks when due (``eval_every``) and the test benchmarks at the
-final epoch only, writes a checkpoint and logs to MLflow; the other ranks only train. The run
+final epoch only, logs to MLflow, then writes a checkpoint (so an epoch whose metrics the
+tracking store did not take is trained again on resume); the other ranks only train. The run
 selects nothing: its published checkpoint is the final epoch's, reported on test. A rerun
 with the same ``run_name`` and storage resumes from the latest checkpoint, as does Ray Train
 itself after a worker failure.
@@ -16,33 +17,30 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from factory import storage
+from factory import layout, storage
 from factory.config import FactoryConfig, RecognizerConfig, ShardSelectionConfig
-from factory.eval.benchmarks import VALIDATION_AVERAGE, EpochEvaluation, backbone_embedder
+from factory.eval.benchmarks import (
+    VALIDATION_AVERAGE,
+    EpochEvaluation,
+    backbone_embedder,
+    evaluation_benchmarks,
+    validation_benchmarks,
+)
 from factory.errors import UserError
 from factory.eval.verification import plot_roc
 from factory.formats.dataset import open_checked, open_dataset, open_training_data
-from factory.locking import hold_lock
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
-from factory.provenance import code_version
-from factory.runtime import init_ray, mlflow_tracking_uri, ray_address
 from factory.tracking import RunTracker
-from factory.train.checkpoint import STATE_FILE, load_state, save_checkpoint
-from factory.train.workers import (
-    autocast_and_scaler,
-    copies_that_fit,
-    fit,
-    make_trainer,
-    ProgressLines,
-    worker_context,
-)
+from factory.checkpoints.recognizer import STATE_FILE, load_state, save_checkpoint
+from factory.train.driver import training_run
+from factory.train.workers import ProgressLines, autocast_and_scaler, worker_context
 from factory.train.samples import TrainingSamples
 from factory.train.schedule import lr_multiplier
 
@@ -190,12 +188,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0 and due:
             scores, results = evaluation.evaluate(backbone_embedder(core.backbone, device), final)
             metrics.update(scores)
-        _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config)
         tracker.log_metrics(metrics, step=epoch)
-        progress.line(_epoch_line(metrics))
         if final and results and tracker.enabled:
             with tempfile.TemporaryDirectory() as directory:
                 tracker.log_artifact(plot_roc(results, os.path.join(directory, "roc.png")))
+        _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_config)
+        progress.line(_epoch_line(metrics))
     tracker.end()
 
 
@@ -258,41 +256,6 @@ class RecognizerRun:
     metrics: dict[str, Any]
 
 
-def evaluation_benchmarks(config: FactoryConfig) -> list[str]:
-    """The test benchmarks: explicit ``evaluate.benchmarks`` (each must exist), else the face
-    world's if present."""
-    return _existing(config.evaluate.benchmarks, config.evaluation_benchmark_uris,
-                     "evaluate.benchmarks")
-
-
-def validation_benchmarks(config: FactoryConfig) -> list[str]:
-    """The validation benchmarks: explicit ``evaluate.validation_benchmarks`` (each must
-    exist, and none may be a test benchmark), else the face world's if present."""
-    uris = _existing(config.evaluate.validation_benchmarks, config.validation_benchmark_uris,
-                     "evaluate.validation_benchmarks")
-    names = {_stem(uri) for uri in evaluation_benchmarks(config)}
-    shared = sorted(names & {_stem(uri) for uri in uris})
-    if shared:
-        raise UserError(f"evaluate.validation_benchmarks: {', '.join(shared)} is also a test "
-                        "benchmark's name (validation and test must be different sets, and the "
-                        "name keys the metrics)")
-    return uris
-
-
-def _existing(given: Sequence[str], defaults: Callable[[], list[str]], key: str) -> list[str]:
-    """``given`` (each must exist), else those of ``defaults()`` that exist."""
-    if given:
-        for uri in given:
-            if not storage.exists(uri):
-                raise UserError(f"{key}: {uri}: benchmark file not found")
-        return list(given)
-    return [uri for uri in defaults() if storage.exists(uri)]
-
-
-def _stem(uri: str) -> str:
-    return os.path.basename(uri.rstrip("/")).removesuffix(".bin")
-
-
 RUN_IDENTITY_FILE = "run.json"
 
 
@@ -333,36 +296,23 @@ def train_recognizer(config: FactoryConfig, cli_address: str | None = None,
     ``parent`` nests the MLflow run; ``callbacks`` are Ray Train callbacks (a sweep passes
     Tune's reporter, so every epoch's metrics reach the Tune scheduler)."""
     cfg = config.recognizer
-    data_uri = config.recognizer_data_uri()
+    data_uri = layout.recognizer_data_uri(config)
     # Fail fast, on the driver, in one line.
-    open_training_data(config.recognizer_data_uris(), cfg.precheck_images,
+    open_training_data(layout.recognizer_data_uris(config), cfg.precheck_images,
                        **cfg.select.as_kwargs())
     if cfg.domain_mixup.real_data:
         open_checked(cfg.domain_mixup.real_data, cfg.precheck_images)
     build_backbone(**cfg.backbone.model_dump())  # validates the backbone choice
-    run_root = storage.join(config.recognizer_storage_uri(), cfg.run_name)
-    with hold_lock(run_root, "train-recognizer"):  # before run.json or checkpoints are read
-        storage.ensure_writable(run_root)
-        _claim_run(run_root, cfg, data_uri)
-        init_ray(config.runtime, cli_address)
-        copies_that_fit(cfg.workers, ray_address(config.runtime, cli_address) is None,
-                        "recognizer.workers")
-        trainer = make_trainer(
-            train_loop,
-            {
-                "config": config.model_dump(mode="json"),
-                "data_uri": data_uri,
-                "benchmarks": evaluation_benchmarks(config),
-                "validation_benchmarks": validation_benchmarks(config),
-                "tracking_uri": mlflow_tracking_uri(config.runtime),
-                "code_version": code_version(),
-                "parent": parent or ParentRun(),
-            },
-            cfg.workers, cfg.run_name, config.recognizer_storage_uri(), cfg.max_failures,
-            callbacks=callbacks,
-        )
-        result = fit(trainer)
-        final = config.recognizer_final_uri()
+    with training_run(config, "recognizer", layout.recognizer_storage_uri(config),
+                      cli_address) as run:  # the lock is held before run.json is read
+        _claim_run(run.root, cfg, data_uri)
+        result = run.fit(train_loop, {
+            "data_uri": data_uri,
+            "benchmarks": evaluation_benchmarks(config),
+            "validation_benchmarks": validation_benchmarks(config),
+            "parent": parent or ParentRun(),
+        }, callbacks=callbacks)
+        final = layout.recognizer_final_uri(config)
         _publish_final(result.checkpoint.path, result.checkpoint.filesystem, final, result.metrics)
         return RecognizerRun(cfg.run_name, final, dict(result.metrics))
 

@@ -1,7 +1,7 @@
 """The E_id a generator checkpoint carries, and the checkpoint's metadata, readable without
 diffusers.
 
-A generator checkpoint (:mod:`factory.train.generator_checkpoint`) stores its frozen identity
+A generator checkpoint (:mod:`factory.checkpoints.generator`) stores its frozen identity
 encoder as ``identity_encoder.pt`` (backbone constructor arguments, weights, input size, the
 URI it came from) and its metadata as ``generator.json``. Embedding inquiries, measuring a
 dataset's similarities and estimating the inquiry filter's threshold need only these two, so
@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from factory import storage
+from factory.checkpoints.recognizer import backbone_from_record, read_torch_file
 from factory.errors import FormatError
 from factory.models.identity import IdentityEncoder
 from factory.models.iresnet import IResNet
-from factory.train.checkpoint import backbone_from_record, read_torch_file
 
 ENCODER_FILE, META_FILE = "identity_encoder.pt", "generator.json"
 

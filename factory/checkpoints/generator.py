@@ -7,7 +7,7 @@ A checkpoint directory holds
 * ``scheduler/``: the training ``DDPMScheduler`` config (samplers are built from it);
 * ``identity_encoder.pt``: the frozen E_id the model is conditioned on (backbone constructor
   arguments, weights, input size and the URI it came from), so the checkpoint alone can sample
-  and measure similarity (read by :mod:`factory.train.checkpoint_encoder`, which needs no
+  and measure similarity (read by :mod:`factory.checkpoints.encoder`, which needs no
   diffusers);
 * ``generator.json``: step, image size, code version, the E_id source, the loss history; and
   ``config.yaml``, the resolved config, for people;
@@ -33,16 +33,16 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 
 from factory import storage
-from factory.errors import FormatError, UserError
-from factory.models.generator import CemiFaceGenerator, SimilarityCondition
-from factory.models.identity import IdentityEncoder
-from factory.train.checkpoint import read_torch_file
-from factory.train.checkpoint_encoder import (
+from factory.checkpoints.encoder import (
     ENCODER_FILE,
     META_FILE,
     checkpoint_meta,
     load_encoder,
 )
+from factory.checkpoints.recognizer import read_torch_file
+from factory.errors import FormatError, UserError
+from factory.models.generator import CemiFaceGenerator, SimilarityCondition
+from factory.models.identity import IdentityEncoder
 
 UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
 STATE_FILE, CONFIG_FILE = "training_state.pt", "config.yaml"
