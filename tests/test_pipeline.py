@@ -91,8 +91,10 @@ def test_the_documented_example_runs_as_printed(tmp_path, monkeypatch, capsys):
     (_, code), (_, printed) = [block for block in blocks if block[0] in ("python", "text")]
     os.symlink(os.path.join(REPO, "assets"), tmp_path / "assets")
     monkeypatch.chdir(tmp_path)  # the example's relative paths, and where it saves its images
-    with open(os.path.join(REPO, "docs", "generator.md")) as stream:
-        assert f"```python\n{code}\n```" in stream.read()  # the generator page prints it
+    with open(os.path.join(REPO, "README.md")) as stream:
+        readme = stream.read()
+    assert f"```python\n{code}\n```" in readme  # the README prints the same code
+    assert f"```\n{printed}\n```" in readme  # and the same output
     exec(compile(code, "factory/models/pipeline.py (docstring)", "exec"), {})
     output = capsys.readouterr().out.strip()
     # the figures to 2e-3 (another CPU may round a last digit otherwise); the rest exactly

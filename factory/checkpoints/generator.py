@@ -9,8 +9,9 @@ A checkpoint directory holds
   arguments, weights, input size and the URI it came from), so the checkpoint alone can sample
   and measure similarity (read by :mod:`factory.checkpoints.encoder`, which needs no
   diffusers);
-* ``generator.json``: step, image size, code version, the E_id source, the loss history; and
-  ``config.yaml``, the resolved config, for people;
+* ``generator.json``: step, image size, code version, the E_id source, the training objective
+  (:func:`objective_record`), the loss history; and ``config.yaml``, the resolved config, for
+  people;
 * ``training_state.pt`` (not in a published ``final/``): raw weights, EMA, optimizer, LR
   schedule and grad-scaler state, to resume exactly.
 
@@ -33,6 +34,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 
 from factory import storage
+from factory.config import GeneratorConfig
 from factory.checkpoints.encoder import (
     ENCODER_FILE,
     META_FILE,
@@ -48,6 +50,28 @@ UNET_DIR, CONDITION_DIR, SCHEDULER_DIR = "unet", "condition", "scheduler"
 STATE_FILE, CONFIG_FILE = "training_state.pt", "config.yaml"
 PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
+
+
+def objective_record(generator: GeneratorConfig) -> dict[str, Any]:
+    """What the weights were trained to minimise, from the config section that trained them.
+
+    ``L = L_MSE + lambda L_SimMat`` (CemiFace), with L_SimMat's target schedule (``linear``:
+    CemiFace's; ``constant``: target m at every noise level), the Min-SNR weighting, the share of
+    samples trained with the null context (what classifier-free guidance at sampling needs) and
+    the EMA decay of the published weights. Written into ``generator.json`` so a user (and the
+    dataset card) can tell two checkpoints' objectives apart without reading the config.
+    """
+    matching = generator.similarity_matching
+    return {
+        "loss": "mse + lambda * simmat",
+        "lambda": matching.weight,
+        "target_schedule": matching.target_schedule,
+        "m_range": [matching.m_low, matching.m_high],
+        "min_snr_gamma": generator.diffusion.min_snr_gamma,
+        "prediction_type": generator.diffusion.prediction_type,
+        "condition_dropout": generator.condition.dropout,
+        "ema_decay": generator.optimizer.ema_decay,
+    }
 
 
 def save_generator(directory: str, ema_model: CemiFaceGenerator, scheduler: DDPMScheduler,

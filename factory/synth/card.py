@@ -21,7 +21,7 @@ import yaml
 
 from factory import layout, storage
 from factory.config import FactoryConfig
-from factory.models.sampling import SOLVER_NAMES
+from factory.eval.generator_report import sampler_text
 from factory.synth.layout import (
     ANALYSIS_FILE,
     CARD_FILE,
@@ -128,22 +128,30 @@ def _provenance(manifest: dict[str, Any]) -> str:
     record = manifest.get("generator_checkpoint", {})
     config = FactoryConfig.model_validate(manifest["config"])
     synthesis, counts = config.synthesis, manifest["counts"]
-    handoff = synthesis.sampling.identity_handoff
     return _items("Provenance", [
         ("code", manifest["code_version"]),
         ("generator", f"`{manifest['generator']}` (checkpoint `{manifest['generator_uri']}`)"),
         ("generator trained on", _code(record.get("data"))),
+        ("generator objective", _objective_text(record.get("objective"))),
         ("E_id", f"{_code(record.get('identity_encoder'))}: the identity encoder the generator "
                  "is conditioned on, which measured every similarity below"),
-        ("sampler", f"{SOLVER_NAMES[synthesis.sampling.solver]}, {synthesis.sampling.steps} "
-                    f"steps, eta {synthesis.sampling.eta}"
-                    + (f", identity hand-off at {handoff}" if handoff is not None else "")),
+        ("sampler", sampler_text(synthesis.sampling.model_dump())),
         ("inquiry identities", f"{counts['identities'] - counts['mixup_identities']} from "
                                f"`{layout.synthesis_inquiry_uri(config)}` (asked for "
                                f"{synthesis.inquiry.identities}, every pair below cosine "
                                f"{_filter_text(manifest, synthesis.inquiry.max_similarity)})"),
         ("seed", str(synthesis.seed)),
     ])
+
+
+def _objective_text(objective: dict[str, Any] | None) -> str:
+    """The checkpoint's training objective in one line (older checkpoints do not record it)."""
+    if not objective:
+        return "not recorded in the checkpoint (see its config.yaml)"
+    low, high = objective["m_range"]
+    return (f"L_MSE + {objective['lambda']:g} L_SimMat, {objective['target_schedule']} target, "
+            f"m in [{low:g}, {high:g}], Min-SNR {objective['min_snr_gamma']}, condition dropout "
+            f"{objective['condition_dropout']:g}, EMA {objective['ema_decay']:g}")
 
 
 def _filter_text(manifest: dict[str, Any], max_similarity: float | str) -> str:

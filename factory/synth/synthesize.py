@@ -229,7 +229,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
         "generator": record["generator"],
         "generator_uri": layout.synthesis_checkpoint_uri(config),
         "generator_checkpoint": {key: meta.get(key) for key in (
-            "step", "image_size", "identity_encoder", "data", "code_version")},
+            "step", "image_size", "identity_encoder", "data", "code_version", "objective")},
         "counts": {"identities": record["identities"],
                    "mixup_identities": config.synthesis.inquiry.mixup_identities,
                    "mixup_labels": config.synthesis.inquiry.mixup_labels,

@@ -47,7 +47,12 @@ from factory.checkpoints.encoder import (
     load_encoder,
     read_encoder_record,
 )
-from factory.checkpoints.generator import load_generator, load_training_state, save_generator
+from factory.checkpoints.generator import (
+    load_generator,
+    load_training_state,
+    objective_record,
+    save_generator,
+)
 from factory.train.driver import training_run
 from factory.train.workers import ProgressLines, autocast_and_scaler, worker_context
 from factory.train.samples import DiffusionImages
@@ -237,7 +242,7 @@ def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, sc
                 "code_version": loop_config["code_version"],
                 "identity_encoder": loop_config["encoder"]["source"],
                 "data": loop_config["data_uri"], "sampling": cfg.sampling.model_dump(),
-                "history": history,
+                "objective": objective_record(cfg), "history": history,
             }
             save_generator(directory, core, scheduler, loop_config["encoder"], meta, config,
                            training_state)
