@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -95,6 +96,21 @@ def test_autoscaler_yaml_shape(path: Path):
     assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
 
 
+@pytest.mark.parametrize("path", AUTOSCALER_FILES, ids=lambda p: p.name)
+def test_the_tracking_server_keeps_its_runs_in_postgresql(path: Path):
+    """The head's MLflow server takes its PostgreSQL URI from the cloud's secret store into
+    MLFLOW_BACKEND_STORE_URI (never onto a command line, never SQLite), in a command the shell
+    parses, and the head installs the driver."""
+    config = _load(path)
+    command = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
+    assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0
+    assert 'export MLFLOW_BACKEND_STORE_URI="$(python -c "' in command
+    compile(command.split('$(python -c "', 1)[1].split('")"', 1)[0], "secret", "exec")
+    assert "mlflow-backend-store-uri" in command
+    assert "--backend-store-uri" not in command and "sqlite" not in command
+    assert 'pip install -q -e ".[postgres]"' in " ".join(config["head_setup_commands"])
+
+
 def test_schema_rejects_unknown_top_level_key(aws: dict, schema: dict):
     broken = copy.deepcopy(aws)
     broken["gpu_workers"] = 4  # a plausible typo for max_workers
@@ -153,6 +169,42 @@ def test_raycluster_manifest(raycluster: dict):
 def test_raycluster_runs_mlflow_on_head(raycluster: dict):
     containers = raycluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
     assert any(c.get("command", [])[:2] == ["mlflow", "server"] for c in containers)
+
+
+def _secret_reference(container: dict, variable: str) -> tuple[str, str]:
+    entry = next(e for e in container["env"] if e["name"] == variable)
+    reference = entry["valueFrom"]["secretKeyRef"]
+    return reference["name"], reference["key"]
+
+
+def test_the_mlflow_sidecar_keeps_its_runs_in_the_postgresql_of_mlflow_postgres(
+        raycluster: dict):
+    """The sidecar's store is the Secret's URI (not SQLite on the pod), and
+    mlflow-postgres.yaml runs a PostgreSQL behind a Service, with the password of that same
+    Secret and its data on a claim that outlives the pod; the image carries the driver."""
+    containers = raycluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    sidecar = next(c for c in containers if c.get("command", [])[:2] == ["mlflow", "server"])
+    assert not any("backend-store-uri" in part or "sqlite" in part
+                   for part in sidecar["command"])
+    secret, key = _secret_reference(sidecar, "MLFLOW_BACKEND_STORE_URI")
+    assert key == "backend-store-uri"  # the key mlflow-postgres.yaml's command creates
+
+    with open(KUBERAY_DIR / "mlflow-postgres.yaml") as f:
+        documents = {d["kind"]: d for d in yaml.safe_load_all(f)}
+    service, database = documents["Service"], documents["StatefulSet"]
+    pod = database["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert [p["port"] for p in service["spec"]["ports"]] == [5432]
+    postgres = pod["spec"]["containers"][0]
+    assert _secret_reference(postgres, "POSTGRES_PASSWORD") == (secret, "password")
+    data = next(e["value"] for e in postgres["env"] if e["name"] == "PGDATA")
+    mount = postgres["volumeMounts"][0]
+    assert data.startswith(mount["mountPath"] + "/")
+    assert mount["name"] in [t["metadata"]["name"]
+                             for t in database["spec"]["volumeClaimTemplates"]]
+    assert f"@{service['metadata']['name']}:5432/" in (KUBERAY_DIR / "mlflow-postgres.yaml"
+                                                      ).read_text()  # the URI it documents
+    assert '-e ".[postgres]"' in (CLUSTER_DIR / "Dockerfile").read_text()
 
 
 def test_rayjob_manifest(rayjob: dict):

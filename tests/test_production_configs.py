@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from factory import layout
 from factory.cli import main
 from factory.config import FactoryConfig, load_config
 from factory.errors import ConfigError
@@ -38,13 +39,29 @@ def test_there_are_three_production_configs():
                                             "production-1m.yaml"]
 
 
+TRACKING_EXAMPLE = "  # mlflow_tracking_uri: http://mlflow.internal:5000\n"
+
+
+@pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
+def test_the_tracking_server_key_they_name_is_one_to_uncomment(path, tmp_path):
+    """Each names runtime.mlflow_tracking_uri for the PostgreSQL-backed tracking server (the
+    cluster files export MLFLOW_TRACKING_URI instead); uncommented, it is that config's store."""
+    text = path.read_text()
+    assert text.count(TRACKING_EXAMPLE) == 1
+    assert text.index("\nruntime:\n") < text.index(TRACKING_EXAMPLE) < text.index("\nfaceworld:")
+    edited = tmp_path / path.name
+    edited.write_text(text.replace(TRACKING_EXAMPLE, TRACKING_EXAMPLE.replace("# ", "", 1)))
+    config = load_config(str(edited))
+    assert config.runtime.mlflow_tracking_uri == "http://mlflow.internal:5000"
+
+
 @pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)
 def test_production_configs_name_every_input_as_user_supplied(path):
     config = load_config(str(path))
     assert config.faceworld is None
-    inputs = [config.recognizer_data_uri(), config.generator_data_uri(),
-              config.identity_encoder_uri(), config.inquiry_data_uri(),
-              config.synthesis_inquiry_uri(), *config.evaluation_benchmark_uris()]
+    inputs = [layout.recognizer_data_uri(config), layout.generator_data_uri(config),
+              layout.identity_encoder_uri(config), layout.inquiry_data_uri(config),
+              layout.synthesis_inquiry_uri(config), *layout.evaluation_benchmark_uris(config)]
     assert all(uri.startswith("s3://YOUR-BUCKET/") for uri in inputs)
     text = path.read_text()
     for key in ("recognizer:\n  # The real-data", "  identity_encoder: s3://YOUR-BUCKET"):
@@ -96,12 +113,12 @@ def test_without_a_face_world_its_own_command_is_refused(capsys):
 
 def test_a_config_with_a_face_world_still_defaults_to_it():
     config = FactoryConfig(workdir="/w")
-    assert config.recognizer_data_uri() == "/w/faceworld/train"
-    assert config.identity_encoder_uri() == "/w/recognizer/recognizer/final"
-    assert config.evaluation_benchmark_uris()[0] == "/w/faceworld/benchmarks/fw_frontal.bin"
+    assert layout.recognizer_data_uri(config) == "/w/faceworld/train"
+    assert layout.identity_encoder_uri(config) == "/w/recognizer/recognizer/final"
+    assert layout.evaluation_benchmark_uris(config)[0] == "/w/faceworld/benchmarks/fw_frontal.bin"
     config.faceworld = None
     with pytest.raises(ConfigError, match="^generator.identity_encoder: required"):
-        config.identity_encoder_uri()
+        layout.identity_encoder_uri(config)
 
 
 @pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: p.stem)

@@ -30,3 +30,46 @@ def test_runs_record_the_library_versions(tmp_path):
     tracker.end()
     tags = mlflow.MlflowClient(uri).get_run(run_id).data.tags
     assert tags["package.torch"] == torch.__version__ and tags["stage"] == "test"
+
+
+def test_messages_show_a_tracking_uri_without_its_password():
+    from factory.tracking import redact
+
+    assert redact("postgresql+psycopg://mlflow:s3cr:et@db.internal:5432/mlflow") == \
+        "postgresql+psycopg://mlflow:***@db.internal:5432/mlflow"
+    assert redact("postgresql://db/mlflow?sslmode=require&PASSWORD=s3cret") == \
+        "postgresql://db/mlflow?sslmode=require&PASSWORD=***"
+    for plain in ("http://10.0.0.5:5000", "sqlite:////home/ray/mlflow.db",
+                  "postgresql://mlflow@db/mlflow"):
+        assert redact(plain) == plain
+
+
+def test_a_restarted_child_run_logs_into_the_run_its_interrupted_start_left(tmp_path):
+    """A sweep trial whose first start ended before its first checkpoint (which records the
+    run id) starts again under the same parent: it takes over that unfinished run instead of
+    leaving it beside a new one; a child that FINISHED is never taken over."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = RunTracker(True, uri, "adopt")
+    parent_id = parent.start("sweep")
+    parent.end()
+    interrupted = RunTracker(True, uri, "adopt")
+    first = interrupted.start("trial_1", params={"lr": 0.1}, parent_run_id=parent_id)
+    mlflow.end_run(status="KILLED")  # the worker died: nothing ran its tracker.end()
+
+    again = RunTracker(True, uri, "adopt")
+    assert again.start("trial_1", params={"lr": 0.1}, parent_run_id=parent_id) == first
+    again.log_metrics({"acc": 90.0}, step=0)
+    again.end()
+    other = RunTracker(True, uri, "adopt")
+    assert other.start("trial_2", parent_run_id=parent_id) != first
+    other.end()
+    rerun = RunTracker(True, uri, "adopt")
+    assert rerun.start("trial_1", parent_run_id=parent_id) != first  # first is FINISHED now
+    rerun.end()
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert run.data.metrics == {"acc": 90.0}
