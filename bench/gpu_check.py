@@ -7,7 +7,7 @@ without one); its counted work is about 8.6 PFLOP (sampling 7.3, of which guidan
 generator training 1.0; recognizer 0.3), some 90 s even at 10% of an H100's nominal bf16 peak,
 plus imports and model building. ``--device cpu --tiny`` runs the same code on the
 quickstart's 32 px models with batches of 2 and a couple of steps (seconds of CPU;
-``tests/test_bench_scripts.py`` runs it, so the script cannot rot unseen).
+``tests/integration/test_bench_scripts.py`` runs it, so the script cannot rot unseen).
 
 Why: this project's figures come from 2-core CPUs, and a production run (configs/
 production-0.5m.yaml) is planned in GPU hours nobody has measured. With untrained weights

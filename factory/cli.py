@@ -148,7 +148,8 @@ def _verify(config: FactoryConfig, args: argparse.Namespace) -> None:
         raise UserError(damage_message(verification))
     print(f"dataset {verification.dataset}: {verification.shards} shards, "
           f"{verification.samples} samples; shards/ holds exactly the listed shards, each "
-          "with its recorded size, sha256 and sample count, and the manifest's counts match")
+          "with its recorded size, sha256 and sample count and its Parquet metadata row for "
+          "row, and the manifest's counts match")
 
 
 def _sweep(config: FactoryConfig, args: argparse.Namespace) -> None:
@@ -233,7 +234,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("write a dataset as insightface RecordIO or an image folder, with its "
                       "metadata", _export),
     "verify": Command("check a synthesised dataset's shards against its manifest (the files, "
-                      "sizes, sha256, sample counts)", _verify),
+                      "sizes, sha256, sample counts, Parquet metadata)", _verify),
     "sweep": Command("Ray Tune trials over m ranges, mixup and recognizer settings, in MLflow",
                      _sweep),
     "compare": Command("a sweep's settings (mean +- std over seeds) and trials, ranked on "

@@ -2,7 +2,7 @@
 
 Every key's type, default and description comes from the pydantic models under
 :class:`FactoryConfig`, walked recursively through nested sections, so the page cannot drift
-from the code: ``tests/test_configdoc.py`` compares the committed page with this module's
+from the code: ``tests/unit/test_configdoc.py`` compares the committed page with this module's
 output. The prose at the top (how a command reads its config, where things run) is part of this
 module too, so the whole file is generated. Regenerate the page with
 
@@ -79,7 +79,7 @@ What a local run listens on is on the [jobs and clusters](clusters.md) page.
 
 ## Bad input
 
-Bad data is the user's to fix, so it is one line too (`tests/test_hostile_inputs.py` holds a
+Bad data is the user's to fix, so it is one line too (`tests/unit/test_hostile_inputs.py` holds a
 case for every kind met so far, each asserting exit 2, one line under 500 characters, no
 traceback, and every file already there unchanged). Before a training run the driver decodes
 every image of the training set when there are at most `recognizer.precheck_images`
@@ -88,7 +88,7 @@ or an index offset pointing mid-record in a 12,000-image `.rec` stops the comman
 naming the file and the record. A bad record met later on a worker (a bigger set, or the check
 off) ends the run at once with the same line: a corrupt record is met again on every restart,
 so it does not spend `max_failures`, which is there for lost workers
-(`tests/test_train_recognizer.py`, DataLoader in-process and in its own process).
+(`tests/integration/test_train_recognizer.py`, DataLoader in-process and in its own process).
 
 ## Keys
 

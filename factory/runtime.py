@@ -10,8 +10,8 @@ start actor pools must leave CPU for the tasks that feed them (fractional ``num_
 actor): on a 2-CPU machine a pool that takes both CPUs starves its read tasks and hangs.
 
 What a local cluster listens on (:func:`start_local_ray`, Ray 2.60, seen with ``ss -ltnp``):
-every TCP server is on 127.0.0.1, since nothing outside this machine has any business with a
-cluster no other node joins. That is the GCS (gRPC, on the port chosen here), the raylet's node
+every TCP server Ray starts is on 127.0.0.1, since nothing outside this machine has any
+business with a cluster no other node joins. That is the GCS (gRPC, on the port chosen here), the raylet's node
 manager and object manager (gRPC), each worker's and the driver's core worker (gRPC), the
 dashboard agent (gRPC; its HTTP server on 52365, which a second cluster on the machine finds
 taken and goes without; and the Prometheus metrics exporter), the runtime-env agent (HTTP) and
@@ -21,7 +21,10 @@ exporter) or on that address (the agents' HTTP servers); with a loopback node ad
 them takes 127.0.0.1, so the node's address is made 127.0.0.1 here (:func:`_loopback_node`).
 The object store and the raylet's own socket are Unix sockets in the session folder. Token
 authentication stays on as Ray sets it, and its token file is made readable by its owner only.
-A cluster that ``ray start`` runs is configured by its own flags, not here.
+A cluster that ``ray start`` runs is configured by its own flags, not here. One listener of a
+training run is torch's, not Ray's: the rendezvous store of ``torch.distributed`` (a
+``TCPStore``), which Ray Train's torch backend opens in the first training worker and which
+listens on every interface, since torch has no setting that binds it to one address.
 
 MLflow: ``MLFLOW_TRACKING_URI`` or ``runtime.mlflow_tracking_uri``, else a SQLite file in the
 current directory, made absolute so Ray workers (whose working directory differs) share it; a

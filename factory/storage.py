@@ -23,6 +23,7 @@ import json
 import math
 import os
 import posixpath
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +32,15 @@ from typing import IO, TypeVar
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from factory.errors import FormatError, UserError
+from factory.errors import (
+    ExpectedWrite,
+    FormatError,
+    UserError,
+    disk_full,
+    expected_write,
+    nearest_existing_folder,
+    not_enough_space,
+)
 
 TEMP_MARKER = ".tmp-"
 FILESYSTEM_ERRORS = (OSError, pa.ArrowException)
@@ -240,7 +249,8 @@ def ensure_writable(uri: str) -> None:
     try:
         _first_call(probe, write_and_delete)
     except FILESYSTEM_ERRORS as exc:
-        raise UserError(f"{uri}: output location is not writable ({_reason(exc)})") from None
+        raise (disk_full(exc)
+               or UserError(f"{uri}: output location is not writable ({_reason(exc)})")) from None
 
 
 def open_input(uri: str) -> IO[bytes]:
@@ -289,7 +299,7 @@ def atomic_output(uri: str) -> Iterator[IO[bytes]]:
     try:
         filesystem, path, (temp_path, stream) = _first_call(uri, open_temporary)
     except FILESYSTEM_ERRORS as exc:
-        raise UserError(f"{uri}: cannot write ({_reason(exc)})") from None
+        raise (disk_full(exc) or UserError(f"{uri}: cannot write ({_reason(exc)})")) from None
     try:
         with stream:
             yield stream
@@ -332,7 +342,8 @@ def copy_tree(source: str, destination: str,
         pafs.copy_files(source, destination_path, source_filesystem=source_filesystem,
                         destination_filesystem=destination_filesystem)
     except FILESYSTEM_ERRORS as exc:
-        raise UserError(f"{destination}: cannot copy {source} there ({_reason(exc)})") from None
+        raise (disk_full(exc) or UserError(
+            f"{destination}: cannot copy {source} there ({_reason(exc)})")) from None
 
 
 def local_path(uri: str) -> str:
@@ -340,6 +351,38 @@ def local_path(uri: str) -> str:
     if is_remote(uri):
         raise UserError(f"{uri}: this step needs a local path, not a remote URI")
     return resolve(uri)[1]
+
+
+def require_space(uri: str, bytes_needed: int, what: str) -> None:
+    """Refuse a write of about ``bytes_needed`` bytes under ``uri`` before it starts when the
+    local disk there has less free: a :class:`~factory.errors.DiskFullError` whose one line
+    names the path, the space needed for ``what`` and the space free (exit code 2 from the CLI).
+
+    A remote URI is not measured (an object store's space is not a disk's to run out of), nor
+    is a disk whose free space cannot be read: the write goes ahead, and a full disk is still
+    reported on one line if it comes (:func:`space_for`)."""
+    if is_remote(uri):
+        return
+    folder = nearest_existing_folder(resolve(uri)[1])
+    if not folder:
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < bytes_needed:
+        raise not_enough_space(uri, ExpectedWrite(uri, bytes_needed, what), free, folder)
+
+
+@contextlib.contextmanager
+def space_for(uri: str, bytes_needed: int, what: str) -> Iterator[None]:
+    """Around a big write under ``uri``: refuse it now if its disk lacks about
+    ``bytes_needed`` bytes (:func:`require_space`), and should the disk fill up all the same
+    (an estimate is an estimate, and other processes write too) let its one-line error say how
+    much ``what`` needs (:func:`~factory.errors.expected_write`)."""
+    require_space(uri, bytes_needed, what)
+    with expected_write(uri, bytes_needed, what):
+        yield
 
 
 def _reason(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ from factory.faceworld.nuisance import Nuisance, same_scene, sample_nuisance
 from factory.faceworld.render import render_face
 from factory.formats.images import encode_jpeg, encode_png
 from factory.formats.recordio import write_insightface_rec
+from factory.formats.space import RECORD_OVERHEAD, jpeg_bytes
 from factory.formats.verification_bin import IDENTITIES_SUFFIX, write_bin
 from factory.provenance import code_version
 
@@ -296,6 +297,20 @@ def load_summary(out: str) -> FaceWorldSummary | None:
                           "face world again") from None
 
 
+SPACE_QUALITY = 95
+"""The JPEG quality the face world's space estimate assumes of every image: the highest it
+writes (benchmarks, inquiries and references; training images take 55 to 95)."""
+
+
+def faceworld_images(cfg: FaceWorldConfig) -> int:
+    """Every image the face world renders: both training sets, the inquiries, the real
+    reference, and two per pair of every test and validation benchmark."""
+    per_reference = 1 + len(REFERENCE_KINDS) * cfg.reference_images_per_kind
+    return ((cfg.identities + cfg.judge_set_identities) * cfg.images_per_identity
+            + cfg.inquiry_identities + cfg.reference_set_identities * per_reference
+            + 2 * sum(spec.pairs for spec in [*cfg.benchmarks, *cfg.validation_benchmarks]))
+
+
 def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
     """Render the face world configured in ``config.faceworld``; reuse a complete identical one."""
     cfg, out = config.faceworld, layout.faceworld_uri(config)
@@ -304,44 +319,48 @@ def build_faceworld(config: FactoryConfig) -> FaceWorldSummary:
     if existing is not None and existing.config == resolved:
         return existing
     storage.ensure_writable(out)
-    start = time.perf_counter()
-    train_images = _write_train_set(cfg, out)
-    if cfg.judge_set_identities:
-        _write_train_set(cfg, out, "judge-train", cfg.judge_set_identities,
-                         JUDGE_IDENTITY_STREAM, JUDGE_IMAGE_STREAM)
-    inquiry_identities = _write_inquiry_set(cfg, out)
-    if cfg.reference_set_identities:
-        _write_reference_set(cfg, out)
-    benchmarks = {
-        spec.name: _write_benchmark(cfg, spec, BENCHMARK_STREAM_BASE + i,
-                                    storage.join(out, "benchmarks", f"{spec.name}.bin"))
-        for i, spec in enumerate(cfg.benchmarks)
-    }
-    validation = {
-        spec.name: _write_benchmark(cfg, spec, VALIDATION_STREAM_BASE + i,
-                                    storage.join(out, VALIDATION_DIR, f"{spec.name}.bin"),
-                                    with_identities=True)
-        for i, spec in enumerate(cfg.validation_benchmarks)
-    }
-    _write_montage(cfg, out)
-    summary = FaceWorldSummary(
-        out=out,
-        image_size=cfg.image_size,
-        identities=cfg.identities,
-        train_images=train_images,
-        inquiry_identities=inquiry_identities,
-        judge_identities=cfg.judge_set_identities,
-        reference_identities=cfg.reference_set_identities,
-        benchmarks=benchmarks,
-        validation_benchmarks=validation,
-        seconds=round(time.perf_counter() - start, 2),
-        code_version=code_version(),
-        config=resolved,
-    )
-    save_config(cfg, storage.join(out, "config.yaml"), summary.code_version)
-    # summary.json is written last: its presence marks the face world complete.
-    storage.write_text(storage.join(out, "summary.json"), json.dumps(asdict(summary), indent=2))
-    return summary
+    images = faceworld_images(cfg)
+    needed = images * (jpeg_bytes(cfg.image_size, SPACE_QUALITY) + RECORD_OVERHEAD)
+    with storage.space_for(out, needed, f"the face world's {images:,} images"):
+        start = time.perf_counter()
+        train_images = _write_train_set(cfg, out)
+        if cfg.judge_set_identities:
+            _write_train_set(cfg, out, "judge-train", cfg.judge_set_identities,
+                             JUDGE_IDENTITY_STREAM, JUDGE_IMAGE_STREAM)
+        inquiry_identities = _write_inquiry_set(cfg, out)
+        if cfg.reference_set_identities:
+            _write_reference_set(cfg, out)
+        benchmarks = {
+            spec.name: _write_benchmark(cfg, spec, BENCHMARK_STREAM_BASE + i,
+                                        storage.join(out, "benchmarks", f"{spec.name}.bin"))
+            for i, spec in enumerate(cfg.benchmarks)
+        }
+        validation = {
+            spec.name: _write_benchmark(cfg, spec, VALIDATION_STREAM_BASE + i,
+                                        storage.join(out, VALIDATION_DIR, f"{spec.name}.bin"),
+                                        with_identities=True)
+            for i, spec in enumerate(cfg.validation_benchmarks)
+        }
+        _write_montage(cfg, out)
+        summary = FaceWorldSummary(
+            out=out,
+            image_size=cfg.image_size,
+            identities=cfg.identities,
+            train_images=train_images,
+            inquiry_identities=inquiry_identities,
+            judge_identities=cfg.judge_set_identities,
+            reference_identities=cfg.reference_set_identities,
+            benchmarks=benchmarks,
+            validation_benchmarks=validation,
+            seconds=round(time.perf_counter() - start, 2),
+            code_version=code_version(),
+            config=resolved,
+        )
+        save_config(cfg, storage.join(out, "config.yaml"), summary.code_version)
+        # summary.json is written last: its presence marks the face world complete.
+        storage.write_text(storage.join(out, "summary.json"),
+                           json.dumps(asdict(summary), indent=2))
+        return summary
 
 
 def print_summary(summary: FaceWorldSummary) -> None:

@@ -22,6 +22,12 @@ Layout of the output directory:
 * ``metadata.jsonl``: one JSON object per image in export order: ``label``, ``source_label``,
   ``source_index``, where it lies (``record`` key or ``path``) and, for shards, the sample's
   ``key`` and its shard ``meta``;
+* ``metadata.parquet``: the same rows as a table, for pandas, pyarrow, DuckDB or Ray Data:
+  ``label``, ``source_label``, ``source_index``, ``record`` or ``path`` and, for shards, the
+  source ``shard`` (its place in the source's shard list) and ``key`` and the columns a shard's
+  own Parquet metadata takes from the sample's json
+  (:data:`~factory.formats.shard_metadata.SAMPLE_COLUMNS`; the source's byte offsets are left
+  out, they locate nothing here);
 * ``export.json``: what this directory is an export of (format, source, selection), written
   first and checked by every rerun, with the code version that began it.
 * ``.facefactory.lock``: only while an export writes here, which one (:mod:`factory.locking`):
@@ -35,9 +41,10 @@ two-hot target (``mixup.labels: soft``) is exported as a class of its own, SynFa
 ``new_class`` form, with its parents and phi in its ``meta`` in ``metadata.jsonl``.
 
 Every file is written under a temporary name and renamed when complete, and ``metadata.jsonl``
-is written last, so it marks a complete export: a rerun of a complete export reads and writes
-nothing. A rerun after an interruption removes the temporaries, keeps the image files a folder
-export had finished, and writes the rest, which gives exactly the files of an uninterrupted run.
+is written last (after ``metadata.parquet``), so it marks a complete export: a rerun of a
+complete export reads and writes nothing. A rerun after an interruption removes the
+temporaries, keeps the image files a folder export had finished, and writes the rest, which
+gives exactly the files of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast, get_args
 
 import numpy as np
+import pyarrow as pa
 from pyarrow import fs as pafs
 from tqdm import tqdm
 
@@ -56,13 +64,16 @@ from factory.errors import FormatError, UserError
 from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image
 from factory.formats.recordio import MAX_EXACT_LABEL, write_insightface_rec
+from factory.formats.shard_metadata import parquet_bytes, sample_columns
 from factory.formats.shards import ShardDataset, refuse_inside_dataset
+from factory.formats.space import export_bytes
 from factory.locking import LOCK_FILE, hold_lock
 from factory.provenance import code_version
 
 ExportFormat = Literal["rec", "folder"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_FILE, LABELS_FILE, METADATA_FILE = "export.json", "labels.json", "metadata.jsonl"
+METADATA_TABLE_FILE = "metadata.parquet"
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,14 +152,20 @@ def export_dataset(source: str, out: str, format: ExportFormat,
             storage.write_text(storage.join(out, EXPORT_FILE),
                                json.dumps({**request, "code_version": code_version()}, indent=2))
         _remove_temporaries(out)
-        if format == "rec":
-            locations, reused = _write_rec(dataset, plan, out), 0
-        else:
-            locations, reused = _write_folder(dataset, plan, out)
-        storage.write_text(storage.join(out, LABELS_FILE), _labels_json(dataset, plan))
-        with storage.atomic_output(storage.join(out, METADATA_FILE)) as stream:
-            for line in _metadata_lines(dataset, plan, locations):
-                stream.write(line.encode("utf-8"))
+        # refused now if the disk lacks the room; a disk that fills anyway names the room
+        with storage.space_for(out, export_bytes(dataset, plan.order, plan.num_classes, format,
+                                                 out),
+                               f"{len(plan.order):,} images exported as {format}"):
+            if format == "rec":
+                locations, reused = _write_rec(dataset, plan, out), 0
+            else:
+                locations, reused = _write_folder(dataset, plan, out)
+            storage.write_text(storage.join(out, LABELS_FILE), _labels_json(dataset, plan))
+            storage.write_bytes(storage.join(out, METADATA_TABLE_FILE),
+                                parquet_bytes(_metadata_table(dataset, plan, locations)))
+            with storage.atomic_output(storage.join(out, METADATA_FILE)) as stream:
+                for line in _metadata_lines(dataset, plan, locations):
+                    stream.write(line.encode("utf-8"))
         return ExportResult(out, format, len(plan.order), plan.num_classes, False, reused)
 
 
@@ -291,6 +308,24 @@ def _metadata_lines(dataset: FaceDataset, plan: _Plan,
         yield json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
 
 
+def _metadata_table(dataset: FaceDataset, plan: _Plan,
+                    locations: list[dict[str, Any]]) -> pa.Table:
+    """``metadata.jsonl``'s rows as a table (see the module doc), in export order."""
+    order = plan.order.tolist()
+    where = "record" if "record" in locations[0] else "path"
+    columns = {"label": pa.array(plan.labels, pa.int64()),
+               "source_label": pa.array(plan.source_labels[plan.labels], pa.int64()),
+               "source_index": pa.array(order, pa.int64()),
+               where: pa.array([location[where] for location in locations],
+                               pa.int64() if where == "record" else pa.string())}
+    if isinstance(dataset, ShardDataset):
+        columns["shard"] = pa.array([dataset.shard_index(index) for index in order], pa.int32())
+        columns["key"] = pa.array([dataset.keys[index] for index in order], pa.string())
+        columns.update(sample_columns([dataset.metadata[index] for index in order],
+                                      dataset.root_uri))
+    return pa.table(columns)
+
+
 def describe(result: ExportResult) -> str:
     """One line for the CLI: what is where, or that nothing needed doing."""
     files = ("train.rec, train.idx, property" if result.format == "rec"
@@ -300,5 +335,5 @@ def describe(result: ExportResult) -> str:
              if result.reused_files else "written")
     identities = "identity" if result.classes == 1 else "identities"
     return (f"export {result.out}: {result.images} images of {result.classes} {identities} as "
-            f"{files}, with {LABELS_FILE} and {METADATA_FILE} ({state})")
+            f"{files}, with {LABELS_FILE}, {METADATA_FILE} and {METADATA_TABLE_FILE} ({state})")
 

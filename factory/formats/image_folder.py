@@ -36,10 +36,12 @@ class ImageFolderDataset:
             raise FormatError(f"{root_uri}: image folder not found (expected a directory "
                               "root/identity/*.jpg)")
         by_identity: dict[str, list[str]] = {}
+        sizes: dict[tuple[str, str], int] = {}
         folder = ConfinedFolder(root_uri)
-        for identity, filename in _image_entries(root_uri):
+        for identity, filename, size in _image_entries(root_uri):
             folder.join(identity, filename)  # refuses a link out of the root
             by_identity.setdefault(identity, []).append(filename)
+            sizes[identity, filename] = size
         if not by_identity:
             raise FormatError(f"{root_uri}: no images found (expected root/identity/*.jpg, "
                               f"extensions {', '.join(IMAGE_EXTENSIONS)})")
@@ -52,6 +54,7 @@ class ImageFolderDataset:
                 labels.append(label)
         self.labels = np.array(labels, dtype=np.int64)
         self.num_classes = len(self.class_names)
+        self._sizes = np.array([sizes[entry] for entry in self._files], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -64,6 +67,10 @@ class ImageFolderDataset:
         """The encoded bytes (JPEG or PNG) of image ``index``, as stored."""
         return storage.read_bytes(self.uri(index))
 
+    def stored_size(self, index: int) -> int:
+        """The bytes of image ``index``'s file, as the folder's listing gave them (not read)."""
+        return int(self._sizes[index])
+
     def source(self, index: int) -> str:
         """Where image ``index`` lies, as errors name it: its URI."""
         return self.uri(index)
@@ -73,8 +80,9 @@ class ImageFolderDataset:
         return decode_image(self.raw(index), self.source(index))
 
 
-def _image_entries(root_uri: str) -> list[tuple[str, str]]:
-    """``(identity, filename)`` for every image file exactly one folder below the root."""
+def _image_entries(root_uri: str) -> list[tuple[str, str, int]]:
+    """``(identity, filename, size)`` for every image file exactly one folder below the root
+    (the size in bytes, as listed; a link's is its target's)."""
     filesystem, root = storage.resolve(root_uri)
     infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     entries = []
@@ -85,5 +93,5 @@ def _image_entries(root_uri: str) -> list[tuple[str, str]]:
         parts = info.path[len(prefix):].split("/")
         if (len(parts) == 2 and not any(part.startswith(".") for part in parts)
                 and parts[1].lower().endswith(IMAGE_EXTENSIONS)):
-            entries.append((parts[0], parts[1]))
+            entries.append((parts[0], parts[1], info.size or 0))
     return entries

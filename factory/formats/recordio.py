@@ -166,6 +166,7 @@ class RecordIOReader:
         self._keys, offsets = _read_index(idx_uri)
         order = np.argsort(self._keys, kind="stable")
         self._sorted_keys, self._sorted_offsets = self._keys[order], offsets[order]
+        self._ends: tuple[np.ndarray, np.ndarray] | None = None  # span(): made on first use
         self._handle: Any = None
         self._pid = 0
 
@@ -186,6 +187,19 @@ class RecordIOReader:
         if position < len(self._sorted_keys) and self._sorted_keys[position] == key:
             return int(self._sorted_offsets[position])
         return None
+
+    def span(self, key: int) -> int:
+        """The bytes from record ``key``'s offset to the next record's (to the end of the file
+        for the last): the record with its framing, known from the index without reading it."""
+        offset = self._offset(key)
+        if offset is None:
+            raise FormatError(f"{self.idx_uri}: no record with key {key}")
+        if self._ends is None:
+            starts = np.unique(self._sorted_offsets)
+            end = storage.file_size(self.rec_uri) or int(starts[-1])
+            self._ends = starts, np.append(starts[1:], max(end, int(starts[-1])))
+        starts, ends = self._ends
+        return int(ends[int(np.searchsorted(starts, offset))] - offset)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handle": None, "_pid": 0}
@@ -457,6 +471,11 @@ class InsightFaceRecordDataset:
     def raw(self, index: int) -> bytes:
         """The encoded image bytes (usually JPEG) of image ``index``."""
         return self._header(self._keys[index])[1]
+
+    def stored_size(self, index: int) -> int:
+        """About the bytes of image ``index`` as stored, from the index alone (not read): its
+        record's span less the record frame and the image header."""
+        return max(0, self._reader.span(int(self._keys[index])) - _FRAME.size - _IR.size)
 
     def source(self, index: int) -> str:
         """Where image ``index`` lies, as errors name it: its record."""

@@ -8,7 +8,11 @@ Layout of a dataset directory (any URI):
   it);
 * ``shards/shard-000000.tar``, ``shards/shard-000001.tar``, ...: POSIX (ustar) tars in the
   WebDataset convention, so ``webdataset.WebDataset(".../shard-{000000..000099}.tar")`` and
-  ``ray.data.read_webdataset(".../shards")`` read them as well as :class:`ShardDataset` does.
+  ``ray.data.read_webdataset(".../shards", file_extensions=["tar"])`` read them as well as
+  :class:`ShardDataset` does;
+* ``shards/shard-000000.parquet`` ...: beside each tar, its samples' metadata, one row per
+  sample, written by the stages that write shards (:mod:`factory.formats.shard_metadata`);
+  :func:`write_shard` hands them each sample as located in the tar it wrote.
 
 Each sample is three consecutive members sharing one key (no dots, no slashes, unique within
 its shard), in this order:
@@ -78,6 +82,17 @@ def shard_pattern(count: int) -> str:
     return "shard-{000000..%06d}.tar" % (count - 1)
 
 
+class LocatedSample(NamedTuple):
+    """A sample as a reader finds it in its shard: key, stored label (``.cls``), metadata
+    (``.json``), and where its JPEG's data lies in the tar (byte offset and size)."""
+
+    key: str
+    label: int
+    meta: dict
+    offset: int
+    size: int
+
+
 @dataclass
 class ShardSample:
     """One sample to write: its key, JPEG bytes, class label and JSON metadata."""
@@ -90,11 +105,13 @@ class ShardSample:
 
 @dataclass
 class ShardWritten:
-    """What :func:`write_shard` wrote: sample count, sha256 (hex) and size of the tar."""
+    """What :func:`write_shard` wrote: sample count, sha256 (hex) and size of the tar, and each
+    sample as a reader locates it (what the shard's Parquet metadata is built from)."""
 
     count: int
     sha256: str
     size_bytes: int
+    located: list[LocatedSample]
 
 
 def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
@@ -106,9 +123,11 @@ def write_shard(uri: str, samples: Sequence[ShardSample]) -> ShardWritten:
     or metadata JSON cannot hold.
     """
     _check_samples(samples)
-    data = _tar_bytes(samples)
+    data, offsets = _tar_bytes(samples)
     storage.write_bytes(uri, data)
-    return ShardWritten(len(samples), hashlib.sha256(data).hexdigest(), len(data))
+    located = [LocatedSample(sample.key, operator.index(sample.label), sample.meta, offset,
+                             len(sample.jpg)) for sample, offset in zip(samples, offsets)]
+    return ShardWritten(len(samples), hashlib.sha256(data).hexdigest(), len(data), located)
 
 
 def shard_damage(uri: str, size_bytes: int | None, sha256: str | None) -> str | None:
@@ -144,9 +163,11 @@ def _check_samples(samples: Sequence[ShardSample]) -> None:
         seen.add(sample.key)
 
 
-def _tar_bytes(samples: Sequence[ShardSample]) -> bytes:
-    """The shard as bytes; the same samples always give the same bytes."""
+def _tar_bytes(samples: Sequence[ShardSample]) -> tuple[bytes, list[int]]:
+    """The shard as bytes, and where each sample's ``.jpg`` data begins in them; the same
+    samples always give the same bytes."""
     buffer = io.BytesIO()
+    jpg_offsets = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             meta = json.dumps(sample.meta, sort_keys=True, allow_nan=False)
@@ -158,8 +179,11 @@ def _tar_bytes(samples: Sequence[ShardSample]) -> bytes:
                 info.size, info.mtime, info.mode = len(data), 0, _MEMBER_MODE
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
+                header = tar.offset
                 tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+                if extension == "jpg":  # the header block(s) first, then the data
+                    jpg_offsets.append(header + len(info.tobuf(tarfile.USTAR_FORMAT)))
+    return buffer.getvalue(), jpg_offsets
 
 
 @dataclass
@@ -173,16 +197,18 @@ class ShardScan:
     labels: set[int]
     sha256: str
     """Of the whole file."""
+    samples: list[LocatedSample]
+    """Every sample, in tar order, as :class:`ShardDataset` locates it."""
 
 
 def scan_shard(uri: str) -> ShardScan:
     """Read the shard at ``uri`` once, as :class:`ShardDataset` reads it (FormatError for all
     it refuses), hashing the file on the way: ``factory verify`` compares what readers get
-    with the manifest without reading any shard twice."""
+    with the manifest and the shard's Parquet metadata without reading any shard twice."""
     digest = hashlib.sha256()
     samples = list(_locate(uri, digest))
     return ShardScan(len(samples), sum(bool(sample.meta.get("real")) for sample in samples),
-                     {sample.label for sample in samples}, digest.hexdigest())
+                     {sample.label for sample in samples}, digest.hexdigest(), samples)
 
 
 class _Digesting:
@@ -348,7 +374,7 @@ class ShardDataset:
                  mixup_share: float | None = None) -> None:
         self.root_uri = root_uri
         self.shard_uris = _shard_uris(root_uri)
-        kept: list[tuple[int, _Located]] = []
+        kept: list[tuple[int, LocatedSample]] = []
         for shard, uri in enumerate(self.shard_uris):
             kept += [(shard, sample) for sample in _locate(uri)
                      if _within(uri, sample, "m", m_range)
@@ -403,6 +429,14 @@ class ShardDataset:
                               "it was opened?)")
         return data
 
+    def stored_size(self, index: int) -> int:
+        """The bytes of sample ``index``'s JPEG, as its shard's index gave them (not read)."""
+        return int(self._sizes[index])
+
+    def shard_index(self, index: int) -> int:
+        """Which of :attr:`shard_uris` sample ``index`` lies in."""
+        return int(self._shards[index])
+
     def source(self, index: int) -> str:
         """Where sample ``index``'s JPEG lies, as errors name it: its shard and member."""
         return f"{self.shard_uris[int(self._shards[index])]}: sample {self.keys[index]}.jpg"
@@ -429,17 +463,7 @@ class ShardDataset:
         return self._handles[shard]
 
 
-class _Located(NamedTuple):
-    """A sample found by a scan: key, stored label, metadata, and where its JPEG lies."""
-
-    key: str
-    label: int
-    meta: dict
-    offset: int
-    size: int
-
-
-def _locate(uri: str, digest: Any = None) -> Iterator[_Located]:
+def _locate(uri: str, digest: Any = None) -> Iterator[LocatedSample]:
     """Every sample of the shard at ``uri``, its ``.jpg`` located but not read (the file fed to
     ``digest`` on the way, when given)."""
     for key, members in _samples(uri, lambda extension: extension != "jpg", digest):
@@ -448,24 +472,29 @@ def _locate(uri: str, digest: Any = None) -> Iterator[_Located]:
                 raise FormatError(f"{uri}: sample {key!r} has no .{required} member")
         meta = _parse_meta(uri, key, members["json"].data or b"") if "json" in members else {}
         label = _parse_label(uri, key, members["cls"].data or b"")
-        yield _Located(key, label, meta, members["jpg"].offset, members["jpg"].size)
+        yield LocatedSample(key, label, meta, members["jpg"].offset, members["jpg"].size)
 
 
 def _shard_uris(root_uri: str) -> list[str]:
-    """The shards the dataset's manifest lists, in its order; without a manifest, the ``.tar``
-    files in ``root/shards``, sorted by name, temporary files left out. Either way, a shard
-    that is a link out of the dataset is refused."""
+    """The URIs of :func:`dataset_shard_names`; a shard that is a link out of the dataset is
+    refused."""
+    folder = ConfinedFolder(root_uri)
+    return [folder.join(SHARD_DIR, name) for name in dataset_shard_names(root_uri)]
+
+
+def dataset_shard_names(root_uri: str) -> list[str]:
+    """The shard file names every reader of the dataset at ``root_uri`` reads: those its
+    manifest lists, in its order; without a manifest, the ``.tar`` files in ``root/shards``,
+    sorted by name, temporary files left out."""
     manifest_uri = storage.join(root_uri, MANIFEST_FILE)
     if storage.exists(manifest_uri):
-        return listed_shard_uris(root_uri, storage.read_json_object(manifest_uri))
+        return manifest_shards(storage.read_json_object(manifest_uri), manifest_uri)
     shard_dir = storage.join(root_uri, SHARD_DIR)
-    names = storage.listdir(shard_dir) if storage.is_dir(shard_dir) else []
-    folder = ConfinedFolder(root_uri)
-    uris = [folder.join(SHARD_DIR, name) for name in names
-            if name.endswith(".tar") and not name.startswith(storage.TEMP_MARKER)]
-    if not uris:
+    names = [name for name in (storage.listdir(shard_dir) if storage.is_dir(shard_dir) else [])
+             if name.endswith(".tar") and not name.startswith(storage.TEMP_MARKER)]
+    if not names:
         raise FormatError(f"{shard_dir}: no shards (expected shard-NNNNNN.tar)")
-    return uris
+    return names
 
 
 def manifest_shards(manifest: dict[str, Any], uri: str) -> list[str]:
@@ -520,7 +549,8 @@ def _folders_above(uri: str) -> Iterator[str]:
         path, parent = parent, posixpath.dirname(parent)
 
 
-def _within(uri: str, sample: _Located, field: str, bounds: tuple[float, float] | None) -> bool:
+def _within(uri: str, sample: LocatedSample, field: str,
+            bounds: tuple[float, float] | None) -> bool:
     """Whether the sample's json ``field`` lies in the inclusive ``bounds``; True without bounds."""
     if bounds is None:
         return True
@@ -544,7 +574,8 @@ def _soft_parents(metadata: list[dict], labels: np.ndarray) -> dict[int, tuple[i
     return soft
 
 
-def _with_mixup_share(kept: list[tuple[int, _Located]], share: float) -> list[tuple[int, _Located]]:
+def _with_mixup_share(kept: list[tuple[int, LocatedSample]],
+                      share: float) -> list[tuple[int, LocatedSample]]:
     """The samples of the most identities whose identity-mixup share is ``share``.
 
     With P plain and X mixup identities available, T = min(X / share, P / (1 - share))

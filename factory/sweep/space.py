@@ -17,7 +17,7 @@ import numpy as np
 
 from factory.config import FactoryConfig, SearchSpec, describe_validation_error, set_dotted
 from factory.errors import ConfigError
-from factory.formats.shards import ShardDataset
+from factory.formats.shard_metadata import read_dataset_metadata
 
 SIMILARITY_KEY = "recognizer.select.similarity"
 SEED_KEY = "recognizer.seed"
@@ -41,10 +41,10 @@ def similarity_groups(pool_uri: str, groups: int) -> list[list[float]]:
 
     Bounds are the pool's quantiles to 4 decimals (the outer ones rounded outwards, so every
     sample falls in a group); the selection is inclusive, so a sample exactly on an inner bound
-    belongs to both neighbouring groups.
+    belongs to both neighbouring groups. The similarities are read from the shards' Parquet
+    metadata (:mod:`factory.formats.shard_metadata`), one column, not from the tars.
     """
-    values = np.array([meta.get("similarity_center") for meta in ShardDataset(pool_uri).metadata],
-                      dtype=float)
+    values = read_dataset_metadata(pool_uri, ["similarity_center"])["similarity_center"].to_numpy()
     edges = np.round(np.quantile(values, np.linspace(0.0, 1.0, groups + 1)), 4)
     edges[0] = np.floor(values.min() * 1e4) / 1e4
     edges[-1] = np.ceil(values.max() * 1e4) / 1e4

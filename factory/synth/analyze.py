@@ -14,7 +14,10 @@ centers were measured when the shards were written) and reports
   synthetic sample against every real center, with the false-match rate at E_id's threshold
   for FPR 1e-4 (:mod:`factory.synth.privacy`); both are recorded in the manifest too;
 * with ``judge.checkpoint`` set, the same figures as the independent judge measures them
-  (``factory.synth.judged``): those lead, since the shards' similarities are E_id's;
+  (``factory.synth.judged``): those lead, since the shards' similarities are E_id's; and each
+  synthetic sample's similarities by the judge in ``report/judge_similarity.parquet``, keyed by
+  shard and key like the shards' own Parquet metadata (a sidecar: the shards' files stay as
+  written, see :mod:`factory.synth.judged`);
 * the real genuine scale (:mod:`factory.eval.real_reference`): real photos of held-out
   identities against their own reference image, by E_id and the judge, per nuisance kind,
   drawn as a band on ``m_vs_similarity.png``.
@@ -36,7 +39,7 @@ from pydantic import ValidationError
 
 from factory import layout, storage
 from factory.config import FactoryConfig, describe_validation_error
-from factory.errors import FormatError
+from factory.errors import FormatError, UserError
 from factory.eval.compliance import spearman
 from factory.eval.generator_figures import agg_figure, compliance_png
 from factory.eval.real_reference import (
@@ -48,6 +51,7 @@ from factory.eval.real_reference import (
 from factory.faceworld.montage import montage
 from factory.formats.dataset import open_dataset
 from factory.formats.images import decode_image, encode_png
+from factory.formats.shard_metadata import parquet_bytes
 from factory.formats.shards import iter_shard, listed_shard_uris
 from factory.models.identity import real_centers
 from factory.report import format_table
@@ -58,6 +62,7 @@ from factory.synth.layout import (
     ANALYSIS_FILE,
     CARD_FILE,
     COMPLIANCE_FIGURE,
+    JUDGE_SIMILARITY_FILE,
     MANIFEST_FILE,
     PRIVACY_FIGURE,
     REPORT_DIR,
@@ -72,6 +77,7 @@ from factory.synth.privacy import (
     synthetic_embeddings,
 )
 from factory.synth.reader import read_centers, read_manifest, read_stats
+from factory.synth.verify import damage_message, verify_dataset
 from factory.tracking import RunTracker
 from factory.checkpoints.recognizer import load_judge
 from factory.checkpoints.generator import load_generator
@@ -196,7 +202,12 @@ def privacy_png(maxima: np.ndarray, threshold: float, path: str,
 
 
 def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
-    """Compute the report; returns it and the printed text."""
+    """Compute the report; returns it and the printed text. The dataset is verified first
+    (``factory verify``'s checks): the card copies the manifest's counts, so a dataset whose
+    shards and manifest disagree is refused with verify's one line instead of described."""
+    verification = verify_dataset(dataset)
+    if verification.damaged:
+        raise UserError(damage_message(verification))
     manifest = read_manifest(dataset)
     samples = read_samples(dataset, manifest)
     synthetic = ~samples.real
@@ -227,7 +238,7 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
     table = statistics_rows(samples.to_center[synthetic])
     judge = load_judge(config.judge)
     real_reference = measured_reference(config, generator, judge)
-    judged = None if judge is None else judged_dataset(
+    judged, judge_samples = (None, None) if judge is None else judged_dataset(
         judge, dataset, manifest, inquiry_uri, real_uri, threshold,
         privacy_threshold(config, judge, judge.input_size))
     report = {
@@ -251,10 +262,14 @@ def analyze(config: FactoryConfig, dataset: str) -> tuple[dict[str, Any], str]:
                         "mean_max_similarity": float(reference.mean()),
                         "at_or_above_threshold": int((reference >= threshold).sum())},
                     "per_sample": per_sample},
-        "judge": None if judged is None else {"checkpoint": config.judge.checkpoint, **judged},
+        "judge": None if judged is None else {
+            "checkpoint": config.judge.checkpoint,
+            "per_sample_file": f"{REPORT_DIR}/{JUDGE_SIMILARITY_FILE}", **judged},
         "real_reference": {name: value.summary() for name, value in real_reference.items()},
     }
     out = storage.join(dataset, REPORT_DIR)
+    if judge_samples is not None:  # one row per sample: beside the report, not an MLflow artifact
+        storage.write_bytes(storage.join(out, JUDGE_SIMILARITY_FILE), parquet_bytes(judge_samples))
     text = "\n".join([_report_text(report, table, out), *reference_text(real_reference)])
     e_id_real = real_reference.get("E_id")
     with tempfile.TemporaryDirectory() as scratch:

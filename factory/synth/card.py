@@ -149,9 +149,12 @@ def _objective_text(objective: dict[str, Any] | None) -> str:
     if not objective:
         return "not recorded in the checkpoint (see its config.yaml)"
     low, high = objective["m_range"]
+    gamma = objective["min_snr_gamma"]
     return (f"L_MSE + {objective['lambda']:g} L_SimMat, {objective['target_schedule']} target, "
-            f"m in [{low:g}, {high:g}], Min-SNR {objective['min_snr_gamma']}, condition dropout "
-            f"{objective['condition_dropout']:g}, EMA {objective['ema_decay']:g}")
+            f"m in [{low:g}, {high:g}], "
+            + (f"Min-SNR gamma {gamma:g}" if gamma else "no Min-SNR weighting")
+            + f", condition dropout {objective['condition_dropout']:g}, EMA "
+            f"{objective['ema_decay']:g}")
 
 
 def _filter_text(manifest: dict[str, Any], max_similarity: float | str) -> str:
@@ -286,12 +289,22 @@ for image, label, meta in samples.decode("rgb8").to_tuple("jpg", "cls", "json"):
     ...
 ```
 
-With Ray Data (decodes `jpg` to an array, `cls` to an int, `json` to a dict):
+With Ray Data (decodes `jpg` to an array, `cls` to an int, `json` to a dict; the tars only,
+not the Parquet files beside them):
 
 ```python
 import ray
 
-dataset = ray.data.read_webdataset("{shards}")
+dataset = ray.data.read_webdataset("{shards}", file_extensions=["tar"])
+```
+
+Each tar has its samples' metadata beside it, one Parquet row per sample (key, label, requested
+m, measured similarities, mixup parents, sampler settings, the image's byte offset in the tar),
+so pandas, pyarrow, DuckDB or `ray.data.read_parquet` select samples without reading an image:
+
+```sql
+SELECT key, label, m, similarity_center FROM '{shards}/*.parquet'
+WHERE similarity_center BETWEEN 0.7 AND 0.8
 ```
 
 With Hugging Face `datasets` (each row: `jpg` a PIL image, `cls` the label, `json` the

@@ -9,6 +9,14 @@ similarity to the judge's own identity centers, and the privacy check in its own
 held-out real identities reach), and every sample against every real identity center with the
 false-match rate at the judge's own threshold for FPR 1e-4 (:mod:`factory.synth.privacy`).
 
+Each synthetic sample's two similarities by the judge are also kept per sample
+(:func:`judge_samples`: ``report/judge_similarity.parquet``), keyed by ``shard`` and ``key`` so
+that they join the shards' own Parquet metadata (:mod:`factory.formats.shard_metadata`) in one
+line of DuckDB or pandas. They are a sidecar rather than columns of the shards' files: those are
+fixed when their shard is written (its stats and the manifest record their sha256, ``factory
+verify`` compares them with the tar), while the judge is optional, runs later and may run again
+with another checkpoint; a sidecar keeps each shard's file the one its tar gives.
+
 Memory: one float32 judge embedding per sample is kept (1 KiB per sample at 256-d).
 """
 
@@ -17,12 +25,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from factory import storage
 from factory.eval.compliance import spearman
+from factory.errors import FormatError
 from factory.eval.threshold import ThresholdEstimate
 from factory.formats.dataset import open_dataset
+from factory.formats.shard_metadata import read_dataset_metadata
 from factory.models.identity import inquiry_tensor, real_centers
 from factory.synth.inquiries import first_index_per_identity, identity_name
 from factory.synth.privacy import BATCH, sample_privacy, sample_privacy_text, synthetic_embeddings
@@ -41,11 +53,40 @@ def _centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), unique
 
 
+JUDGE_SCHEMA = pa.schema([
+    pa.field("shard", pa.int32(), nullable=False), pa.field("key", pa.string(), nullable=False),
+    pa.field("judge_similarity_inquiry", pa.float64()),
+    pa.field("judge_similarity_center", pa.float64(), nullable=False)])
+"""The judge's sidecar: one row per synthetic sample (real copies are not judged), in shard
+order; ``judge_similarity_inquiry`` is null for identity-mixup samples, which have no inquiry
+image."""
+
+
+def judge_samples(dataset: str, plain: np.ndarray, to_inquiry: np.ndarray,
+                  to_center: np.ndarray) -> pa.Table:
+    """The judge's per-sample similarities (:data:`JUDGE_SCHEMA`): ``to_center`` for every
+    synthetic sample in shard order, ``to_inquiry`` for those ``plain`` marks. Their shard and
+    key come from the shards' Parquet metadata, whose rows are in the same order."""
+    ids = read_dataset_metadata(dataset, ["shard", "key", "real"])
+    ids = ids.filter(pc.invert(ids["real"]))
+    if ids.num_rows != len(to_center):
+        raise FormatError(f"{dataset}: its Parquet metadata lists {ids.num_rows} synthetic "
+                          f"samples, its shards hold {len(to_center)}; run factory verify")
+    inquiry = np.full(len(to_center), np.nan)
+    inquiry[plain] = to_inquiry
+    return pa.Table.from_pydict({
+        "shard": ids["shard"], "key": ids["key"],
+        "judge_similarity_inquiry": pa.array(inquiry, pa.float64(), mask=~plain),
+        "judge_similarity_center": pa.array(to_center, pa.float64())}, schema=JUDGE_SCHEMA)
+
+
 def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
                    inquiry_uri: str, real_uri: str, threshold: float,
-                   false_match: tuple[ThresholdEstimate | None, str]) -> dict[str, Any]:
-    """The judge's figures for one dataset (see the module docstring); ``false_match`` is the
-    judge's own impostor threshold for the per-sample check (or None and why not)."""
+                   false_match: tuple[ThresholdEstimate | None, str]
+                   ) -> tuple[dict[str, Any], pa.Table]:
+    """The judge's figures for one dataset (see the module docstring), and its per-sample
+    similarities (:func:`judge_samples`); ``false_match`` is the judge's own impostor threshold
+    for the per-sample check (or None and why not)."""
     embeddings, metadata = synthetic_embeddings(judge, judge.input_size, dataset, manifest)
     labels = np.array([int(meta["label"]) for meta in metadata])
     requested = np.array([float(meta["m"]) for meta in metadata])
@@ -68,7 +109,7 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
     if storage.absolute(inquiry_uri) != storage.absolute(real_uri):
         held_out = _embed(judge, [inquiry.image(i) for i in firsts.values()])
         reference = (held_out @ real.T).max(1)
-    return {
+    figures = {
         "m_spearman": spearman(requested[plain], to_inquiry) if len(to_inquiry) > 1 else None,
         "similarity_to_inquiry_per_m": {
             f"{m:+.2f}": float(to_inquiry[requested[plain] == m].mean())
@@ -83,6 +124,7 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
                     "per_sample": sample_privacy(embeddings, labels, real, *false_match,
                                                  held_out)},
     }
+    return figures, judge_samples(dataset, plain, to_inquiry, to_center)
 
 
 def judged_text(judged: dict[str, Any]) -> str:

@@ -3,14 +3,16 @@ or reads one (synthesis, analysis, the dataset card), and the bins of the simila
 its stats and manifest hold::
 
     shards/shard-000000.tar ...     the samples (webdataset: key.jpg, key.cls, key.json)
+    shards/shard-000000.parquet ... one row of metadata per sample of the tar beside it
     stats/shard-000000.json ...     per-shard counts, checksums, labels, histograms, centers
     plan.json                       what this directory is a dataset of (checked on rerun)
     plan_identities.npz             the planned identities and their embeddings (a rerun
                                     resumes with them instead of embedding the inquiries again)
     manifest.json                   config, code version, counts, checksums, histograms
     similarity_histogram.png        similarity to inquiry and to center, all samples
-    report/                         ``factory analyze``: analysis.json, statistics.txt and
-                                    the m-compliance, privacy and samples figures
+    report/                         ``factory analyze``: analysis.json, statistics.txt,
+                                    the m-compliance, privacy and samples figures and, with
+                                    a judge, judge_similarity.parquet
     README.md                       the dataset card
 """
 
@@ -26,6 +28,7 @@ IDENTITIES_FILE = "plan_identities.npz"
 HISTOGRAM_FILE = "similarity_histogram.png"
 REPORT_DIR = "report"
 ANALYSIS_FILE, STATISTICS_FILE = "analysis.json", "statistics.txt"
+JUDGE_SIMILARITY_FILE = "judge_similarity.parquet"
 COMPLIANCE_FIGURE, PRIVACY_FIGURE, SAMPLES_FIGURE = (
     "m_vs_similarity.png", "privacy.png", "samples.png")
 CARD_FILE = "README.md"

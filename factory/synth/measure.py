@@ -3,8 +3,10 @@ identity center: what CemiFace's similarity-group study splits into groups.
 
 Every image is embedded with the identity encoder, each identity's center is the normalised
 mean of its embeddings, and each sample is written (re-encoded as JPEG) with ``label``,
-``similarity_center`` and ``source_index``; ``m`` is null, since nothing was requested. Shards
-are written atomically and a rerun skips those already complete; the manifest comes last.
+``similarity_center`` and ``source_index``; ``m`` is null, since nothing was requested. Each
+shard's tar and then its Parquet metadata (:mod:`factory.formats.shard_metadata`) are written
+atomically; the Parquet file, written last, marks the shard complete, so a rerun skips exactly
+those shards. The manifest comes last.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from factory.config import FactoryConfig, MeasuredPoolConfig
 from factory.errors import UserError
 from factory.formats.dataset import open_dataset
 from factory.formats.images import encode_jpeg
+from factory.formats.shard_metadata import (
+    metadata_listing,
+    metadata_table,
+    metadata_uri,
+    write_metadata,
+    written_metadata,
+)
 from factory.formats.shards import SHARD_DIR, ShardSample, shard_name, write_shard
 from factory.models.identity import IdentityEncoder, embedding_batches
 from factory.provenance import code_version
@@ -60,17 +69,21 @@ def measure_pool(config: FactoryConfig, out: str) -> dict:
           f"({encoder_uri})")
     similarity = measured_similarities(encoder, size, dataset, cfg.batch_size)
     starts = range(0, len(dataset), cfg.samples_per_shard)
-    shards = []
+    shards, files = [], []
     for shard, start in enumerate(starts):
         uri = storage.join(out, SHARD_DIR, shard_name(shard))
         indices = range(start, min(start + cfg.samples_per_shard, len(dataset)))
-        if not storage.exists(uri):
-            write_shard(uri, [ShardSample(
+        if storage.exists(metadata_uri(out, shard)):
+            files.append(written_metadata(metadata_uri(out, shard)))
+        else:
+            written = write_shard(uri, [ShardSample(
                 f"{index:09d}", encode_jpeg(dataset.image(index), JPEG_QUALITY),
                 int(dataset.labels[index]),
                 {"label": int(dataset.labels[index]), "m": None, "mixup": None,
                  "similarity_center": round(float(similarity[index]), 6),
                  "source_index": index}) for index in indices])
+            files.append(write_metadata(metadata_uri(out, shard),
+                                        metadata_table(shard, written.located, uri)))
         shards.append({"name": shard_name(shard), "samples": len(indices)})
     counts, edges = np.histogram(similarity, bins=20, range=(-1.0, 1.0))
     manifest = {
@@ -78,7 +91,7 @@ def measure_pool(config: FactoryConfig, out: str) -> dict:
         "encoder": encoder_uri, "config": config.sweep.measure.model_dump(mode="json"),
         "counts": {"samples": len(dataset), "identities": int(dataset.num_classes),
                    "shards": len(shards)},
-        "shards": shards,
+        "shards": shards, "metadata": metadata_listing(files),
         "similarity_center": {"mean": float(similarity.mean()), "std": float(similarity.std()),
                               "histogram": counts.tolist(), "edges": edges.tolist()},
     }

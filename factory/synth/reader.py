@@ -1,12 +1,15 @@
 """Reading a synthesised dataset: its manifest, each shard's stats record and identity centers,
-and which shards are complete or damaged.
+and which shards are complete, damaged, or lack their Parquet metadata.
 
 Everything that reads a dataset (``factory verify``, ``analyze``, ``measure``, the experiments,
 the sweeps) and the synthesis driver deciding what a rerun writes again read through here, so
 none of them imports the writer, Ray or torch to read a manifest. A shard counts as complete
 when its stats file, written last, exists; a complete shard is damaged when its tar no longer
-matches the size and sha256 its stats record, or its centers file does not load. Every check
-fails with a :class:`FormatError` of one line that names the file.
+matches the size and sha256 its stats record, or its centers file does not load. A sound
+complete shard whose Parquet metadata file is missing or not the one its stats record (or
+whose stats, written before these files existed, record none) needs only that file written
+again from its tar. Every check fails with a :class:`FormatError` of one line that names the
+file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from factory import storage
 from factory.errors import FormatError
+from factory.formats.shard_metadata import metadata_uri
 from factory.formats.shards import SHARD_DIR, manifest_shards, shard_damage, shard_name
 from factory.synth.layout import (
     HISTOGRAM_EDGES,
@@ -31,6 +35,9 @@ from factory.synth.layout import (
 _STATS_NAME = re.compile(r"shard-([0-9]{6})\.json")
 _STATS_FIELDS = {"count": int, "size_bytes": int, "real_images": int, "sha256": str,
                  "labels": list, "histogram_inquiry": list, "histogram_center": list}
+_METADATA_FIELDS = {"rows": int, "size_bytes": int, "sha256": str}
+"""A stats file's ``metadata`` record: its shard's Parquet file (absent in stats written before
+those files existed)."""
 
 
 def read_manifest(dataset: str) -> dict[str, Any]:
@@ -61,6 +68,13 @@ def read_stats(out: str, shard: int) -> dict[str, Any]:
         if len(stats[key]) != bins or not all(isinstance(v, int) for v in stats[key]):
             raise FormatError(f"{uri}: expected {key} to hold {bins} counts; remove the file "
                               f"to have shard {shard} written again")
+    metadata = stats.get("metadata")
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(metadata.get(key), kind) and not isinstance(metadata.get(key), bool)
+            for key, kind in _METADATA_FIELDS.items())):
+        raise FormatError(f"{uri}: expected metadata to record rows, size_bytes and sha256 of "
+                          f"the shard's Parquet file; remove the file to have shard {shard} "
+                          "written again")
     return stats
 
 
@@ -102,3 +116,17 @@ def damaged_shards(out: str, done: set[int]) -> dict[int, str]:
         if reason is not None:
             damaged[shard] = reason
     return damaged
+
+
+def stale_metadata(out: str, done: set[int]) -> dict[int, str]:
+    """The complete shards whose Parquet metadata file is missing or is not the one their stats
+    record (size, sha256), or whose stats record none, with the reason: a rerun writes it
+    again from the shard's tar."""
+    stale = {}
+    for shard in sorted(done):
+        record = read_stats(out, shard).get("metadata")
+        reason = ("its stats record no Parquet metadata" if record is None else
+                  shard_damage(metadata_uri(out, shard), record["size_bytes"], record["sha256"]))
+        if reason is not None:
+            stale[shard] = reason
+    return stale

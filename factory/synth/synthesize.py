@@ -8,20 +8,26 @@ counts as done only when its stats file exists, which is written last
 (:mod:`factory.synth.shard_writer`), so a killed run leaves nothing half-done under a final name
 and a rerun writes exactly the planned keys. A rerun does not trust those markers alone: it
 checks each complete shard against its stats (:mod:`factory.synth.reader`: size, sha256, a
-loadable centers file) and writes a damaged one again. The driver only ever holds the plan and
-one small stats record per shard, so its memory does not grow with the number of images.
+loadable centers file) and writes a damaged one again; a sound shard whose Parquet metadata is
+missing or changed (or that was written before those files existed) only has that file written
+again from its tar (:func:`~factory.synth.shard_writer.rewrite_metadata`). The driver only ever
+holds the plan and one small stats record per shard, so its memory does not grow with the
+number of images.
 
 Output layout under ``synthesis.out``::
 
     shards/shard-000000.tar ...     the samples (webdataset: key.jpg, key.cls, key.json)
+    shards/shard-000000.parquet     one row per sample of the shard beside it: its metadata
+                                    and where its image lies (factory.formats.shard_metadata)
     stats/shard-000000.json         count, sha256, labels, similarity histograms of a shard
     stats/shard-000000.centers.npy  the synthetic identity centers (for the privacy check)
     plan.json                       what this directory is a dataset of (checked on rerun)
     plan_identities.npz             the planned identities and embeddings (a rerun resumes
                                     with them: the inquiries are embedded once)
     manifest.json                   config, code version, generator and E_id, counts,
-                                    per-shard counts and checksums, histograms of the
-                                    requested m and the measured similarities
+                                    per-shard counts and checksums, the Parquet files' rows
+                                    and checksums, histograms of the requested m and the
+                                    measured similarities
     similarity_histogram.png        similarity to inquiry and to center, all samples
     README.md                       the dataset card (factory.synth.card), rewritten by analyze
     .facefactory.lock               only while a run writes here: which one (factory.locking)
@@ -46,6 +52,7 @@ from factory.config import FactoryConfig, parse_fpr
 from factory.errors import UserError
 from factory.eval.compliance_curve import m_axis
 from factory.eval.threshold import encoder_threshold
+from factory.formats.shard_metadata import MetadataWritten, metadata_listing, metadata_name
 from factory.formats.shards import SHARD_DIR, refuse_inside_dataset, shard_name, shard_pattern
 from factory.locking import hold_lock
 from factory.provenance import code_version, package_versions
@@ -71,8 +78,10 @@ from factory.synth.plan import (
     shard_items,
 )
 from factory.synth.pool import PoolRun, pool_text, run_actor_pool
-from factory.synth.reader import complete_shards, damaged_shards, read_stats
+from factory.synth.reader import complete_shards, damaged_shards, read_stats, stale_metadata
 from factory.synth.sampler import checkpoint_id
+from factory.synth.shard_writer import rewrite_metadata
+from factory.synth.space import synthesis_space
 from factory.tracking import RunTracker
 
 LEGACY_SAMPLING = {"solver": "ddim", "precision": "fp32", "channels_last": "off",
@@ -238,6 +247,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
         "contains_real_images": real > 0,
         "shards": [{k: s[k] for k in ("shard", "count", "sha256", "size_bytes")}
                    for s in shards],
+        "metadata": metadata_listing([MetadataWritten(**s["metadata"]) for s in shards]),
         "histograms": {"edges": HISTOGRAM_EDGES.tolist(), "similarity_inquiry": inquiry,
                        "similarity_center": center,
                        "m": np.histogram(planned_m(config.synthesis, identities, axis.requested),
@@ -323,6 +333,7 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
         previous = previous_plan(out)
         done = complete_shards(out)
         damaged = damaged_shards(out, done)
+        stale = stale_metadata(out, done - set(damaged))
         identities, inquiry_filter = resume_or_make_plan(config, out, meta, previous, cli_address)
         record = plan_record(config, meta, identities)
         remove_stale_temporaries(out)
@@ -330,13 +341,18 @@ def synthesize(config: FactoryConfig, cli_address: str | None = None) -> Synthes
             print(f"synthesis: {shard_name(shard)} is damaged ({reason}); writing it again")
             storage.delete(stats_uri(out, shard))  # the shard is no longer complete
             done.discard(shard)
+        for shard, reason in stale.items():
+            print(f"synthesis: {metadata_name(shard_name(shard))} ({reason}); writing it again "
+                  "from its shard")
+            rewrite_metadata(out, shard)
         todo = [item for item in shard_items(identities, cfg.identities_per_shard)
                 if item.shard not in done]
         planned = time.perf_counter()
         print(f"synthesis: {record['identities']} identities x {cfg.images_per_identity} "
               f"images in {record['shards']} shards -> {out} ({len(todo)} to write, "
               f"{record['shards'] - len(todo)} already complete)")
-        pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
+        with synthesis_space(out, done, todo, cfg, int(meta["image_size"])):  # refused if no room
+            pool = run_actor_pool(config, todo, checkpoint, out, cli_address) if todo else None
         # an actor lost mid-shard (a preempted node) leaves its temporary behind; its work item
         # was retried elsewhere, and with the pool finished no writer is left to own one
         remove_stale_temporaries(out)

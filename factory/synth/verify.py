@@ -2,12 +2,16 @@
 what its readers read?
 
 * ``shards/`` holds exactly the shards the manifest lists, ``shard-000000.tar`` onwards in its
-  order: a file no entry lists (a shard added, one whose entry was dropped, an export written
-  there) is refused with one line naming it, and a listed shard that is absent is damaged;
+  order, each with its Parquet metadata file beside it: a file no entry lists (a shard added,
+  one whose entry was dropped, an export written there) is refused with one line naming it,
+  and a listed shard that is absent is damaged;
 * every listed shard is read once, as :class:`~factory.formats.shards.ShardDataset` reads it:
   its size and sha256 must be the recorded ones and its sample count the manifest's, and its
   stats and centers files (what a synthesis rerun and ``factory analyze`` read) must load and
   agree with the manifest;
+* every shard's Parquet metadata (:mod:`factory.formats.shard_metadata`) must be the table its
+  tar gives, row for row (keys, image offsets and sizes, every metadata column), and the file
+  the manifest's ``metadata`` listing records (rows, size, sha256);
 * the manifest's totals (``counts``: samples, synthetic and real images, identities, shards),
   which ``factory analyze`` copies into the dataset card, must be the shards' own.
 
@@ -22,6 +26,13 @@ from typing import Any
 
 from factory import storage
 from factory.errors import FormatError
+from factory.formats.confined import ConfinedFolder
+from factory.formats.shard_metadata import (
+    metadata_difference,
+    metadata_name,
+    metadata_table,
+    read_metadata,
+)
 from factory.formats.shards import (
     SHARD_DIR,
     ShardScan,
@@ -59,11 +70,13 @@ def verify_dataset(dataset: str) -> Verification:
     manifest = read_manifest(dataset)
     names = manifest_shards(manifest, storage.join(dataset, MANIFEST_FILE))
     _check_listing(dataset, names)
+    files = _metadata_files(dataset, manifest, names)
     verification = Verification(dataset, len(names), 0)
     scans = []
     uris = listed_shard_uris(dataset, manifest)
-    for index, (name, uri, entry) in enumerate(zip(names, uris, manifest["shards"])):
-        reason, scan = _shard_damage(dataset, index, uri, entry)
+    for index, (name, uri, entry, listed) in enumerate(zip(names, uris, manifest["shards"],
+                                                          files)):
+        reason, scan = _shard_damage(dataset, index, uri, entry, listed)
         if reason:
             verification.damaged[name] = reason
         if scan is not None:
@@ -76,9 +89,9 @@ def verify_dataset(dataset: str) -> Verification:
 
 def _check_listing(dataset: str, names: list[str]) -> None:
     """FormatError unless the manifest lists ``shard-000000.tar`` onwards in order (stats files
-    are found by position) and ``shards/`` holds no file it does not list (temporary files of a
-    running synthesis aside): readers read only the listed ones, so any other is unseen data,
-    or an unrelated file a WebDataset reader of the whole folder would trip over."""
+    are found by position) and ``shards/`` holds no file but those and their Parquet files
+    (temporary files of a running synthesis aside): readers read only the listed ones, so any
+    other is unseen data, or an unrelated file a reader of the whole folder would trip over."""
     manifest_uri = storage.join(dataset, MANIFEST_FILE)
     for index, name in enumerate(names):
         if name != shard_name(index):
@@ -86,9 +99,10 @@ def _check_listing(dataset: str, names: list[str]) -> None:
                               f"{shard_name(index)} (one entry per shard, in order); {RERUN}")
     shard_dir = storage.join(dataset, SHARD_DIR)
     on_disk = storage.listdir(shard_dir) if storage.is_dir(shard_dir) else []
-    listed = set(names)
-    unlisted = [name for name in on_disk
-                if name not in listed and not name.startswith(storage.TEMP_MARKER)]
+    listed = set(names) | {metadata_name(name) for name in names}
+    unlisted = sorted((name for name in on_disk  # shards named before Parquet files
+                       if name not in listed and not name.startswith(storage.TEMP_MARKER)),
+                      key=lambda name: (name.endswith(".parquet"), name))
     if unlisted:
         others = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
         raise FormatError(f"{storage.join(shard_dir, unlisted[0])}: not listed in "
@@ -97,10 +111,27 @@ def _check_listing(dataset: str, names: list[str]) -> None:
                           f"{SHARD_DIR}/ or, if its entry was lost, {RERUN}")
 
 
-def _shard_damage(dataset: str, index: int, uri: str,
-                  entry: dict[str, Any]) -> tuple[str | None, ShardScan | None]:
-    """Why listed shard ``index`` is not what the manifest records (None when it is), and what
-    a read of it found (None when it could not be read)."""
+def _metadata_files(dataset: str, manifest: dict[str, Any],
+                    names: list[str]) -> list[dict[str, Any]]:
+    """The manifest's record of each shard's Parquet metadata file, in shard order; FormatError
+    unless ``metadata.files`` names each shard's file, in order (a manifest written before
+    these files existed has none)."""
+    listing = manifest.get("metadata")
+    files = listing.get("files") if isinstance(listing, dict) else None
+    expected = [metadata_name(name) for name in names]
+    if not isinstance(files, list) or [
+            entry.get("file") if isinstance(entry, dict) else None for entry in files] != expected:
+        raise FormatError(f"{storage.join(dataset, MANIFEST_FILE)}: expected metadata.files to "
+                          f"list {expected[0]} onwards, one Parquet file per shard in order; "
+                          f"{RERUN} (it writes missing Parquet files from the shards)")
+    return files
+
+
+def _shard_damage(dataset: str, index: int, uri: str, entry: dict[str, Any],
+                  listed: dict[str, Any]) -> tuple[str | None, ShardScan | None]:
+    """Why listed shard ``index`` or its Parquet metadata is not what the manifest records
+    (None when both are), and what a read of the shard found (None when it could not be
+    read)."""
     reason = shard_damage(uri, _recorded(entry, "size_bytes", int), None)
     if reason:
         return reason, None
@@ -112,7 +143,8 @@ def _shard_damage(dataset: str, index: int, uri: str,
     reason = None if sha256 is None else sha256_damage(scan.sha256, sha256)
     if reason is None and scan.count != _recorded(entry, "count", int):
         reason = f"holds {scan.count} samples, the manifest records {entry.get('count')!r}"
-    return reason or _records_damage(dataset, index, entry), scan
+    return (reason or _records_damage(dataset, index, entry, listed)
+            or _metadata_damage(dataset, index, uri, scan, listed)), scan
 
 
 def _recorded(entry: dict[str, Any], key: str, kind: type) -> Any:
@@ -121,8 +153,10 @@ def _recorded(entry: dict[str, Any], key: str, kind: type) -> Any:
     return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
-def _records_damage(dataset: str, index: int, entry: dict[str, Any]) -> str | None:
-    """Why shard ``index``'s stats or centers file is unusable or disagrees with the manifest."""
+def _records_damage(dataset: str, index: int, entry: dict[str, Any],
+                    listed: dict[str, Any]) -> str | None:
+    """Why shard ``index``'s stats or centers file is unusable or disagrees with the manifest
+    (its entry ``entry``, its Parquet file's ``listed``)."""
     try:
         stats = read_stats(dataset, index)
         read_centers(dataset, index, len(stats["labels"]))
@@ -130,7 +164,28 @@ def _records_damage(dataset: str, index: int, entry: dict[str, Any]) -> str | No
         return str(exc)
     if stats["sha256"] != entry.get("sha256", stats["sha256"]):
         return "its stats file records another sha256 than the manifest"
+    if stats.get("metadata") != {key: listed.get(key) for key in ("rows", "size_bytes",
+                                                                    "sha256")}:
+        return "its stats file records another Parquet metadata file than the manifest"
     return None
+
+
+def _metadata_damage(dataset: str, index: int, uri: str, scan: ShardScan,
+                     listed: dict[str, Any]) -> str | None:
+    """Why shard ``index``'s Parquet metadata is not the table its tar (at ``uri``, read as
+    ``scan``) gives, or not the file the manifest lists as ``listed``; None when it is both."""
+    name = listed["file"]
+    try:
+        metadata_uri = ConfinedFolder(dataset).join(SHARD_DIR, name)
+        stored = read_metadata(metadata_uri)
+        reason = metadata_difference(stored, metadata_table(index, scan.samples, uri))
+    except FormatError as exc:
+        return f"{name}: {str(exc).split(': ', 1)[-1]}"
+    if reason is None and stored.num_rows != _recorded(listed, "rows", int):
+        reason = f"holds {stored.num_rows} rows, the manifest records {listed.get('rows')!r}"
+    reason = reason or shard_damage(metadata_uri, _recorded(listed, "size_bytes", int),
+                                    _recorded(listed, "sha256", str))
+    return None if reason is None else f"{name}: {reason}"
 
 
 def _check_totals(dataset: str, manifest: dict[str, Any], scans: list[ShardScan]) -> None:

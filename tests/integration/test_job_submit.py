@@ -34,9 +34,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+from helpers import REPO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # The `ray` and `python` of the interpreter running the tests (not resolved: a venv's python
 # is a symlink, and its bin directory is what PATH needs).
 VENV_BIN = os.path.dirname(sys.executable)
@@ -227,17 +226,17 @@ def _unpacked_working_dirs(temp_dir: Path) -> list[Path]:
 def _submit(head: Head, submission_id: str, *entrypoint: str) -> str:
     """``ray job submit`` and wait; fails the test unless the job SUCCEEDED."""
     # The excludes a user submits with (jobs/runtime_env.yaml), on top of .gitignore.
-    excludes = yaml.safe_load((REPO_ROOT / "jobs" / "runtime_env.yaml").read_text())["excludes"]
+    excludes = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())["excludes"]
     command = [
         RAY, "job", "submit", "--address", head.dashboard_url,
-        "--working-dir", str(REPO_ROOT),
+        "--working-dir", str(REPO),
         "--runtime-env-json", json.dumps({"excludes": excludes}),
         "--submission-id", submission_id, "--", "python", *entrypoint,
     ]
     started = time.monotonic()
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=head.env,
-                                cwd=REPO_ROOT, timeout=SUBMIT_TIMEOUT_S)
+                                cwd=REPO, timeout=SUBMIT_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         _ray_job(head, "stop", submission_id)  # the head goes down with the fixture anyway
         pytest.fail(f"ray job submit did not finish in {SUBMIT_TIMEOUT_S}s:\n{exc.stdout}")
@@ -269,7 +268,7 @@ def test_faceworld_and_synthesis_jobs_submit_and_write_outputs(ray_head: Head, t
     assert {"factory", "jobs", "configs"} <= shipped
     assert not shipped & {".venv", "runs", ".git", "mlflow.db", "mlruns"}, shipped
 
-    config = load_config(str(REPO_ROOT / "configs" / "smoke.yaml"), [f"workdir={workdir}"])
+    config = load_config(str(REPO / "configs" / "smoke.yaml"), [f"workdir={workdir}"])
     out = Path(layout.faceworld_uri(config))
     for name in ("train/train.rec", "train/train.idx", "train/property", "summary.json"):
         assert (out / name).is_file(), name

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from factory.cli import main
-from test_object_store import BUCKET, _objects, aws, endpoint  # noqa: F401 (fixtures)
+from helpers import REPO
+from .test_object_store import BUCKET, _objects, aws, endpoint  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.heavy
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION = str(REPO_ROOT / "configs" / "production-0.5m.yaml")
+PRODUCTION = str(REPO / "configs" / "production-0.5m.yaml")
 DATA = f"s3://{BUCKET}/shape-data/faceworld"
 RUN = f"s3://{BUCKET}/shape-run"
 EID = f"s3://{BUCKET}/shape-weights/eid-r50/model.pt"
@@ -91,7 +91,7 @@ def test_the_production_config_runs_at_its_real_shapes(endpoint, aws, tmp_path, 
         assert main(list(argv)) == 0, capsys.readouterr().err[-2000:]
         seconds[name] = time.monotonic() - start
 
-    stage("face world 112 px", "faceworld", "--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
+    stage("face world 112 px", "faceworld", "--config", str(REPO / "configs" / "smoke.yaml"),
           "faceworld.image_size=112", f"faceworld.out={DATA}")
     # E_id as the user brings it: an arcface_torch model.pt (174 MB) put in the bucket with
     # the AWS tools (boto3 here, `aws s3 cp` for a user)

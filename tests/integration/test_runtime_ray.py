@@ -23,11 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from test_job_submit import RAY, VENV_BIN, _free_ports, _stop_head, _tail
+from helpers import REPO
+from .test_job_submit import RAY, VENV_BIN, _free_ports, _stop_head, _tail
 
-pytestmark = pytest.mark.slow
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180
 
 # Starts (or joins) Ray the way every stage does, then reports the cluster it is on, what its
@@ -58,7 +56,7 @@ def ray_tmpdir(tmp_path):
     environment a user's shell would have with it."""
     root = Path(tempfile.mkdtemp(prefix="ffrt-"))
     env = dict(os.environ, RAY_TMPDIR=str(root), RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=str(REPO_ROOT), PATH=VENV_BIN + os.pathsep + os.environ["PATH"],
+               PYTHONPATH=str(REPO), PATH=VENV_BIN + os.pathsep + os.environ["PATH"],
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     env.pop("RAY_ADDRESS", None)
     yield root, env

@@ -21,8 +21,7 @@ from factory.models.sampling import sample_images
 from factory.checkpoints.recognizer import save_checkpoint
 from factory.train.generator import train_generator
 from factory.checkpoints.generator import load_generator
-
-pytestmark = pytest.mark.slow
+from helpers import REPO
 
 
 def _random_encoder(directory, seed: int):
@@ -140,17 +139,14 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
 def test_the_quickstart_config_continues_the_shipped_generator(ray_two_cpus, world, tmp_path):
     """configs/quickstart.yaml's generator section fits assets/faceworld-generator and trains
     (two steps here); the continued run keeps the shipped identity encoder."""
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    config = load_config(str(repo / "configs" / "quickstart.yaml"), [
+    config = load_config(str(REPO / "configs" / "quickstart.yaml"), [
         f"workdir={world}", f"generator.storage={tmp_path / 'runs'}",
         f"runtime.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "generator.optimizer.steps=2", "generator.optimizer.batch_size=4",
         "generator.optimizer.warmup_steps=1", "generator.checkpoint_every=2",
         "generator.log_every=1", "generator.sampling.steps=2",
         "generator.workers.cpus_per_worker=1"])
-    assert config.generator.init_from == str(repo / "assets" / "faceworld-generator")
+    assert config.generator.init_from == str(REPO / "assets" / "faceworld-generator")
     run = train_generator(config)
     assert run.metrics["step"] == 2 and math.isfinite(run.metrics["loss"])
     shipped = load_generator(config.generator.init_from)

@@ -15,8 +15,6 @@ from factory.config import FactoryConfig, load_config
 from factory.checkpoints.recognizer import load_backbone, load_state
 from factory.train.recognizer import train_recognizer
 
-pytestmark = pytest.mark.slow
-
 EPOCH_KEYS = {"epoch", "loss", "lr", "images_per_s", "global_step", "optimizer_digest",
               "tiny/acc", "tiny/tar_far_1e-3", "avg_acc", "val_tiny/acc", "val_avg_acc"}
 

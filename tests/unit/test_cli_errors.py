@@ -6,24 +6,9 @@ import sys
 
 import numpy as np
 
-from factory.cli import main
 from factory.formats.images import encode_jpeg
 from factory.formats.recordio import write_insightface_rec
-
-
-def run_main(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    return code, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
+from helpers import REPO, assert_one_line_error, run_main
 
 
 def test_unwritable_out(capsys, tmp_path):
@@ -73,14 +58,6 @@ def test_compare_without_the_store_or_the_experiment(capsys, tmp_path):
     assert_one_line_error(code, err, "'nowhere'", "not found")
 
 
-def test_workers_a_local_cluster_cannot_hold(capsys, ray_two_cpus, world, tmp_path):
-    """Three 1-CPU workers on a 2-CPU local cluster would wait for resources forever."""
-    code, err = run_main(capsys, "train-recognizer", f"workdir={tmp_path}",
-                         f"recognizer.data={world / 'faceworld' / 'train'}",
-                         "recognizer.workers.num_workers=3")
-    assert_one_line_error(code, err, "recognizer.workers", "needs 3 CPUs", "has 2 CPUs")
-
-
 def test_wrong_type(capsys):
     code, err = run_main(capsys, "faceworld", "faceworld.image_size=large")
     assert_one_line_error(code, err, "faceworld.image_size", "integer")
@@ -112,7 +89,7 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "factory.cli", "faceworld", "faceworld.bogus=1"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -7,12 +7,9 @@ the code.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from factory import configdoc
 from factory.config import FactoryConfig
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def test_the_committed_page_is_the_generated_one():

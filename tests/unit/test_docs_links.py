@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 
 # [text](target) or ![alt](target), optionally with a "title"; the text may hold one level of
 # nested brackets ([`key[]`](#anchor)); the target may be wrapped in <...>.

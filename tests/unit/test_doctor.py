@@ -17,9 +17,10 @@ import pytest
 from factory.cli import main
 from factory.doctor import Check, bounded, check_cpu, cpu_info
 from factory.provenance import code_version
+from helpers import REPO
 
 LABELS = ["version", "python", "torch", "cpu", "ray", "mlflow", "storage"]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from factory.synth import pool
 from factory.synth import synthesize as synthesize_module
 from factory.synth.inquiries import embed_inquiries_here
 from factory.checkpoints.generator import load_generator
-from test_storage import silent_endpoint
+from .test_storage import silent_endpoint
 
 
 @dataclass

@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import pytest
 
+from helpers import REPO
+
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("factory", "factory.errors", "factory.storage", "factory.locking", "factory.provenance",
      "factory.report"),
@@ -173,7 +175,7 @@ def layering_violations(root: Path, floors: Sequence[Sequence[str]] = FLOORS,
 
 
 def test_factory_imports_only_down_its_floors():
-    root = Path(__file__).resolve().parents[1] / "factory"
+    root = REPO / "factory"
     problems = layering_violations(root)
     assert not problems, "the layering rule (tests/test_layering.py) is broken:\n" + "\n".join(
         problems)

@@ -1,6 +1,7 @@
 """One writer per output (factory.locking): the lock file, its owner record, refusals, stale
 locks, and the two commands the issue caught mixing outputs (synthesize and export), whose
-second writer must be refused before it reads or writes anything. Nothing here starts Ray."""
+second writer must be refused before it reads or writes anything. Nothing here starts Ray (the
+lock on an object store, on moto's S3 server: tests/integration/test_locking.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from factory import locking
 from factory.cli import MAX_ERROR_CHARS, main
 from factory.errors import UserError
 from factory.locking import LOCK_FILE, LockOwner, OutputLocked, hold_lock
+from helpers import REPO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
 import sys, time
 from factory.locking import hold_lock
@@ -38,7 +39,7 @@ with hold_lock(sys.argv[1], sys.argv[2]):
 def held_elsewhere(folder: Path, command: str):
     """Another process holding the lock of ``folder``, while the block runs."""
     process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), command],
-                               stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert process.stdout.readline().strip() == "held"
         yield process
@@ -229,7 +230,7 @@ def test_of_processes_racing_for_one_lock_exactly_one_gets_it(tmp_path, stale):
         plant(out, pid=dead_pid())
     racers = [subprocess.Popen([sys.executable, "-c", RACER, str(out), str(go)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=REPO_ROOT) for _ in range(4)]
+                               cwd=REPO) for _ in range(4)]
     for racer in racers:
         assert racer.stdout.readline().strip() == "ready"
     go.touch()
@@ -239,39 +240,6 @@ def test_of_processes_racing_for_one_lock_exactly_one_gets_it(tmp_path, stale):
     for outcome, (_, err) in zip(outcomes, results):  # only the winner says it took over
         assert ("took over the stale lock" in err) <= (outcome == "held"), results
     assert not out.exists() or os.listdir(out) == []
-
-
-def test_an_object_store_lock_refuses_a_second_writer(monkeypatch, tmp_path):
-    """The check-write-wait-read-back protocol on moto's S3 server."""
-    boto3 = pytest.importorskip("boto3")
-    server_module = pytest.importorskip("moto.server")
-    monkeypatch.setattr(locking, "REMOTE_SETTLE_SECONDS", 0.1)
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"),
-                        ("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none")),
-                        ("AWS_CONFIG_FILE", str(tmp_path / "none")),
-                        ("AWS_EC2_METADATA_DISABLED", "true")):
-        monkeypatch.setenv(name, value)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="locks")
-        folder = f"s3://locks/out?endpoint_override={endpoint}&scheme=http"
-        with hold_lock(folder, "export"):
-            body = client.get_object(Bucket="locks", Key=f"out/{LOCK_FILE}")["Body"].read()
-            assert json.loads(body)["pid"] == os.getpid()
-            with pytest.raises(OutputLocked, match=f"pid {os.getpid()} on host"):
-                with hold_lock(folder, "export"):
-                    pass
-        keys = [item["Key"] for item in client.list_objects_v2(Bucket="locks")["Contents"]]
-        assert keys == ["out/"]  # pyarrow keeps a folder marker where it deleted the last file
-    finally:
-        server.stop()
 
 
 # -- the commands ------------------------------------------------------------------------------

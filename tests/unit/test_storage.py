@@ -9,14 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from factory import storage
 from factory.errors import FormatError, UserError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 @contextlib.contextmanager
@@ -113,7 +111,7 @@ def test_ctrl_c_stops_a_remote_call_that_gets_no_answer():
     """A thread blocked in the GCS client's token request does not see Ctrl-C; the factory waits
     on it from another thread, so SIGINT ends the call at once, long before the deadline."""
     with silent_endpoint() as (address, connected):
-        env = dict(os.environ, GCE_METADATA_ROOT=address, PYTHONPATH=str(REPO_ROOT),
+        env = dict(os.environ, GCE_METADATA_ROOT=address, PYTHONPATH=str(REPO),
                    **{storage.DEADLINE_VARIABLE: "300"})
         env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
         process = subprocess.Popen(

@@ -1,15 +1,14 @@
 """Config loading: YAML plus overrides, strict keys and types, one-line errors."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from factory import layout
 from factory.config import load_config, save_config
 from factory.errors import ConfigError
+from helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO / "configs"
 
 
 def write(tmp_path, text):

@@ -1,5 +1,5 @@
 """WebDataset shards: deterministic atomic writes, safe streaming reads, ShardDataset selection,
-and the webdataset and Ray Data readers agree on the layout."""
+and the webdataset reader agrees on the layout (Ray Data's: tests/integration/test_shards.py)."""
 
 import hashlib
 import io
@@ -16,37 +16,19 @@ from factory.formats.dataset import FaceDataset, open_dataset
 from factory.formats.images import decode_image, encode_jpeg
 from factory.formats.shards import (ShardDataset, ShardSample, iter_shard, refuse_inside_dataset,
                                     scan_shard, shard_name, shard_pattern, write_shard)
-
-ORIGINAL_LABELS = [30, 10, 20, 30, 10, 20, 30, 10]  # sample i has ORIGINAL_LABELS[i]
-M_VALUES = [0.0, 0.3, 0.6, 0.9]  # sample i has m = M_VALUES[i % 4]
-
-
-def _meta(index: int) -> dict:
-    return {"label": ORIGINAL_LABELS[index], "inquiry": f"real-{index % 3}",
-            "m": M_VALUES[index % 4], "similarity_inquiry": 0.5, "similarity_center": index / 10,
-            "seed": 1000 + index, "mixup": None if index % 2 else {"partner": "p", "phi": 0.25},
-            "generator": "test", "sampler": "ddim", "steps": 3}
-
-
-def _samples(indices, seed=0) -> list[ShardSample]:
-    rng = np.random.default_rng(seed)
-    return [ShardSample(f"{index:06d}", encode_jpeg(rng.integers(0, 256, (16, 16, 3), np.uint8)),
-                        ORIGINAL_LABELS[index], _meta(index)) for index in indices]
+from helpers import ORIGINAL_LABELS, shard_meta, shard_samples, write_two_shards
 
 
 @pytest.fixture
 def root(tmp_path):
     """A dataset of two shards, samples 0-3 and 4-7."""
-    root = tmp_path / "synthetic"
-    write_shard(str(root / "shards" / shard_name(0)), _samples(range(4), seed=0))
-    write_shard(str(root / "shards" / shard_name(1)), _samples(range(4, 8), seed=1))
-    return root
+    return write_two_shards(tmp_path / "synthetic")
 
 
 def _expected(root) -> dict[str, bytes]:
     """JPEG bytes by key, as the fixture wrote them."""
     return {sample.key: sample.jpg for seed, indices in ((0, range(4)), (1, range(4, 8)))
-            for sample in _samples(indices, seed)}
+            for sample in shard_samples(indices, seed)}
 
 
 def _raw_tar(path, members) -> None:
@@ -74,7 +56,7 @@ def test_names_and_pattern():
 
 
 def test_round_trip(tmp_path):
-    samples = _samples(range(4))
+    samples = shard_samples(range(4))
     uri = str(tmp_path / "shard-000000.tar")
     written = write_shard(uri, samples)
     assert written.count == 4
@@ -90,8 +72,8 @@ def test_round_trip(tmp_path):
 
 def test_identical_input_gives_identical_bytes(tmp_path):
     first, second = tmp_path / "a" / "s.tar", tmp_path / "b" / "s.tar"
-    one = write_shard(str(first), _samples(range(3)))
-    two = write_shard(str(second), _samples(range(3)))
+    one = write_shard(str(first), shard_samples(range(3)))
+    two = write_shard(str(second), shard_samples(range(3)))
     assert one == two
     assert first.read_bytes() == second.read_bytes()
     assert hashlib.sha256(first.read_bytes()).hexdigest() == one.sha256
@@ -99,15 +81,15 @@ def test_identical_input_gives_identical_bytes(tmp_path):
 
 def test_rewrite_replaces_the_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "shard-000000.tar"
-    write_shard(str(target), _samples(range(4)))
-    write_shard(str(target), _samples(range(2), seed=5))
+    write_shard(str(target), shard_samples(range(4)))
+    write_shard(str(target), shard_samples(range(2), seed=5))
     assert [row["__key__"] for row in iter_shard(str(target))] == ["000000", "000001"]
     assert _files(tmp_path) == ["shard-000000.tar"]
 
 
 @pytest.mark.parametrize("key", ["", "a.b", "a/b", "dup"])
 def test_bad_keys_write_nothing(tmp_path, key):
-    samples = _samples(range(2))
+    samples = shard_samples(range(2))
     samples[1].key = key
     if key == "dup":
         samples[0].key = key
@@ -117,7 +99,7 @@ def test_bad_keys_write_nothing(tmp_path, key):
 
 
 def test_metadata_must_be_strict_json(tmp_path):
-    samples = _samples(range(2))
+    samples = shard_samples(range(2))
     samples[1].meta["similarity_center"] = float("nan")
     with pytest.raises(ValueError, match="JSON"):
         write_shard(str(tmp_path / "shard-000000.tar"), samples)
@@ -131,24 +113,8 @@ def test_webdataset_reads_the_shards(root):
     rows = list(webdataset.WebDataset(urls, shardshuffle=False).decode("rgb"))
     assert [row["__key__"] for row in rows] == [f"{index:06d}" for index in range(8)]
     for index, row in enumerate(rows):
-        assert row["json"] == _meta(index) and row["cls"] == ORIGINAL_LABELS[index]
+        assert row["json"] == shard_meta(index) and row["cls"] == ORIGINAL_LABELS[index]
         assert row["jpg"].shape == (16, 16, 3) and row["jpg"].dtype == np.float32  # "rgb": 0..1
-
-
-@pytest.mark.slow  # starts a Ray cluster
-def test_ray_data_reads_the_shards(ray_two_cpus, root):
-    import ray
-
-    # A leftover temporary file is skipped: Ray ignores names starting with "." or "_".
-    (root / "shards" / f"{storage.TEMP_MARKER}x-shard-000002.tar").write_bytes(b"partial")
-    rows = ray.data.read_webdataset(str(root / "shards")).take_all()
-    by_key = {row["__key__"]: row for row in rows}
-    assert sorted(by_key) == [f"{index:06d}" for index in range(8)] and len(rows) == 8
-    for index in range(8):
-        row = by_key[f"{index:06d}"]
-        # Ray decodes by default: json to a dict, cls to an int, jpg to an HxWx3 uint8 array.
-        assert row["json"] == _meta(index) and row["cls"] == ORIGINAL_LABELS[index]
-        assert row["jpg"].shape == (16, 16, 3) and row["jpg"].dtype == np.uint8
 
 
 def _symlink() -> tarfile.TarInfo:
@@ -230,7 +196,7 @@ def test_dataset_labels_images_and_metadata(root):
     assert dataset.original_labels.tolist() == ORIGINAL_LABELS
     assert dataset.labels.dtype == np.int64
     assert dataset.labels.tolist() == [2, 0, 1, 2, 0, 1, 2, 0]
-    assert dataset.metadata == [_meta(index) for index in range(8)]
+    assert dataset.metadata == [shard_meta(index) for index in range(8)]
     expected = _expected(root)
     for index, key in enumerate(dataset.keys):
         image = dataset.image(index)
@@ -244,7 +210,7 @@ def test_dataset_keeps_at_most_max_open_shards_files_open(tmp_path, monkeypatch)
     parts = [range(0, 3), range(3, 6), range(6, 8)]
     expected = {}
     for shard, indices in enumerate(parts):
-        samples = _samples(indices, seed=shard)
+        samples = shard_samples(indices, seed=shard)
         write_shard(str(tmp_path / "data" / "shards" / shard_name(shard)), samples)
         expected.update({sample.key: sample.jpg for sample in samples})
     dataset = ShardDataset(str(tmp_path / "data"))
@@ -333,7 +299,7 @@ def test_open_dataset_finds_shards(root):
 @pytest.mark.parametrize("key", ["shard", "name"])  # a synthesised dataset, a measured pool
 def test_readers_read_the_shards_the_manifest_lists_not_the_folder(root, key):
     """A shard added to shards/ (or one whose entry was dropped) is not read as the dataset."""
-    write_shard(str(root / "shards" / shard_name(2)), _samples(range(4), seed=2))
+    write_shard(str(root / "shards" / shard_name(2)), shard_samples(range(4), seed=2))
     assert len(ShardDataset(str(root))) == 12  # no manifest: every shards/*.tar
     _manifest(root, 0, 1, key=key)
     assert len(ShardDataset(str(root))) == 8

@@ -19,6 +19,7 @@ from factory.models.sampling import sample_images
 from factory.train.generator import build_generator
 from factory.checkpoints.encoder import encoder_record
 from factory.checkpoints.generator import load_generator, save_generator
+from helpers import REPO
 
 TINY_UNET = UNetConfig(block_out_channels=[16, 32], cross_attention=[False, True],
                        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8)
@@ -181,13 +182,11 @@ def test_unet_levels_are_validated():
 def test_a_generator_checkpoint_as_identity_encoder_lends_its_own_e_id():
     """A control (the lambda = 0 generator) trains against the very E_id of the generator it
     controls: naming that generator as generator.identity_encoder takes its encoder record."""
-    from pathlib import Path
-
     from factory.config import load_config
     from factory.train.generator import _encoder_state
     from factory.checkpoints.encoder import read_encoder_record
 
-    shipped = str(Path(__file__).resolve().parent.parent / "assets" / "faceworld-generator")
+    shipped = str(REPO / "assets" / "faceworld-generator")
     record = _encoder_state(load_config(None, [f"generator.identity_encoder={shipped}"]))
     expected = read_encoder_record(shipped)
     assert record["backbone_args"] == expected["backbone_args"]

@@ -14,7 +14,7 @@ from factory.models.sampling import guided_output, sample_images
 from factory.checkpoints.encoder import encoder_record
 from factory.train.generator import NULL_CONTEXT, build_generator, load_init_weights
 from factory.checkpoints.generator import load_generator, save_generator
-from tests.test_generator_model import tiny_config
+from .test_generator_model import tiny_config
 
 
 @pytest.fixture(scope="module")

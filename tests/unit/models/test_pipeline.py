@@ -25,8 +25,7 @@ from factory.synth.plan import shard_items
 from factory.synth.sampler import sample_shard
 from factory.synth.synthesize import make_plan
 from factory.checkpoints.generator import check_generator, load_generator
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def synthesis_config(world, generator, *overrides):

@@ -15,7 +15,7 @@ import pytest
 from factory.cli import main
 from factory.errors import UserError
 from factory.sweep.seal import KEY_ENV, SEAL_FILE, copy_sealed, publish, sweep_key
-from test_sweep_seal_bypass import Planted
+from .test_sweep_seal_bypass import Planted
 
 OWN = ("sweep.json", "comparison.txt")
 TUNE_FILES = {"tuner.pkl": b"tuner", "experiment_state-2025.json": b"{}",

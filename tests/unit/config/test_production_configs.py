@@ -20,7 +20,7 @@ from factory.cli import main
 from factory.config import FactoryConfig, load_config
 from factory.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO as REPO_ROOT
 PRODUCTION = sorted((REPO_ROOT / "configs").glob("production-*.yaml"))
 DATA_KEYS = {
     "recognizer.data": ["train-recognizer", "pipeline"],

@@ -32,7 +32,7 @@ import pytest
 from factory.cli import main
 from factory.config import load_config
 from factory.sweep.run import run_sweep
-from test_sweep import pool, sweep_overrides  # noqa: F401 (pool is a fixture)
+from .test_sweep import pool, sweep_overrides  # noqa: F401 (pool is a fixture)
 
 DATABASE = "mlflow"
 ROLE = "mlflow"
@@ -215,7 +215,6 @@ def concurrent_overrides(world, pool, tmp_path, name: str, uri: str, *extra: str
                            "recognizer.workers.cpus_per_worker=0.5", *extra)
 
 
-@pytest.mark.slow  # whole sweeps: Ray Tune, Ray Train, MLflow on PostgreSQL
 def test_two_trials_log_at_once_to_mlflow_on_postgresql_and_compare_reads_them_back(
         ray_two_cpus, world, pool, postgres, mlflow_on_postgres, tmp_path, capsys):
     print(f"\nPostgreSQL server: {postgres.version}")
@@ -268,7 +267,6 @@ def test_a_refused_database_login_is_one_line_without_the_password(postgres, cap
     assert "not-the-password" not in err
 
 
-@pytest.mark.slow  # a sweep in its own process, PostgreSQL killed under it, then a rerun
 def test_losing_postgresql_mid_sweep_is_one_line_and_a_rerun_resumes(
         ray_two_cpus, world, pool, postgres, mlflow_on_postgres, tmp_path, capsys):
     """PostgreSQL is killed once both trials have started their MLflow runs: the sweep ends

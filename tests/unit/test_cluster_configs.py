@@ -20,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO as REPO_ROOT
 CLUSTER_DIR = REPO_ROOT / "cluster"
 KUBERAY_DIR = CLUSTER_DIR / "kuberay"
 AUTOSCALER_FILES = sorted(CLUSTER_DIR.glob("*.yaml"))
