@@ -30,7 +30,7 @@ from factory.errors import FormatError, UserError
 from factory.eval.benchmarks import VALIDATION_AVERAGE, validation_benchmarks
 from factory.locking import LOCK_FILE, hold_lock
 from factory.provenance import code_version
-from factory.runtime import init_ray, ray_address, setup_mlflow
+from factory.runtime import init_ray, mlflow_tracking_uri, ray_address, setup_mlflow
 from factory.sweep.compare import (
     CURVE_FILE,
     PARENT_TAG,
@@ -245,7 +245,12 @@ def _run_tune(config: FactoryConfig, cli_address: str | None, directory: str,
     groups = similarity_groups(pool, sweep.similarity_groups) if sweep.similarity_groups else None
     parent_run_id = _parent_run(config, directory, reference)
 
-    setup = SweepSetup(base=config.model_dump(mode="json"), name=sweep.name,
+    # the store the parent run is in, as this process resolved it: a trial's process has
+    # another working directory (where the default SQLite path would point elsewhere) and the
+    # environment its Ray worker started with, so it must not resolve the store again
+    base = config.model_copy(deep=True)
+    base.runtime.mlflow_tracking_uri = mlflow_tracking_uri(config.runtime)
+    setup = SweepSetup(base=base.model_dump(mode="json"), name=sweep.name,
                        directory=directory, pool=pool, parent_run_id=parent_run_id,
                        reference_avg=reference)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),

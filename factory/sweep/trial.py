@@ -9,6 +9,9 @@ starting over.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,16 +80,25 @@ def selected_similarity(config: FactoryConfig) -> float | None:
 
 def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     """The Tune function trainable: everything one trial does."""
-    import mlflow
     from ray import tune
+
+    trial_name = tune.get_context().get_trial_name()
+    config = trial_config(setup, params, trial_name)
+    # the sweep's own store (pinned in its config) wins over whatever this worker's environment
+    # says: the trial's run is a child of the parent run in that store
+    with environment("MLFLOW_TRACKING_URI", config.runtime.mlflow_tracking_uri):
+        _run(config, setup, params, trial_name)
+
+
+def _run(config: FactoryConfig, setup: SweepSetup, params: dict[str, Any],
+         trial_name: str) -> None:
+    import mlflow
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from factory.runtime import mlflow_tracking_uri
     from factory.synth.synthesize import synthesize
     from factory.train.recognizer import ParentRun, train_recognizer
 
-    trial_name = tune.get_context().get_trial_name()
-    config = trial_config(setup, params, trial_name)
     if config.sweep.mode == "generate":
         synthesize(config)
     curve = {CURVE_M: requested_m(config), CURVE_SIMILARITY: selected_similarity(config)}
@@ -102,3 +114,18 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
         mlflow.set_tracking_uri(mlflow_tracking_uri(config.runtime))
         mlflow.MlflowClient().log_metric(run_id, "gtr",
                                          setup.reference_avg - float(run.metrics["avg_acc"]))
+
+
+@contextlib.contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` within the block, as it was after it (a Ray worker outlives
+    the trial it ran)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
