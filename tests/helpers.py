@@ -86,3 +86,48 @@ def write_two_shards(root: Path) -> Path:
     write_shard(str(root / "shards" / shard_name(0)), shard_samples(range(4), seed=0))
     write_shard(str(root / "shards" / shard_name(1)), shard_samples(range(4, 8), seed=1))
     return root
+
+
+# -- synthesis in the test's own process (no Ray) ------------------------------------------------
+
+def small_synthesis_overrides(world, generator, out, *extra):
+    """A 2-shard synthesis (4 identities x 2 images, m 1 and 0, 2 DDIM steps) of the tiny
+    world with ``generator``, its MLflow store beside ``out``; ``extra`` overrides follow."""
+    return [f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
+            "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
+            "synthesis.images_per_identity=2", "synthesis.identities_per_shard=2",
+            "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=4",
+            "synthesis.m.values=[1.0, 0.0]", "synthesis.actors.threads_per_actor=1",
+            f"runtime.mlflow_tracking_uri=sqlite:///{out.parent}/mlflow.db", *extra]
+
+
+def shards_in_this_process(config, todo, checkpoint, out, cli_address):
+    """The actor pool's work without Ray: the same actor class, one shard at a time (stands in
+    for ``factory.synth.synthesize.run_actor_pool``)."""
+    from factory import layout
+    from factory.synth import pool
+
+    actor = pool.ShardSynthesizer(config.synthesis.model_dump(mode="json"), checkpoint, out,
+                                  layout.synthesis_inquiry_uri(config))
+    images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
+                     ["images"][0]) for item in todo)
+    return pool.PoolRun(images=images, seconds=1.0, shard_seconds=1.0, startup_seconds=0.0)
+
+
+def inquiries_in_this_process(config, cli_address=None):
+    """The inquiry-embedding stage without Ray: the same embeddings, computed here (stands in
+    for ``factory.synth.synthesize.embed_inquiries_on_actors``)."""
+    from factory import layout
+    from factory.checkpoints.generator import load_generator
+    from factory.synth.inquiries import embed_inquiries_here
+
+    return embed_inquiries_here(config, load_generator(layout.synthesis_checkpoint_uri(config)))
+
+
+def synthesize_in_this_process(patch):
+    """Make ``factory synthesize`` run its Ray stages in this process (``patch``: a
+    ``pytest.MonkeyPatch``)."""
+    from factory.synth import synthesize as synthesize_module
+
+    patch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
+    patch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)

@@ -13,21 +13,18 @@ import errno
 import os
 import shutil
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factory import layout, storage
-from factory.checkpoints.generator import load_generator
+from helpers import small_synthesis_overrides, synthesize_in_this_process
+from factory import storage
 from factory.cli import main
 from factory.config import load_config
 from factory.errors import DiskFullError, disk_full, expected_write
 from factory.formats import export as export_module
 from factory.formats.dataset import open_dataset
-from factory.synth import pool
 from factory.synth import synthesize as synthesize_module
-from factory.synth.inquiries import embed_inquiries_here
 from factory.synth.plan import identities_from_bytes, shard_items
 from factory.synth.space import synthesis_bytes
 
@@ -181,33 +178,11 @@ def test_an_export_estimate_is_about_what_it_takes_on_disk(world, tmp_path, form
 
 # -- synthesis -----------------------------------------------------------------------------------
 
-def synthesis_overrides(world: Path, generator: Path, out: Path) -> list[str]:
-    """A 2-shard synthesis (4 identities x 2 images) of the tiny world."""
-    return [f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
-            "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
-            "synthesis.images_per_identity=2", "synthesis.identities_per_shard=2",
-            "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=4",
-            "synthesis.m.values=[1.0, 0.0]", "synthesis.actors.threads_per_actor=1",
-            f"runtime.mlflow_tracking_uri=sqlite:///{out.parent}/mlflow.db"]
-
-
 @pytest.fixture
 def in_this_process(monkeypatch):
     """The synthesis's Ray stages run here: the same actor class, one shard at a time, and the
     same inquiry embeddings."""
-    def shards(config, todo, checkpoint, out, cli_address):
-        actor = pool.ShardSynthesizer(config.synthesis.model_dump(mode="json"), checkpoint, out,
-                                      layout.synthesis_inquiry_uri(config))
-        images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
-                         ["images"][0]) for item in todo)
-        return pool.PoolRun(images=images, seconds=1.0, shard_seconds=1.0, startup_seconds=0.0)
-
-    def inquiries(config, cli_address=None):
-        return embed_inquiries_here(config,
-                                    load_generator(layout.synthesis_checkpoint_uri(config)))
-
-    monkeypatch.setattr(synthesize_module, "run_actor_pool", shards)
-    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries)
+    synthesize_in_this_process(monkeypatch)
 
 
 def test_a_synthesis_that_does_not_fit_is_refused_before_its_pool_and_resumes_its_plan(
@@ -217,7 +192,7 @@ def test_a_synthesis_that_does_not_fit_is_refused_before_its_pool_and_resumes_it
     inquiries again, and its shards cost about what the refusal said."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "dataset"
-    argv = ["synthesize", *synthesis_overrides(world, tiny_generator, out)]
+    argv = ["synthesize", *small_synthesis_overrides(world, tiny_generator, out)]
     free_space(4096)
     line = one_line(capsys, argv)
     assert line.startswith(f"factory synthesize: error: {out}: not enough space on device ")
@@ -238,7 +213,7 @@ def test_a_rerun_measures_the_shards_already_written(
     """Once a shard is complete, the estimate for the rest is its measured bytes per sample."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "dataset"
-    config = load_config(None, synthesis_overrides(world, tiny_generator, out))
+    config = load_config(None, small_synthesis_overrides(world, tiny_generator, out))
     synthesize_module.synthesize(config)
     identities, _ = identities_from_bytes(
         storage.read_bytes(str(out / "plan_identities.npz")))

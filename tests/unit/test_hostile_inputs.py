@@ -22,15 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from factory import layout, locking, storage
+from helpers import small_synthesis_overrides, synthesize_in_this_process
+from factory import locking, storage
 from factory.cli import MAX_ERROR_CHARS, main
 from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.verification_bin import write_bin
-from factory.synth import pool
 from factory.synth import synthesize as synthesize_module
-from factory.synth.inquiries import embed_inquiries_here
-from factory.checkpoints.generator import load_generator
 from .test_storage import silent_endpoint
 
 
@@ -67,39 +65,14 @@ def generator(tmp_path_factory):
     return save_tiny_generator(str(tmp_path_factory.mktemp("generator")), "unused")
 
 
-def synthesis_overrides(world: Path, generator: Path, out: Path) -> list[str]:
-    """A 2-shard synthesis (4 identities x 2 images) of the tiny world with ``generator``."""
-    return [f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
-            "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
-            "synthesis.images_per_identity=2", "synthesis.identities_per_shard=2",
-            "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=4",
-            "synthesis.m.values=[1.0, 0.0]", "synthesis.actors.threads_per_actor=1",
-            f"runtime.mlflow_tracking_uri=sqlite:///{out.parent}/mlflow.db"]
-
-
-def shards_in_this_process(config, todo, checkpoint, out, cli_address):
-    """The actor pool's work without Ray: the same actor class, one shard at a time."""
-    actor = pool.ShardSynthesizer(config.synthesis.model_dump(mode="json"), checkpoint, out,
-                                  layout.synthesis_inquiry_uri(config))
-    images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
-                     ["images"][0]) for item in todo)
-    return pool.PoolRun(images=images, seconds=1.0, shard_seconds=1.0, startup_seconds=0.0)
-
-
-def inquiries_in_this_process(config, cli_address=None):
-    """The inquiry-embedding stage without Ray: the same embeddings, computed here."""
-    return embed_inquiries_here(config, load_generator(layout.synthesis_checkpoint_uri(config)))
-
-
 @pytest.fixture(scope="module")
 def dataset(world, tiny_generator, tmp_path_factory):
     """A complete synthesised dataset of 2 shards (its MLflow store beside it)."""
     out = tmp_path_factory.mktemp("synthesis") / "dataset"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(out.parent)
-        patch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
-        patch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
-        synthesize_module.synthesize(load_config(None, synthesis_overrides(world, tiny_generator,
+        synthesize_in_this_process(patch)
+        synthesize_module.synthesize(load_config(None, small_synthesis_overrides(world, tiny_generator,
                                                                            out)))
     return out
 
@@ -350,7 +323,7 @@ def analyze_corrupt_centers(inputs: Inputs) -> Case:
 
 
 def _rerun(inputs: Inputs, dataset: Path) -> list[str]:
-    return ["synthesize", *synthesis_overrides(inputs.fixture("world"),
+    return ["synthesize", *small_synthesis_overrides(inputs.fixture("world"),
                                                inputs.fixture("tiny_generator"), dataset)]
 
 
@@ -594,13 +567,12 @@ def test_an_all_genuine_benchmark_gives_strict_json_with_null_tars(tmp_path, mon
 def test_a_rerun_rewrites_a_damaged_shard_and_verify_then_passes(dataset, world, tiny_generator,
                                                                    tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(synthesize_module, "run_actor_pool", shards_in_this_process)
-    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
+    synthesize_in_this_process(monkeypatch)
     copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
     shard = copy / "shards" / "shard-000001.tar"
     original = shard.read_bytes()
     shard.write_bytes(original[:-1024])
-    assert main(["synthesize", *synthesis_overrides(world, tiny_generator, copy)]) == 0
+    assert main(["synthesize", *small_synthesis_overrides(world, tiny_generator, copy)]) == 0
     out = capsys.readouterr().out
     assert "shard-000001.tar is damaged" in out and "1 to write, 1 already complete" in out
     assert shard.read_bytes() == original
@@ -629,11 +601,11 @@ def test_a_moved_dataset_resumes(dataset, world, tiny_generator, tmp_path, capsy
     """The plan records what the dataset is, not where: a copy elsewhere, even one whose plan
     an earlier version wrote with its location, resumes with nothing to write."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_in_this_process)
+    synthesize_in_this_process(monkeypatch)
     moved = Path(shutil.copytree(dataset, tmp_path / "elsewhere" / "moved"))
     plan = json.loads((moved / "plan.json").read_text())
     assert "out" not in plan["synthesis"]
     plan["synthesis"]["out"] = str(dataset)
     (moved / "plan.json").write_text(json.dumps(plan))
-    assert main(["synthesize", *synthesis_overrides(world, tiny_generator, moved)]) == 0
+    assert main(["synthesize", *small_synthesis_overrides(world, tiny_generator, moved)]) == 0
     assert "0 to write, 2 already complete" in capsys.readouterr().out

@@ -17,49 +17,27 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from factory import layout
+from helpers import small_synthesis_overrides, synthesize_in_this_process
 from factory.cli import main
 from factory.config import load_config
 from factory.formats.export import METADATA_TABLE_FILE, export_dataset
 from factory.formats.shard_metadata import SHARD_SCHEMA, metadata_name, read_dataset_metadata
 from factory.formats.shards import iter_shard, shard_name
-from factory.synth import pool
-from factory.synth import synthesize as synthesize_module
-from factory.synth.inquiries import embed_inquiries_here
-from factory.checkpoints.generator import load_generator
 
 SHARDS = 3
 COLUMNS = ["key", "label", "m", "similarity_center", "real", "jpg_offset"]
 
 
 def overrides(world: Path, generator: Path, out: Path) -> list[str]:
-    """A 3-shard synthesis of the tiny world: 4 plain identities, one identity-mixup one, two
-    images each, and each plain identity's real inquiry image copied in."""
-    return [f"workdir={world}", f"synthesis.checkpoint={generator}", f"synthesis.out={out}",
-            "synthesis.inquiry.identities=4", "synthesis.inquiry.max_similarity=1.0",
-            "synthesis.inquiry.mixup_identities=1", "synthesis.include_inquiry_images=true",
-            "synthesis.images_per_identity=2", "synthesis.identities_per_shard=2",
-            "synthesis.sampling.steps=2", "synthesis.sampling.batch_size=4",
-            "synthesis.m.values=[1.0, 0.0]", "synthesis.actors.threads_per_actor=1",
-            f"runtime.mlflow_tracking_uri=sqlite:///{out.parent}/mlflow.db"]
-
-
-def shards_here(config, todo, checkpoint, out, cli_address):
-    """The actor pool's work without Ray: the same actor class, one shard at a time."""
-    actor = pool.ShardSynthesizer(config.synthesis.model_dump(mode="json"), checkpoint, out,
-                                  layout.synthesis_inquiry_uri(config))
-    images = sum(int(actor({key: np.array([value]) for key, value in item.to_row().items()})
-                     ["images"][0]) for item in todo)
-    return pool.PoolRun(images=images, seconds=1.0, shard_seconds=1.0, startup_seconds=0.0)
-
-
-def inquiries_here(config, cli_address=None):
-    return embed_inquiries_here(config, load_generator(layout.synthesis_checkpoint_uri(config)))
+    """The shared small synthesis with one identity-mixup identity and the inquiry images
+    copied in, so the rows hold mixup parents and real copies."""
+    return small_synthesis_overrides(world, generator, out,
+                                     "synthesis.inquiry.mixup_identities=1",
+                                     "synthesis.include_inquiry_images=true")
 
 
 def synthesize_here(patch, argv: list[str]) -> int:
-    patch.setattr(synthesize_module, "run_actor_pool", shards_here)
-    patch.setattr(synthesize_module, "embed_inquiries_on_actors", inquiries_here)
+    synthesize_in_this_process(patch)
     return main(["synthesize", *argv])
 
 
