@@ -161,21 +161,30 @@ def start_local_ray(num_cpus: int, **init_kwargs: Any) -> None:
     port = _free_port()
     runtime_env = init_kwargs.setdefault("runtime_env", {})
     runtime_env.setdefault("env_vars", {})["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
-    saved = os.environ.get(GCS_PORT_VARIABLE)
-    os.environ[GCS_PORT_VARIABLE] = str(port)
     _private_token_file()
     try:
-        with _loopback_node():
+        with environment_variable(GCS_PORT_VARIABLE, str(port)), _loopback_node():
             # The dashboard stays on: Ray Train's state API (its placement-group cleaner)
             # needs it.
             ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=True,
                      dashboard_host=LOOPBACK, **init_kwargs)
     finally:
-        if saved is None:
-            os.environ.pop(GCS_PORT_VARIABLE, None)
-        else:
-            os.environ[GCS_PORT_VARIABLE] = saved
         _private_token_file()
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` in this process's environment within the block, as it was
+    after it (a Ray worker, or a driver, outlives the work that needed the value)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @contextlib.contextmanager

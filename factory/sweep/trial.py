@@ -9,14 +9,12 @@ starting over.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from factory import storage
 from factory.config import FactoryConfig
+from factory.runtime import environment_variable
 from factory.sweep.space import apply_params
 
 SWEEP_TAG = "facefactory.sweep"
@@ -86,7 +84,7 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     config = trial_config(setup, params, trial_name)
     # the sweep's own store (pinned in its config) wins over whatever this worker's environment
     # says: the trial's run is a child of the parent run in that store
-    with environment("MLFLOW_TRACKING_URI", config.runtime.mlflow_tracking_uri):
+    with environment_variable("MLFLOW_TRACKING_URI", config.runtime.mlflow_tracking_uri):
         _run(config, setup, params, trial_name)
 
 
@@ -114,18 +112,3 @@ def _run(config: FactoryConfig, setup: SweepSetup, params: dict[str, Any],
         mlflow.set_tracking_uri(mlflow_tracking_uri(config.runtime))
         mlflow.MlflowClient().log_metric(run_id, "gtr",
                                          setup.reference_avg - float(run.metrics["avg_acc"]))
-
-
-@contextlib.contextmanager
-def environment(name: str, value: str) -> Iterator[None]:
-    """``name`` set to ``value`` within the block, as it was after it (a Ray worker outlives
-    the trial it ran)."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
