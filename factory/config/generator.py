@@ -55,6 +55,9 @@ class DiffusionConfig(StrictModel):
     min_snr_gamma: float | None = Field(None, gt=0.0, description="Min-SNR weighting; None: off")
 
 
+TargetSchedule = Literal["linear", "constant", "ramp"]
+
+
 class SimilarityMatchingConfig(StrictModel):
     """L = L_MSE + lambda L_SimMat, with m drawn per sample from a grid over [low, high]."""
 
@@ -62,10 +65,12 @@ class SimilarityMatchingConfig(StrictModel):
     m_interval: float = Field(0.04, gt=0.0, le=1.0, description="Grid step (CemiFace: 0.04)")
     m_low: float = Field(-1.0, ge=-1.0, le=1.0)
     m_high: float = Field(1.0, ge=-1.0, le=1.0)
-    target_schedule: Literal["linear", "constant"] = Field(
+    target_schedule: TargetSchedule = Field(
         "linear", description="How L_SimMat's target moves with the noise level: 'linear' is "
         "CemiFace's gamma = t/T (target 1 at t = 0, m at t = T); 'constant' is gamma = 1 (target m "
-        "at every t), so the late sampling steps no longer pull a sample back to its inquiry")
+        "at every t), so the late sampling steps no longer pull a sample back to its inquiry; "
+        "'ramp' is gamma (m - s)^2 with gamma = t/T (CemiFace's m term alone: no similarity "
+        "target at low noise, neither the inquiry's nor m)")
 
     @model_validator(mode="after")
     def _ordered(self) -> SimilarityMatchingConfig:

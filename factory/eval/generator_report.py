@@ -53,7 +53,7 @@ from factory.formats.dataset import open_dataset
 from factory.models.identity import inquiry_tensor
 from factory.models.inference import prepare
 from factory.models.sampling import SOLVER_NAMES, guidance_options, sample_images
-from factory.provenance import code_version
+from factory.provenance import code_version, platform_record
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
@@ -138,7 +138,8 @@ def generator_report(config: FactoryConfig, validation: bool = False
         config.workdir, "generator-report-validation" if validation else "generator-report")
     document = {"checkpoint": uri, "step": generator.meta.get("step"),
                 "checkpoint_code_version": generator.meta.get("code_version"),
-                "code_version": code_version(), "inquiries": layout.inquiry_data_uri(config),
+                "code_version": code_version(), "platform": platform_record(),
+                "inquiries": layout.inquiry_data_uri(config),
                 "judge": config.judge.checkpoint or None,
                 "lambda0_checkpoint": compliance_cfg.lambda0_checkpoint or None,
                 "seeds_per_m": compliance_cfg.seeds,
@@ -155,7 +156,8 @@ def generator_report(config: FactoryConfig, validation: bool = False
                   tags={"code_version": code_version(), "stage": "generator-report"})
     tracker.log_metrics(report_metrics(result))
     headline = result.headline
-    constant = cfg.similarity_matching.target_schedule == "constant"
+    # the per-noise-level optimum is m at every t under 'constant' and 'ramp'
+    constant = cfg.similarity_matching.target_schedule in ("constant", "ramp")
     with tempfile.TemporaryDirectory() as directory:
         files = {
             "compliance.json": None,

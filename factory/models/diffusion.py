@@ -9,7 +9,8 @@ inquiry: with ``s = cos(E_id(x), E_id(x0_hat))`` and ``gamma = t / T``,
 
 so at small t (x0_hat is nearly x) the sample must keep the identity, and at large t it must
 land at the requested similarity m. The ``constant`` target schedule sets gamma = 1 at every t
-(target m throughout): a DDIM trajectory follows the per-noise-level optimum closely, and under
+(target m throughout); ``ramp`` keeps CemiFace's gamma but drops the identity term,
+``gamma (m - s)^2``, so the low-noise steps have no similarity target at all. A DDIM trajectory follows the per-noise-level optimum closely, and under
 CemiFace's gamma that optimum climbs back to 1 in the late steps, which pulls a sample laid out at
 similarity m back towards its inquiry (measured on the face world, see docs/generator.md). m comes from a grid (CemiFace: step 0.04 over [-1, 1]); a
 continuous m is known to collapse the model to one image for every m.
@@ -18,12 +19,12 @@ continuous m is known to collapse the model to one image for every m.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler
 
 from factory.config import DiffusionConfig, SimilarityMatchingConfig
+from factory.config.generator import TargetSchedule
 
 
 def training_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -88,14 +89,17 @@ def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float 
 
 def similarity_matching(similarity: torch.Tensor, m: torch.Tensor, timesteps: torch.Tensor,
                         num_train_timesteps: int,
-                        target_schedule: Literal["linear", "constant"] = "linear") -> torch.Tensor:
+                        target_schedule: TargetSchedule = "linear") -> torch.Tensor:
     """Per-sample ``(1 - gamma)(1 - s)^2 + gamma (m - s)^2`` with gamma = t/T (``linear``,
-    CemiFace) or 1 (``constant``)."""
+    CemiFace) or 1 (``constant``); ``ramp`` is ``gamma (m - s)^2`` with gamma = t/T."""
     if target_schedule == "constant":
         gamma = torch.ones_like(similarity)
     else:
         gamma = timesteps.float() / num_train_timesteps
-    return (1 - gamma) * (1 - similarity) ** 2 + gamma * (m - similarity) ** 2
+    matching = gamma * (m - similarity) ** 2
+    if target_schedule == "ramp":
+        return matching
+    return (1 - gamma) * (1 - similarity) ** 2 + matching
 
 
 @dataclass
@@ -121,7 +125,7 @@ def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Ten
                   identity: torch.Tensor, m: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor, weight: float,
                   min_snr_gamma: float | None = None,
-                  target_schedule: Literal["linear", "constant"] = "linear",
+                  target_schedule: TargetSchedule = "linear",
                   unconditional: torch.Tensor | None = None) -> LossTerms:
     """One batch of the CemiFace objective.
 

@@ -56,6 +56,11 @@ def test_similarity_matching_hand_computed():
     # t = 0: only (1 - s)^2; t = T/2: half each; t = T: only (m - s)^2.
     expected = torch.tensor([0.25, 0.5 * 0.25 + 0.5 * 0.25, 4.0])
     assert torch.allclose(similarity_matching(s, m, t, 1000), expected)
+    # constant: (m - s)^2 at every t; ramp: (t/T)(m - s)^2, nothing at t = 0.
+    assert torch.allclose(similarity_matching(s, m, t, 1000, "constant"),
+                          torch.tensor([0.25, 0.25, 4.0]))
+    assert torch.allclose(similarity_matching(s, m, t, 1000, "ramp"),
+                          torch.tensor([0.0, 0.125, 4.0]))
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
