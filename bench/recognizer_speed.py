@@ -51,7 +51,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory.config import RecognizerConfig, load_config
-from factory.doctor import cpu_info
+from factory.provenance import cpu_info
 from factory.report import format_table
 from factory.train.recognizer import Recognizer, build_recognizer
 from synthesis_speed import MATMUL_SIZE, attainable_flops, summary, synchronize

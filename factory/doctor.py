@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from factory import storage
 from factory.config import FactoryConfig
-from factory.provenance import code_version
+from factory.provenance import CPUINFO, MATMUL_FLAGS, NATIVE_BF16_FLAGS, code_version, cpu_info
 from factory.runtime import mlflow_tracking_uri, ray_address
 
 CHECK_TIMEOUT_S = 10.0
@@ -39,14 +39,6 @@ ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                       "AWS_DEFAULT_REGION", "AWS_PROFILE")
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "GOOGLE_APPLICATION_CREDENTIALS")
-CPUINFO = "/proc/cpuinfo"
-MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-"""The ``/proc/cpuinfo`` flags that decide a CPU's float32 and bf16 matmul rates."""
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-"""Either makes bf16 autocast native on a CPU (oneDNN's bf16 kernels use them); without them
-bf16 is emulated with float32 instructions."""
-
-
 @dataclass
 class Check:
     """One line of the report: what was checked, whether it is fine, and what was found."""
@@ -105,39 +97,6 @@ def check_torch() -> Check:
     names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return Check("torch", True, f"{torch.__version__}, CUDA {torch.version.cuda}, "
                                 f"{len(names)} device(s): {', '.join(names)}")
-
-
-@dataclass
-class CpuInfo:
-    """A CPU as ``/proc/cpuinfo`` describes it; ``model`` and ``flags`` are None where that file
-    is absent (not Linux) or says nothing (``model name`` missing, as on many ARM kernels)."""
-
-    model: str | None
-    flags: frozenset[str] | None
-
-    @property
-    def native_bf16(self) -> bool | None:
-        """Whether bf16 autocast runs natively (None: unknown)."""
-        if self.flags is None:
-            return None
-        return any(flag in self.flags for flag in NATIVE_BF16_FLAGS)
-
-
-def cpu_info(path: str = CPUINFO) -> CpuInfo:
-    """The first processor's ``model name`` and ``flags`` in ``path``."""
-    try:
-        with open(path) as stream:
-            text = stream.read()
-    except OSError:
-        return CpuInfo(None, None)
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, separator, value = line.partition(":")
-        if separator:
-            fields.setdefault(key.strip(), value.strip())
-    flags = fields.get("flags")
-    return CpuInfo(fields.get("model name") or None,
-                   frozenset(flags.split()) if flags is not None else None)
 
 
 def check_cpu(path: str = CPUINFO) -> Check:

@@ -30,7 +30,7 @@ from factory.eval.verification import VerificationResult
 from factory.faceworld.build import build_faceworld, print_summary
 from factory.formats.dataset import open_training_data
 from factory.models.iresnet import build_backbone
-from factory.provenance import code_version
+from factory.provenance import code_version, platform_record, platform_text
 from factory.report import format_table
 from factory.synth.analyze import analyze
 from factory.synth.synthesize import synthesize
@@ -186,7 +186,8 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
         columns["synthetic-trained"] = evaluation.results
         synthetic_document["gtr"] = average(columns["real-trained"]) - average(evaluation.results)
 
-    table = results_table(columns)
+    table = (results_table(columns)
+             + f"\ndriver platform: {platform_text(platform_record())}")
     print("\n== results (chance is 50%)")
     print(table)
     if synthetic_document:
@@ -204,6 +205,7 @@ def run_pipeline(config: FactoryConfig, cli_address: str | None = None) -> str:
     document = {
         "stage_seconds": clock.seconds,
         "code_version": code_version(),
+        "platform": platform_record(),
         "recognizer_checkpoint": real_run.checkpoint,
         "generator": generator_document,
         "synthetic": synthetic_document,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import UserError
-from factory.provenance import package_versions
+from factory.provenance import package_versions, platform_tags
 
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 MAX_PARAM_LENGTH = 6000
@@ -207,7 +207,8 @@ class RunTracker:
                                    parent_run_id=parent_run_id if new else None)
             self.run_id = run.info.run_id
             mlflow.set_tags({f"package.{name}": version
-                             for name, version in package_versions().items()} | dict(tags or {}))
+                             for name, version in package_versions().items()}
+                            | platform_tags() | dict(tags or {}))
             if params and fresh:
                 mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH]
                                    for k, v in flatten(params).items()})

@@ -9,7 +9,7 @@ A checkpoint directory holds
   arguments, weights, input size and the URI it came from), so the checkpoint alone can sample
   and measure similarity (read by :mod:`factory.checkpoints.encoder`, which needs no
   diffusers);
-* ``generator.json``: step, image size, code version, the E_id source, the training objective
+* ``generator.json``: step, image size, code version, platform, the E_id source, the training objective
   (:func:`objective_record`), the loss history; and ``config.yaml``, the resolved config, for
   people;
 * ``training_state.pt`` (not in a published ``final/``): raw weights, EMA, optimizer, LR
@@ -86,8 +86,8 @@ def save_generator(directory: str, ema_model: CemiFaceGenerator, scheduler: DDPM
     with open(os.path.join(directory, META_FILE), "w") as stream:
         json.dump(meta, stream, indent=2)
     with open(os.path.join(directory, CONFIG_FILE), "w") as stream:
-        yaml.safe_dump({"code_version": meta.get("code_version"), "config": config}, stream,
-                       sort_keys=False)
+        yaml.safe_dump({"code_version": meta.get("code_version"), "platform": meta.get("platform"),
+                        "config": config}, stream, sort_keys=False)
     if training_state is not None:
         torch.save(training_state, os.path.join(directory, STATE_FILE))
 

@@ -7,7 +7,7 @@ A checkpoint directory holds
   the MLflow run id;
 * ``backbone.pt``: the plain backbone ``state_dict``, the file layout of an arcface_torch
   ``model.pt``, so insightface tooling reads it as it is;
-* ``config.yaml``: the resolved config and code version, for people.
+* ``config.yaml``: the resolved config, code version and platform, for people.
 
 Besides these, :func:`load_backbone` reads two foreign formats as frozen backbones (E_id, judge,
 evaluation): arcface_torch's ``model.pt`` (a plain state_dict whose architecture the config
@@ -54,7 +54,8 @@ def save_checkpoint(directory: str, state: dict[str, Any], backbone: torch.nn.Mo
     os.makedirs(directory, exist_ok=True)
     torch.save(state, os.path.join(directory, STATE_FILE))
     torch.save(backbone.state_dict(), os.path.join(directory, BACKBONE_FILE))
-    document = {"code_version": state["code_version"], "config": state["config"]}
+    document = {"code_version": state["code_version"], "platform": state.get("platform"),
+                "config": state["config"]}
     with open(os.path.join(directory, CONFIG_FILE), "w") as stream:
         yaml.safe_dump(document, stream, sort_keys=False)
 
@@ -160,10 +161,10 @@ def publish_backbone(source_uri: str, target_uri: str) -> list[str]:
         raise FormatError(f"{source_uri}: not a facefactory recognizer checkpoint (no "
                           f"{', '.join(missing)})")
     buffer = io.BytesIO()
-    torch.save({key: state[key] for key in PUBLISHED_KEYS}, buffer)
+    torch.save({key: state[key] for key in (*PUBLISHED_KEYS, "platform") if key in state}, buffer)
     written = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(
-        {"code_version": state["code_version"], "config": state["config"]},
-        sort_keys=False).encode()}
+        {"code_version": state["code_version"], "platform": state.get("platform"),
+         "config": state["config"]}, sort_keys=False).encode()}
     if storage.exists(storage.join(source_uri, METRICS_FILE)):
         written[METRICS_FILE] = storage.read_bytes(storage.join(source_uri, METRICS_FILE))
     for name, data in written.items():

@@ -128,11 +128,12 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def save_config(config: StrictModel, uri: str, code_version: str) -> None:
-    """Write the resolved config, and the code and library versions that used it, as YAML at
-    ``uri``."""
-    from factory.provenance import package_versions
+    """Write the resolved config, and the code and library versions and the platform that used
+    it, as YAML at ``uri``."""
+    from factory.provenance import package_versions, platform_record
 
     document = {"code_version": code_version, "packages": package_versions(),
+                "platform": platform_record(),
                 "config": config.model_dump(mode="json")}
     storage.write_text(uri, yaml.safe_dump(document, sort_keys=False))
 

@@ -26,7 +26,7 @@ from factory.eval.benchmarks import (
     load_benchmarks,
 )
 from factory.eval.verification import VerificationResult, plot_roc
-from factory.provenance import code_version
+from factory.provenance import code_version, platform_record
 from factory.report import format_table
 from factory.runtime import mlflow_tracking_uri
 from factory.tracking import RunTracker
@@ -96,6 +96,7 @@ def _save(config: FactoryConfig, evaluation: Evaluation) -> None:
         "metrics": evaluation.metrics,
         "benchmarks": [r.summary() for r in evaluation.results],
         "code_version": code_version(),
+        "platform": platform_record(),
         "config": config.evaluate.model_dump(mode="json"),
     }
     storage.write_text(storage.join(out, "results.json"),

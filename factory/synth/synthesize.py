@@ -55,7 +55,7 @@ from factory.eval.threshold import encoder_threshold
 from factory.formats.shard_metadata import MetadataWritten, metadata_listing, metadata_name
 from factory.formats.shards import SHARD_DIR, refuse_inside_dataset, shard_name, shard_pattern
 from factory.locking import hold_lock
-from factory.provenance import code_version, package_versions
+from factory.provenance import code_version, package_versions, platform_record
 from factory.runtime import mlflow_tracking_uri
 from factory.synth.card import write_card
 from factory.synth.figures import similarity_histogram_png
@@ -235,6 +235,7 @@ def build_manifest(config: FactoryConfig, out: str, record: dict[str, Any],
         "shard_pattern": f"{SHARD_DIR}/{shard_pattern(len(shards))}",
         "code_version": code_version(),
         "packages": package_versions(),
+        "platform": platform_record(),
         "generator": record["generator"],
         "generator_uri": layout.synthesis_checkpoint_uri(config),
         "generator_checkpoint": {key: meta.get(key) for key in (

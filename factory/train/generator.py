@@ -39,6 +39,7 @@ from factory.models.diffusion import (
 )
 from factory.models.generator import CemiFaceGenerator, build_condition, build_unet
 from factory.models.sampling import guidance_options, sample_images
+from factory.provenance import platform_record
 from factory.tracking import RunTracker
 from factory.checkpoints.recognizer import load_backbone
 from factory.checkpoints.encoder import (
@@ -239,7 +240,7 @@ def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, sc
         with tempfile.TemporaryDirectory() as directory:
             meta = {
                 "step": metrics["step"], "image_size": cfg.image_size,
-                "code_version": loop_config["code_version"],
+                "code_version": loop_config["code_version"], "platform": platform_record(),
                 "identity_encoder": loop_config["encoder"]["source"],
                 "data": loop_config["data_uri"], "sampling": cfg.sampling.model_dump(),
                 "objective": objective_record(cfg), "history": history,

@@ -37,6 +37,7 @@ from factory.eval.verification import plot_roc
 from factory.formats.dataset import open_checked, open_dataset, open_training_data
 from factory.models.heads import MarginClassifier
 from factory.models.iresnet import build_backbone
+from factory.provenance import platform_record
 from factory.tracking import RunTracker
 from factory.checkpoints.recognizer import STATE_FILE, load_state, save_checkpoint
 from factory.train.driver import training_run
@@ -217,6 +218,7 @@ def _report(rank, metrics, core, optimizer, scheduler, scaler, run_id, loop_conf
         "config": loop_config["config"]["recognizer"],
         "data_uri": loop_config["data_uri"],
         "code_version": loop_config["code_version"],
+        "platform": platform_record(),
         "mlflow_run_id": run_id,
     }
     with tempfile.TemporaryDirectory() as directory:

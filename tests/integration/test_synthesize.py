@@ -17,6 +17,7 @@ import yaml
 from factory.config import load_config
 from factory.errors import UserError
 from factory.formats.dataset import open_dataset
+from factory.provenance import platform_record
 from factory.formats.shards import ShardDataset, iter_shard
 from factory.synth.analyze import analyze
 from factory.synth import synthesize as synthesize_module
@@ -49,6 +50,7 @@ def test_shards_hold_the_planned_samples_with_the_contract(synthesized):
                                       "synthetic_images": 18, "real_images": 0, "shards": 3,
                                       "mixup_labels": "soft"}
     assert run.manifest["contains_real_images"] is False
+    assert run.manifest["platform"] == platform_record()  # the CPU (and GPUs) that made it
     assert sum(run.manifest["histograms"]["similarity_center"]) == 18
     for sample in samples:
         meta = sample["json"]

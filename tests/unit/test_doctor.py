@@ -15,7 +15,8 @@ import time
 import pytest
 
 from factory.cli import main
-from factory.doctor import Check, bounded, check_cpu, cpu_info
+from factory.doctor import Check, bounded, check_cpu
+from factory.provenance import cpu_info
 from factory.provenance import code_version
 from helpers import REPO
 

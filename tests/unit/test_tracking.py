@@ -20,7 +20,7 @@ def test_artifacts_go_beside_a_sqlite_store_not_into_the_working_directory(tmp_p
     assert list(elsewhere.iterdir()) == []
 
 
-def test_runs_record_the_library_versions(tmp_path):
+def test_runs_record_the_library_versions_and_the_platform(tmp_path):
     import mlflow
     import torch
 
@@ -30,6 +30,9 @@ def test_runs_record_the_library_versions(tmp_path):
     tracker.end()
     tags = mlflow.MlflowClient(uri).get_run(run_id).data.tags
     assert tags["package.torch"] == torch.__version__ and tags["stage"] == "test"
+    from factory.provenance import platform_record
+
+    assert tags["platform.cpu"] == platform_record()["cpu"]  # the CPU that made its figures
 
 
 def test_messages_show_a_tracking_uri_without_its_password():

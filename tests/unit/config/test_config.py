@@ -73,6 +73,9 @@ def test_saved_config_round_trips_with_code_version(tmp_path):
     assert document["packages"]["torch"] == torch.__version__
     assert document["packages"]["numpy"] == numpy.__version__
     assert document["packages"]["opencv-python"].startswith(cv2.__version__)
+    from factory.provenance import platform_record
+
+    assert document["platform"] == platform_record() and document["platform"]["cpu"]
     assert load_config(None, [f"faceworld.identities={document['config']['faceworld']['identities']}"]).faceworld.identities == 7
 
 
