@@ -31,6 +31,12 @@ their switch where they are measured. What one run measures:
    ``amx_bf16`` on a CPU, ``torch.cuda.is_bf16_supported()`` on a GPU), with the default memory
    layout and channels-last. Each repeat times ``--steps`` steps after one untimed warm-up step;
    figures are the median of ``--repeats`` with the spread (min-max).
+4. **Data path** (``--data``, a face-world training set, default the quickstart's when it
+   exists): images/s of the DataLoader the loop builds for the ``ir-tiny@32`` recipe
+   (``TrainingSamples``: read, decode, augment; collate; ``recognizer.workers.loader_workers``
+   processes, 0 in the quickstart, so it runs in the training process between steps), and the
+   share of a serial step's time it takes at the fastest training setting measured: what a
+   faster step would leave to the loader.
 
 Shapes: ``ir-tiny@32`` is ``configs/quickstart.yaml``'s recognizer on the face world's 1000
 identities, ``r50@112`` ``configs/production-0.5m.yaml``'s on CASIA-WebFace's 10,572. Weights
@@ -51,6 +57,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory.config import RecognizerConfig, load_config
+from factory.formats.dataset import open_training_data
+from factory.train.samples import TrainingSamples
 from factory.provenance import cpu_info
 from factory.report import format_table
 from factory.train.recognizer import Recognizer, build_recognizer
@@ -170,6 +178,24 @@ def measure_training(cfg: RecognizerConfig, classes: int, batch: int, device: st
     return rates, peak
 
 
+def loader_rate(cfg: RecognizerConfig, data: str, batch: int, batches: int) -> float:
+    """images/s of ``batches`` batches of ``batch`` images from the DataLoader ``train_loop``
+    builds on ``data`` (after one untimed batch, which starts any loader processes)."""
+    samples = TrainingSamples(open_training_data([data]), cfg.backbone.input_size, cfg.augment,
+                              cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=batch, shuffle=True,
+        drop_last=True, num_workers=cfg.workers.loader_workers,
+        generator=torch.Generator().manual_seed(cfg.seed))
+    iterator = iter(loader)
+    next(iterator)
+    started, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        images, _, _ = next(iterator)
+        seen += len(images)
+    return seen / (time.perf_counter() - started)
+
+
 def bf16_native(device: str) -> bool:
     """Whether bf16 autocast runs natively on ``device`` (on a CPU: ``avx512_bf16`` or
     ``amx_bf16`` in ``/proc/cpuinfo``; unknown counts as not)."""
@@ -211,6 +237,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="ir-tiny@32, one step, a batch of 2, one repeat, one thread "
                         "(for tests)")
+    parser.add_argument("--data", default=os.path.join(ROOT, "runs/quickstart/faceworld/train"),
+                        help="a face-world training set for the data-path row (skipped when "
+                        "absent; default: the quickstart's)")
     parser.add_argument("--out", default="runs/bench/recognizer_speed.json",
                         help="the JSON of every measurement")
     args = parser.parse_args()
@@ -267,10 +296,24 @@ def main() -> None:
     print(f"recognizer training step (median of {repeats} x {steps} steps, min-max):")
     print(format_table(["shape", "precision", "layout", "batch", "GFLOP/img", "step/fwd",
                         "images/s", "GFLOP/s", "of attainable"], table))
+    data_path = None
+    if "ir-tiny@32" in shapes and os.path.exists(args.data):
+        cfg, _, worker_batch = SHAPES["ir-tiny@32"].load()
+        rates = [loader_rate(cfg, args.data, batch or worker_batch, 1 if args.tiny else 20)
+                 for _ in range(repeats)]
+        fastest = max(row["median_images_per_s"] for row in rows if row["shape"] == "ir-tiny@32")
+        share = fastest / (fastest + statistics.median(rates))
+        data_path = {"data": args.data, "loader_workers": cfg.workers.loader_workers,
+                     "images_per_s": rates, "share_of_serial_step_at_fastest": share}
+        print(f"data path (ir-tiny@32 loader on {args.data}, {cfg.workers.loader_workers} loader "
+              f"processes): {summary(rates).strip()} images/s; at the fastest step above it "
+              f"would take {100 * share:.0f}% of each serial step")
+    elif "ir-tiny@32" in shapes:
+        print(f"data path: skipped ({args.data} does not exist; --data names a training set)")
     document = {"device": args.device, "device_name": name, "torch": torch.__version__,
                 "threads": threads, "repeats": repeats,
                 "attainable_flops": {"before": before, "after": after, "used": best},
-                "rows": rows}
+                "rows": rows, "data_path": data_path}
     write_json(args.out, document)
 
 

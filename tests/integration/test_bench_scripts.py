@@ -37,10 +37,11 @@ def _finish(process: subprocess.Popen) -> str:
     return output
 
 
-def test_gpu_check_and_recognizer_speed_run_tiny_on_a_cpu(tmp_path):
+def test_gpu_check_and_recognizer_speed_run_tiny_on_a_cpu(world, tmp_path):
     gpu_json, recognizer_json = tmp_path / "gpu.json", tmp_path / "recognizer.json"
     gpu = _start("gpu_check.py", "--device", "cpu", "--tiny", "--out", str(gpu_json))
-    recognizer = _start("recognizer_speed.py", "--tiny", "--out", str(recognizer_json))
+    recognizer = _start("recognizer_speed.py", "--tiny", "--out", str(recognizer_json),
+                        "--data", str(world / "faceworld" / "train"))
     gpu_output, recognizer_output = _finish(gpu), _finish(recognizer)
 
     check = json.loads(gpu_json.read_text())
@@ -68,6 +69,9 @@ def test_gpu_check_and_recognizer_speed_run_tiny_on_a_cpu(tmp_path):
         assert all(rate > 0 for rate in row["images_per_s"]) and row["fraction_of_attainable"] > 0
         assert 2 < row["flops_per_image"]["step"] / row["flops_per_image"]["forward"] < 4
     assert "recognizer training step" in recognizer_output
+    data_path = speed["data_path"]  # the loader measured on the face world it was pointed at
+    assert data_path["images_per_s"][0] > 0 and 0 < data_path["share_of_serial_step_at_fastest"] < 1
+    assert "data path (ir-tiny@32 loader" in recognizer_output
 
 
 def test_both_sampler_benchmarks_refuse_a_malformed_setting_in_one_usage_line():
