@@ -215,40 +215,6 @@ def concurrent_overrides(world, pool, tmp_path, name: str, uri: str, *extra: str
                            "recognizer.workers.cpus_per_worker=0.5", *extra)
 
 
-def test_two_trials_log_at_once_to_mlflow_on_postgresql_and_compare_reads_them_back(
-        ray_two_cpus, world, pool, postgres, mlflow_on_postgres, tmp_path, capsys):
-    print(f"\nPostgreSQL server: {postgres.version}")
-    overrides = concurrent_overrides(world, pool, tmp_path, "on-postgres", mlflow_on_postgres)
-    outcome = run_sweep(load_config(None, overrides))
-    assert outcome.trials == 2
-
-    client = mlflow.MlflowClient(mlflow_on_postgres)
-    runs = trial_runs(mlflow_on_postgres, "on-postgres")
-    parent = client.search_runs(
-        [runs[0].info.experiment_id],
-        filter_string="tags.`facefactory.sweep_parent` = 'on-postgres'")
-    assert len(runs) == 2 and len(parent) == 1
-    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {parent[0].info.run_id}
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert sorted(run.data.params["swept.recognizer.select.m"] for run in runs) == [
-        "[-0.1, 0.1]", "[0.9, 1.0]"]
-    assert all(0 <= run.data.metrics["tiny/acc"] <= 100 for run in runs)
-    first, second = sorted(runs, key=lambda run: run.info.start_time)
-    assert second.info.start_time < first.info.end_time  # they ran, and logged, at once
-
-    capsys.readouterr()
-    compare = ["compare", "--sweep", "on-postgres", "--out", str(tmp_path / "compare"),
-               "runtime.experiment=sweeps"]
-    assert main([*compare, f"runtime.mlflow_tracking_uri={mlflow_on_postgres}"]) == 0
-    table = capsys.readouterr().out
-    for run in runs:
-        assert run.info.run_name in table
-    assert finished_rows(table) == 2 and "recognizer.select.m=[0.9, 1]" in table
-    # the same rows straight from the database, as a node with the driver could read them
-    assert main([*compare, f"runtime.mlflow_tracking_uri={postgres.uri()}"]) == 0
-    assert capsys.readouterr().out == table
-
-
 def test_a_refused_database_login_is_one_line_without_the_password(postgres, capsys,
                                                                     monkeypatch):
     import mlflow.store.db.utils
@@ -267,12 +233,15 @@ def test_a_refused_database_login_is_one_line_without_the_password(postgres, cap
     assert "not-the-password" not in err
 
 
-def test_losing_postgresql_mid_sweep_is_one_line_and_a_rerun_resumes(
+def test_trials_log_at_once_to_postgresql_and_losing_it_mid_sweep_is_one_line_and_resumes(
         ray_two_cpus, world, pool, postgres, mlflow_on_postgres, tmp_path, capsys):
-    """PostgreSQL is killed once both trials have started their MLflow runs: the sweep ends
-    with exit code 2 and one line naming the tracking store (the failed trials are one line
-    each too, without their tracebacks); with PostgreSQL back, the same sweep again finishes
-    both trials in those same runs, with no run added and no epoch missing."""
+    """Two trials log to MLflow on PostgreSQL at once. PostgreSQL is killed once both have
+    started their MLflow runs: the sweep ends with exit code 2 and one line naming the tracking
+    store (the failed trials are one line each too, without their tracebacks); with PostgreSQL
+    back, the same sweep again finishes both trials in those same runs, nested under one parent,
+    with no run added and no epoch missing; ``factory compare`` reads them back through the
+    server and straight from the database alike."""
+    print(f"\nPostgreSQL server: {postgres.version}")
     overrides = concurrent_overrides(world, pool, tmp_path, "lost-store", mlflow_on_postgres,
                                      "recognizer.optimizer.epochs=2")
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
@@ -313,6 +282,17 @@ def test_losing_postgresql_mid_sweep_is_one_line_and_a_rerun_resumes(
     assert sorted(run.info.run_id for run in runs) == sorted(run.info.run_id for run in started)
     assert {run.info.status for run in runs} == {"FINISHED"}
     client = mlflow.MlflowClient(mlflow_on_postgres)
+    parent = client.search_runs(
+        [runs[0].info.experiment_id],
+        filter_string="tags.`facefactory.sweep_parent` = 'lost-store'")
+    assert len(parent) == 1
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {parent[0].info.run_id}
+    assert sorted(run.data.params["swept.recognizer.select.m"] for run in runs) == [
+        "[-0.1, 0.1]", "[0.9, 1.0]"]
+    assert all(0 <= run.data.metrics["tiny/acc"] <= 100 for run in runs)
+    # both runs were open at once: each started before the other ended (if either had)
+    ends = [run.info.end_time for run in started if run.info.end_time]
+    assert max(run.info.start_time for run in started) < min(ends, default=float("inf"))
     # Every epoch is logged: the metrics go to MLflow before the epoch's checkpoint, so an
     # epoch the store did not take is trained again. (One whose checkpoint Ray Train had not
     # registered yet when the trial failed is logged twice, at the same step.)
@@ -324,5 +304,9 @@ def test_losing_postgresql_mid_sweep_is_one_line_and_a_rerun_resumes(
                  "runtime.experiment=sweeps",
                  f"runtime.mlflow_tracking_uri={mlflow_on_postgres}"]) == 0
     table = capsys.readouterr().out
-    assert finished_rows(table) == 2
+    assert finished_rows(table) == 2 and "recognizer.select.m=[0.9, 1]" in table
     assert all(run.info.run_name in table for run in runs)
+    # the same rows straight from the database, as a node with the driver could read them
+    assert main(["compare", "--sweep", "lost-store", "--out", str(tmp_path / "compare"),
+                 "runtime.experiment=sweeps", f"runtime.mlflow_tracking_uri={postgres.uri()}"]) == 0
+    assert capsys.readouterr().out == table
