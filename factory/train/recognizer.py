@@ -111,7 +111,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     loader = ray.train.torch.prepare_data_loader(loader)
     steps_per_epoch = max(1, len(loader))
 
-    model = build_recognizer(cfg, samples.num_classes)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_recognizer(cfg, samples.num_classes).to(memory_format=layout)
     checkpoint = ray.train.get_checkpoint()
     resumed: dict[str, Any] | None = None
     if checkpoint is not None:
@@ -159,7 +160,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
         for batch, (images, labels, weights) in enumerate(loader, start=1):
-            images, labels, weights = (t.to(device) for t in (images, labels, weights))
+            images = images.to(device, memory_format=layout)
+            labels, weights = labels.to(device), weights.to(device)
             with autocast():
                 loss = model(images, labels, weights)
             optimizer.zero_grad(set_to_none=True)

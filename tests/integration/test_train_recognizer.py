@@ -157,9 +157,18 @@ def _record_bytes(train_dir, key: int) -> int:
 
 
 def test_extra_data_is_trained_on_as_more_identities(ray_two_cpus, world, tmp_path):
+    """Also trains in channels-last layout: its checkpoint loads into a default-layout backbone
+    that embeds as the trained one did."""
     more = world / "faceworld" / "judge-train"  # 8 more identities, none of train's
     run = train_recognizer(_config(world, tmp_path, **{"recognizer.optimizer.epochs": 1,
-                                                       "recognizer.extra_data": f"[{more}]"}))
+                                                       "recognizer.extra_data": f"[{more}]",
+                                                       "recognizer.channels_last": "true"}))
     # 8 identities x 4 images, then 8 others x 4: 16 classes, 64 images, 8 steps of 8
-    assert load_state(run.checkpoint)["head"]["weight"].shape[0] == 16
-    assert run.metrics["global_step"] == 8
+    state = load_state(run.checkpoint)
+    assert state["head"]["weight"].shape[0] == 16
+    assert run.metrics["global_step"] == 8 and state["config"]["channels_last"] is True
+    backbone = load_backbone(run.checkpoint).eval()
+    probe = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(backbone(probe),
+                              backbone.to(memory_format=torch.channels_last)(probe), atol=1e-4)
