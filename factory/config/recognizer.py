@@ -115,9 +115,9 @@ class RecognizerConfig(StrictModel):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     channels_last: bool = Field(
         False, description="Train with the backbone's weights and each batch in channels-last "
-        "(NHWC) memory layout: the same arithmetic, summed in another order; faster wherever "
-        "bench/recognizer_speed.py measures it so (ir-tiny at 32 px on a 2-core AMD EPYC in "
-        "float32: 1.44x the default layout's step)")
+        "(NHWC) memory layout: float32 summed in another order; ir-tiny at 32 px on a 2-core AMD "
+        "EPYC: 1.44x the default layout's step (bench/recognizer_speed.py), but 1.08 points "
+        "lower validation AVG over 3 seeds (docs/benchmarks.md), so off by default")
     domain_mixup: DomainMixupConfig = Field(default_factory=DomainMixupConfig)
     eval_every: int = Field(1, ge=0, description="Evaluate every N epochs; 0: only at the end")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the checkpoint")
