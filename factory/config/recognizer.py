@@ -116,8 +116,8 @@ class RecognizerConfig(StrictModel):
     channels_last: bool = Field(
         False, description="Train with the backbone's weights and each batch in channels-last "
         "(NHWC) memory layout: float32 summed in another order; ir-tiny at 32 px on a 2-core AMD "
-        "EPYC: 1.44x the default layout's step (bench/recognizer_speed.py), but 1.08 points "
-        "lower validation AVG over 3 seeds (docs/benchmarks.md), so off by default")
+        "EPYC: 1.44x the default layout's step (bench/recognizer_speed.py) and validation AVG "
+        "within the seed spread over 6 seeds (docs/benchmarks.md)")
     domain_mixup: DomainMixupConfig = Field(default_factory=DomainMixupConfig)
     eval_every: int = Field(1, ge=0, description="Evaluate every N epochs; 0: only at the end")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the checkpoint")
