@@ -61,7 +61,7 @@ from factory.formats.dataset import open_training_data
 from factory.train.samples import TrainingSamples
 from factory.provenance import cpu_info
 from factory.report import format_table
-from factory.train.recognizer import Recognizer, build_recognizer
+from factory.train.recognizer import Recognizer, build_recognizer, training_loader
 from synthesis_speed import MATMUL_SIZE, attainable_flops, summary, synchronize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,11 +183,7 @@ def loader_rate(cfg: RecognizerConfig, data: str, batch: int, batches: int) -> f
     builds on ``data`` (after one untimed batch, which starts any loader processes)."""
     samples = TrainingSamples(open_training_data([data]), cfg.backbone.input_size, cfg.augment,
                               cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        samples, batch_size=batch, shuffle=True,
-        drop_last=True, num_workers=cfg.workers.loader_workers,
-        generator=torch.Generator().manual_seed(cfg.seed))
-    iterator = iter(loader)
+    iterator = iter(training_loader(samples, cfg, batch))
     next(iterator)
     started, seen = time.perf_counter(), 0
     for _ in range(batches):

@@ -157,7 +157,7 @@ def generator_report(config: FactoryConfig, validation: bool = False
     tracker.log_metrics(report_metrics(result))
     headline = result.headline
     # the per-noise-level optimum is m at every t under 'constant' and 'ramp'
-    constant = cfg.similarity_matching.target_schedule in ("constant", "ramp")
+    target_is_m = cfg.similarity_matching.target_schedule in ("constant", "ramp")
     with tempfile.TemporaryDirectory() as directory:
         files = {
             "compliance.json": None,
@@ -165,7 +165,7 @@ def generator_report(config: FactoryConfig, validation: bool = False
                 result.trajectory_t, result.trajectory, result.m_values,
                 generator.scheduler.config.num_train_timesteps,
                 os.path.join(directory, "trajectory.png"), cfg.sampling.identity_handoff,
-                constant),
+                target_is_m),
             "cemiface_grid.png": cemiface_grid(
                 generator, inquiries[:compliance_cfg.grid_identities],
                 compliance_cfg.grid_columns, cfg.sampling,

@@ -84,6 +84,16 @@ def optimizer_digest(optimizer: torch.optim.Optimizer) -> float:
     return total
 
 
+def training_loader(samples: TrainingSamples, cfg: RecognizerConfig,
+                    batch_size: int) -> torch.utils.data.DataLoader:
+    """One worker's shuffled batches of ``samples`` (the last short batch dropped), read by
+    ``cfg.workers.loader_workers`` processes, shuffled from ``cfg.seed``."""
+    return torch.utils.data.DataLoader(
+        samples, batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=cfg.workers.loader_workers,
+        generator=torch.Generator().manual_seed(cfg.seed))
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """The per-worker training loop (runs inside a Ray Train worker)."""
     import ray.train
@@ -100,15 +110,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         cfg.augment, cfg.seed,
         real=real, psi=cfg.domain_mixup.psi, real_fraction=cfg.domain_mixup.real_fraction,
     )
-    loader = torch.utils.data.DataLoader(
-        samples,
-        batch_size=max(1, cfg.optimizer.batch_size // world),
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.workers.loader_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    loader = ray.train.torch.prepare_data_loader(loader)
+    loader = ray.train.torch.prepare_data_loader(
+        training_loader(samples, cfg, max(1, cfg.optimizer.batch_size // world)))
     steps_per_epoch = max(1, len(loader))
 
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
