@@ -84,7 +84,8 @@ def test_the_lock_file_records_its_owner_while_held_and_goes_after(tmp_path):
     assert (record["host"], record["pid"], record["command"]) == \
         (socket.gethostname(), os.getpid(), "synthesize")
     started = calendar.timegm(time.strptime(record["started"], "%Y-%m-%dT%H:%M:%SZ"))
-    assert before - 1 <= started <= time.time() + 1
+    # whole seconds, and a CI machine's wall clock can be stepped back a little mid-test
+    assert before - 5 <= started <= time.time() + 5
     assert len(record["token"]) == 32
     if os.path.exists("/proc/self/stat"):  # Linux: what tells a reused pid from the owner
         assert record["boot"] and record["pid_namespace"].startswith("pid:")
