@@ -66,6 +66,7 @@ def objective_record(generator: GeneratorConfig) -> dict[str, Any]:
         "loss": "mse + lambda * simmat",
         "lambda": matching.weight,
         "target_schedule": matching.target_schedule,
+        "ramp_full_at": matching.ramp_full_at,
         "m_range": [matching.m_low, matching.m_high],
         "min_snr_gamma": generator.diffusion.min_snr_gamma,
         "prediction_type": generator.diffusion.prediction_type,

@@ -71,12 +71,19 @@ class SimilarityMatchingConfig(StrictModel):
         "at every t), so the late sampling steps no longer pull a sample back to its inquiry; "
         "'ramp' is gamma (m - s)^2 with gamma = t/T (CemiFace's m term alone: no similarity "
         "target at low noise, neither the inquiry's nor m)")
+    ramp_full_at: float = Field(
+        1.0, gt=0.0, le=1.0, description="For 'ramp' only: the noise level t/T from which the m "
+        "term has its full weight, gamma = min(1, (t/T) / ramp_full_at); 1 is CemiFace's gamma, "
+        "0.5 asks for m over the whole noisier half and still nothing of nearly clean images")
 
     @model_validator(mode="after")
     def _ordered(self) -> SimilarityMatchingConfig:
         if self.m_low > self.m_high:
             raise ValueError("m_low must not exceed m_high")
         check_grid(self.m_low, self.m_high, self.m_interval, "m_interval")
+        if self.ramp_full_at != 1.0 and self.target_schedule != "ramp":
+            raise ValueError("ramp_full_at applies to target_schedule 'ramp' only, "
+                             f"not '{self.target_schedule}'")
         return self
 
 

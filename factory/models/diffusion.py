@@ -89,13 +89,17 @@ def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float 
 
 def similarity_matching(similarity: torch.Tensor, m: torch.Tensor, timesteps: torch.Tensor,
                         num_train_timesteps: int,
-                        target_schedule: TargetSchedule = "linear") -> torch.Tensor:
+                        target_schedule: TargetSchedule = "linear",
+                        ramp_full_at: float = 1.0) -> torch.Tensor:
     """Per-sample ``(1 - gamma)(1 - s)^2 + gamma (m - s)^2`` with gamma = t/T (``linear``,
-    CemiFace) or 1 (``constant``); ``ramp`` is ``gamma (m - s)^2`` with gamma = t/T."""
+    CemiFace) or 1 (``constant``); ``ramp`` is ``gamma (m - s)^2`` with
+    gamma = min(1, (t/T) / ramp_full_at)."""
     if target_schedule == "constant":
         gamma = torch.ones_like(similarity)
     else:
         gamma = timesteps.float() / num_train_timesteps
+    if target_schedule == "ramp":
+        gamma = (gamma / ramp_full_at).clamp(max=1.0)
     matching = gamma * (m - similarity) ** 2
     if target_schedule == "ramp":
         return matching
@@ -126,7 +130,8 @@ def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Ten
                   timesteps: torch.Tensor, weight: float,
                   min_snr_gamma: float | None = None,
                   target_schedule: TargetSchedule = "linear",
-                  unconditional: torch.Tensor | None = None) -> LossTerms:
+                  unconditional: torch.Tensor | None = None,
+                  ramp_full_at: float = 1.0) -> LossTerms:
     """One batch of the CemiFace objective.
 
     ``clean`` are training images in [-1, 1] (each its own inquiry), ``identity`` their frozen
@@ -147,7 +152,7 @@ def cemiface_loss(generator, encoder, scheduler: DDPMScheduler, clean: torch.Ten
         similarity = (encoder(estimate) * identity.float()).sum(dim=-1)
     per_sample_simmat = similarity_matching(similarity, m, timesteps,
                                             scheduler.config.num_train_timesteps,
-                                            target_schedule)
+                                            target_schedule, ramp_full_at)
     if unconditional is not None:  # only conditioned samples have a similarity target
         kept = ~unconditional.to(similarity.device)
         per_sample_simmat = per_sample_simmat[kept]

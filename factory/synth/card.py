@@ -150,7 +150,10 @@ def _objective_text(objective: dict[str, Any] | None) -> str:
         return "not recorded in the checkpoint (see its config.yaml)"
     low, high = objective["m_range"]
     gamma = objective["min_snr_gamma"]
-    return (f"L_MSE + {objective['lambda']:g} L_SimMat, {objective['target_schedule']} target, "
+    schedule = objective["target_schedule"]
+    if schedule == "ramp" and objective.get("ramp_full_at", 1.0) != 1.0:
+        schedule += f" (full weight from t/T = {objective['ramp_full_at']:g})"
+    return (f"L_MSE + {objective['lambda']:g} L_SimMat, {schedule} target, "
             f"m in [{low:g}, {high:g}], "
             + (f"Min-SNR gamma {gamma:g}" if gamma else "no Min-SNR weighting")
             + f", condition dropout {objective['condition_dropout']:g}, EMA "

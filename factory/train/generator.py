@@ -177,7 +177,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 terms = cemiface_loss(model, encoder, scheduler, clean, identity, m, noise,
                                       timesteps, cfg.similarity_matching.weight,
                                       cfg.diffusion.min_snr_gamma,
-                                      cfg.similarity_matching.target_schedule, unconditional)
+                                      cfg.similarity_matching.target_schedule, unconditional,
+                                      cfg.similarity_matching.ramp_full_at)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.unscale_(optimizer)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from factory.config import GeneratorConfig, UNetConfig, load_config
+from factory.config.generator import SimilarityMatchingConfig
 from factory.errors import ConfigError
 from factory.models.diffusion import (
     cemiface_loss,
@@ -61,6 +62,16 @@ def test_similarity_matching_hand_computed():
                           torch.tensor([0.25, 0.25, 4.0]))
     assert torch.allclose(similarity_matching(s, m, t, 1000, "ramp"),
                           torch.tensor([0.0, 0.125, 4.0]))
+    # a ramp at full weight from t/T = 0.5: t = 250 weighs half, t = T/2 already all of it.
+    t = torch.tensor([0, 250, 500])
+    assert torch.allclose(similarity_matching(s, m, t, 1000, "ramp", ramp_full_at=0.5),
+                          torch.tensor([0.0, 0.125, 4.0]))
+
+
+def test_ramp_full_at_belongs_to_the_ramp():
+    with pytest.raises(ValueError, match="ramp_full_at applies to target_schedule 'ramp' only"):
+        SimilarityMatchingConfig(target_schedule="constant", ramp_full_at=0.5)
+    assert SimilarityMatchingConfig(target_schedule="ramp", ramp_full_at=0.5).ramp_full_at == 0.5
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
