@@ -3,7 +3,8 @@ batch size, resolved once per process for its device.
 
 ``SamplingConfig`` says ``auto`` where the right answer depends on the device: a GPU gets bf16
 autocast (fp16 where bf16 is missing), channels-last UNet weights and a batch size from a
-memory probe; a CPU gets float32, the default layout and a fixed batch. :func:`prepare` applies
+memory probe; a CPU gets float32, the default layout and a fixed batch. ``precision: native``
+also gives bf16 to a CPU that computes it natively. :func:`prepare` applies
 the settings to the model and returns what it resolved, which every sample records, so a
 dataset says exactly how it was made.
 """
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from factory.config import SamplingConfig
+from factory.provenance import cpu_info
 
 CPU_BATCH_SIZE = 64
 """``batch_size: auto`` on a CPU: large batches buy nothing there and cost memory."""
@@ -50,11 +52,13 @@ class InferenceSettings:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """``auto``: bf16 on a GPU that has it, else fp16 there; fp32 on a CPU."""
-    if setting != "auto":
+    """``auto``: bf16 on a GPU that has it, else fp16 there; fp32 on a CPU. ``native``: the same,
+    except bf16 on a CPU whose flags make bf16 autocast native (without them it is emulated and
+    slower than float32)."""
+    if setting not in ("auto", "native"):
         return setting
     if device.type != "cuda":
-        return "fp32"
+        return "bf16" if setting == "native" and cpu_info().native_bf16 else "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 

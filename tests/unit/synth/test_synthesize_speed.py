@@ -12,6 +12,8 @@ import torch
 
 from factory.config import SamplingConfig, load_config
 from factory.errors import ConfigError
+from factory import provenance
+from factory.models import inference
 from factory.models.inference import CPU_BATCH_SIZE, prepare
 from factory.models.sampling import sample_images
 from factory.synth.pool import actor_pool
@@ -94,6 +96,18 @@ def test_prepare_resolves_auto_on_the_cpu():
     explicit = prepare(load_generator(SHIPPED), SamplingConfig(precision="bf16", batch_size=8),
                        "cpu")
     assert explicit.autocast is torch.bfloat16 and explicit.batch_size == 8
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "bf16"),
+                                             ("fpu avx2 amx_bf16 amx_tile", "bf16"),
+                                             ("fpu avx2 avx512f", "fp32")])
+def test_native_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path,
+                                                               flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(inference, "cpu_info", lambda: provenance.cpu_info(str(cpuinfo)))
+    assert inference.resolve_precision("native", torch.device("cpu")) == expected
+    assert inference.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_sampling_config_checks():
