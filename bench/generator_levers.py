@@ -9,7 +9,9 @@ interval of t/T it applies in, every step when omitted). Every lever goes throug
 - 1, the config's seeds and m values, the judge and E_id, the real reference, the Frechet
 distance in the judge's features), without the shuffled-m control, and gives one row: the judge's
 mean similarity and rank-1 at m = +1, Spearman, the judge's mean at m = 0, the Frechet distance
-over its real-vs-real floor, the checkpoint's steps and the hours of its own training run (from
+over its real-vs-real floor, the Frechet distance of the m = +1 samples over that of real photos
+with their identity structure (``frechet_identity_matched``: 1 is as realistic as real photos
+of as many identities), the checkpoint's steps and the hours of its own training run (from
 the throughput its ``generator.json`` logged; earlier stages it started from are not counted).
 The real genuine row by the same judge is printed above the table. Writes ``levers.json`` and
 ``levers.md`` to ``--out``.
@@ -68,6 +70,7 @@ def measure_lever(config_path: str, overrides: list[str], name: str, checkpoint:
     judge = result.headline
     meta = checkpoint_meta(checkpoint)
     frechet = result.frechet or {}
+    matched = result.frechet_matched or {}
     real = result.real.get(judge.recognizer)
     return {
         "lever": name, "checkpoint": checkpoint, "guidance_scale": scale,
@@ -78,6 +81,8 @@ def measure_lever(config_path: str, overrides: list[str], name: str, checkpoint:
         "spearman": judge.spearman, "monotonic": judge.monotonic,
         "frechet_ratio": (frechet["synthetic_vs_real"] / frechet["real_vs_real"]
                           if frechet else None),
+        "frechet_matched_ratio": (matched["synthetic_vs_real"] / matched["matched_real_vs_real"]
+                                  if matched else None),
         "training_hours": training_hours(meta, config.generator.optimizer.batch_size),
         "real": None if real is None else real.summary(),
     }
@@ -85,12 +90,14 @@ def measure_lever(config_path: str, overrides: list[str], name: str, checkpoint:
 
 def lever_table(rows: list[dict]) -> str:
     headers = ["lever", "steps", "judge mean m=+1", "rank-1", "Spearman", "monotonic",
-               "judge mean m=0", "Frechet / floor", "hours (this run)"]
+               "judge mean m=0", "Frechet / floor", "m=+1 Frechet / real", "hours (this run)"]
     return format_table(headers, [[
         row["lever"], row["steps"], row["mean_at_m1"], f"{100 * row['rank1_at_m1']:.0f}%",
         row["spearman"], "yes" if row["monotonic"] else "no",
         "n/a" if row["mean_at_m0"] is None else row["mean_at_m0"],
         "n/a" if row["frechet_ratio"] is None else f"{row['frechet_ratio']:.1f}x",
+        "n/a" if row.get("frechet_matched_ratio") is None
+        else f"{row['frechet_matched_ratio']:.1f}x",
         f"{row['training_hours']:.2f}"] for row in rows])
 
 

@@ -21,7 +21,10 @@ recognizers, per nuisance kind and over all.
 Controls that should show nothing: the same seeds sampled with m shuffled across the samples
 (the labels keep the requested m), and optionally a lambda = 0 generator. Quality: the Frechet
 distance between the samples and as many real training images in the judge's feature space,
-beside the distance between two disjoint real sets of that size (the floor). The trajectory
+beside the distance between two disjoint real sets of that size (the floor); and, since a
+sample set drawn from a few inquiries differs from many identities' photos whatever its realism,
+the highest m's samples beside real photos with the same identity structure
+(:func:`frechet_identity_matched`). The trajectory
 (per m, the E_id similarity of each DDIM step's x0 estimate) shows where along the sampling the
 similarity is decided.
 """
@@ -104,6 +107,7 @@ class Compliance:
     controls: dict[str, dict[str, Measured]] = field(default_factory=dict)
     frechet: dict[str, float] | None = None
     real: dict[str, RealReference] = field(default_factory=dict)  # by recognizer
+    frechet_matched: dict[str, float] | None = None  # frechet_identity_matched
 
     @property
     def headline(self) -> Measured:
@@ -117,7 +121,7 @@ class Compliance:
             "measured_by": {name: value.summary() for name, value in self.by.items()},
             "controls": {control: {name: value.summary() for name, value in views.items()}
                          for control, views in self.controls.items()},
-            "frechet": self.frechet,
+            "frechet": self.frechet, "frechet_identity_matched": self.frechet_matched,
             "real_reference": {name: value.summary() for name, value in self.real.items()},
             "trajectory_t": self.trajectory_t, "trajectory": self.trajectory,
         }
@@ -263,13 +267,52 @@ def frechet_against_real(encoder: torch.nn.Module, samples: torch.Tensor,
     if count < 2:
         raise ValueError("the Frechet distance needs at least 4 real images and 2 samples")
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)
-    picks = np.linspace(0, len(real) - 1, 2 * count).round().astype(int)
-    real_images = inquiry_tensor(np.stack([real.image(int(i)) for i in picks]), image_size)
-    features = embed(encoder, real_images)
-    first, second = features[0::2], features[1::2]
+    first, second = real_features(encoder, real, count, image_size)
     synthetic = embed(encoder, samples[torch.as_tensor(chosen)])
     return {"images": count, "synthetic_vs_real": frechet_distance(synthetic, first),
             "real_vs_real": frechet_distance(second, first)}
+
+
+def real_features(encoder: torch.nn.Module, real: FaceDataset, count: int,
+                  image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features of two disjoint sets of ``count`` real images, interleaved over the dataset."""
+    picks = np.linspace(0, len(real) - 1, 2 * count).round().astype(int)
+    features = embed(encoder, inquiry_tensor(np.stack([real.image(int(i)) for i in picks]),
+                                             image_size))
+    return features[0::2], features[1::2]
+
+
+def frechet_identity_matched(encoder: torch.nn.Module, samples: SampleSet, real: FaceDataset,
+                             reference: ReferenceImages, image_size: int) -> dict[str, float]:
+    """The highest m's samples against real training images, beside real photos with the same
+    identity structure against the same images: as many held-out real identities as the
+    samples have inquiries, as many photos each as the samples have seeds (spread over each
+    identity's photos, so over its nuisance kinds). The second figure is what a generator that
+    returned real photos of its inquiries would score, so the ratio reads realism alone; the
+    all-m figure also counts that the samples come from a few identities, which no generator
+    can change."""
+    top = samples.requested == samples.requested.max()
+    identities = min(len(np.unique(samples.inquiry[top])), len(reference.references))
+    chosen = top & (samples.inquiry < identities)
+    per_identity = min(int(chosen.sum()) // identities,
+                       int(np.bincount(reference.owner)[:identities].min()))
+    if per_identity < 1 or identities * per_identity < 2:
+        raise ValueError("the identity-matched Frechet distance needs at least 2 samples at "
+                         "the highest m and a real reference image per identity")
+    keep = np.concatenate([np.flatnonzero(chosen & (samples.inquiry == owner))[:per_identity]
+                           for owner in range(identities)])
+    matched = np.concatenate([
+        np.flatnonzero(reference.owner == owner)[np.linspace(
+            0, (reference.owner == owner).sum() - 1, per_identity).round().astype(int)]
+        for owner in range(identities)])
+    # the same real training images as the all-m figure's
+    first, _ = real_features(encoder, real, min(len(samples.images), len(real) // 2), image_size)
+    synthetic = embed(encoder, samples.images[torch.as_tensor(keep)])
+    photos = embed(encoder, inquiry_tensor(reference.genuine[matched], image_size))
+    return {"m": float(samples.requested.max()), "identities": identities,
+            "per_identity": per_identity,
+            "synthetic_vs_real": frechet_distance(synthetic, first),
+            "matched_real_vs_real": frechet_distance(photos, first)}
 
 
 def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
@@ -299,10 +342,14 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
                                                     sampling, shuffle_m=True))
     for name, other in (control_generators or {}).items():
         controls[name] = views(draw_samples(other, inquiries, m_values, seeds, sampling))
-    frechet = None
+    frechet = frechet_matched = None
+    quality_encoder = judge if judge is not None else generator.encoder
     if real is not None:
-        frechet = frechet_against_real(judge if judge is not None else generator.encoder,
-                                       samples.images, real, generator.image_size)
+        frechet = frechet_against_real(quality_encoder, samples.images, real,
+                                       generator.image_size)
+    if real is not None and reference is not None:
+        frechet_matched = frechet_identity_matched(quality_encoder, samples, real, reference,
+                                                   generator.image_size)
     real_figures = {} if reference is None else {
         name: measure_real_reference(encoder, name, reference, generator.image_size)
         for name, encoder in recognizers.items()}
@@ -311,4 +358,4 @@ def measure_compliance(generator: LoadedGenerator, inquiries: np.ndarray,
         m_values=[float(m) for m in m_values], requested=samples.requested.tolist(),
         sampling=sampling.model_dump(), trajectory_t=[int(t) for t in timesteps],
         trajectory=samples.trajectory.round(4).tolist(), by=views(samples),
-        controls=controls, frechet=frechet, real=real_figures)
+        controls=controls, frechet=frechet, real=real_figures, frechet_matched=frechet_matched)

@@ -220,6 +220,9 @@ def report_metrics(result: Compliance) -> dict[str, float]:
                         for m, rank1 in zip(view.m_values, view.rank1)})
     if result.frechet:
         metrics.update({f"frechet/{key}": value for key, value in result.frechet.items()})
+    if result.frechet_matched:
+        metrics.update({f"frechet_identity_matched/{key}": result.frechet_matched[key]
+                        for key in ("synthetic_vs_real", "matched_real_vs_real")})
     for name, real in result.real.items():
         for kind, figures in real.kinds.items():
             metrics.update({f"real_reference/{name}/{kind}/{key}": getattr(figures, key)
@@ -267,6 +270,13 @@ def report_text(result: Compliance, out: str) -> str:
         lines.append(f"Frechet distance to {frechet['images']} real training images in "
                      f"{result.headline.recognizer}'s features: {frechet['synthetic_vs_real']:.3f}"
                      f" (two real sets of that size: {frechet['real_vs_real']:.3f})")
+    if result.frechet_matched:
+        matched = result.frechet_matched
+        lines.append(f"Frechet distance at m = {matched['m']:+g} ({matched['identities']} "
+                     f"inquiries x {matched['per_identity']}) to the same real images: "
+                     f"{matched['synthetic_vs_real']:.3f}; real photos of as many held-out "
+                     f"identities, as many each: {matched['matched_real_vs_real']:.3f} "
+                     f"(ratio {matched['synthetic_vs_real'] / matched['matched_real_vs_real']:.1f})")
     lines.append(f"written to {out}: compliance.json, compliance_curve.json, compliance*.png, "
                  "controls.png, trajectory.png, cemiface_grid.png")
     return "\n".join(lines)

@@ -124,6 +124,8 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert document["headline"] == "judge" and document["judge"] == str(judge)
     assert document["inquiry_identities"] == [2, 4]
     assert document["real_reference"]["judge"]["kinds"]["all"]["images"] == 2 * 16
+    matched = document["frechet_identity_matched"]  # m = +1 beside real photos of 2 x 1
+    assert (matched["m"], matched["identities"], matched["per_identity"]) == (1.0, 2, 1)
     assert document["config"]["generator"]["compliance"]["lambda0_checkpoint"] == run.checkpoint
 
     # generator-progress measures each kept checkpoint of the run with both samplers.

@@ -15,7 +15,14 @@ import torch
 from diffusers import DDPMScheduler
 
 from factory.config import SamplingConfig
-from factory.eval.compliance import frechet_distance, measure_compliance
+from factory.eval.compliance import (
+    SampleSet,
+    frechet_distance,
+    frechet_identity_matched,
+    measure_compliance,
+)
+from factory.eval.real_reference import ReferenceImages
+from factory.models.identity import inquiry_tensor
 from factory.checkpoints.generator import LoadedGenerator
 
 SIZE, DIM = 8, 16
@@ -117,3 +124,45 @@ def test_frechet_distance_of_shifted_gaussians_is_the_squared_shift():
     # Equal means, twice the variance: (sqrt(2) - 1)^2 per dimension, 4 dimensions.
     wide = rng.normal(size=(20000, 4)) * np.sqrt(2.0)
     assert frechet_distance(first, wide) == pytest.approx(4 * (np.sqrt(2) - 1) ** 2, rel=0.1)
+
+
+class _Photos:
+    """A dataset of random photos: what the Frechet figures read from ``real``."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.images = np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3),
+                                                           dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+def test_a_generator_returning_real_photos_of_its_inquiries_scores_the_identity_matched_floor():
+    """3 held-out identities with 4 photos each; at m = +1 the 'generator' returns the photos
+    the matched set picks (2 per identity, spread over the 4), so both figures agree; washed-out
+    images at m = +1 score above it. Other m values do not enter."""
+    rng = np.random.default_rng(0)
+    genuine = rng.integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+    reference = ReferenceImages(references=genuine[::4], genuine=genuine,
+                                owner=np.repeat(np.arange(3), 4), kind=np.array(["all"] * 12))
+    inquiry = np.repeat(np.arange(3), 4)  # per inquiry: m = +1 twice, then m = 0 twice
+    requested = np.tile([1.0, 1.0, 0.0, 0.0], 3)
+    photos = inquiry_tensor(genuine[[0, 3, 0, 0, 4, 7, 4, 4, 8, 11, 8, 8]], SIZE)
+    washed_out = 0.8 + 0.2 * torch.rand(12, 3, SIZE, SIZE)  # nearly white: unlike any photo
+    encoder = ToyEncoder(seed=0)
+    real = _Photos(40, seed=1)
+
+    def figures(images):
+        samples = SampleSet(inquiry, requested, np.tile([0, 1], 6), images, np.zeros((2, 1)))
+        return frechet_identity_matched(encoder, samples, real, reference, SIZE)
+
+    exact = figures(torch.where(torch.as_tensor(requested == 1.0)[:, None, None, None],
+                                photos, washed_out))
+    assert (exact["identities"], exact["per_identity"], exact["m"]) == (3, 2, 1.0)
+    assert exact["synthetic_vs_real"] == pytest.approx(exact["matched_real_vs_real"], rel=1e-6)
+    unlike = figures(washed_out)
+    assert unlike["matched_real_vs_real"] == pytest.approx(exact["matched_real_vs_real"])
+    assert unlike["synthetic_vs_real"] > 1.5 * unlike["matched_real_vs_real"]
