@@ -61,6 +61,11 @@ class WorkersConfig(StrictModel):
     gpus_per_worker: float = Field(1.0, ge=0.0)
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker")
     mixed_precision: bool = Field(True, description="bf16/fp16 autocast; used on GPU only")
+    report_poll_s: float = Field(
+        0.2, gt=0.0, le=60.0, description="How often Ray Train's controller collects the "
+        "workers' reports (its RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by Ray's default; the "
+        "variable, when set, wins). A worker's report waits until the one before it was "
+        "collected, so epochs shorter than this are held to one per poll")
 
 
 class DomainMixupConfig(StrictModel):

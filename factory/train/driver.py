@@ -52,7 +52,7 @@ class TrainingRun:
         trainer = make_trainer(loop, {**shared, **loop_config}, cfg.workers, cfg.run_name,
                                self.storage_uri, cfg.max_failures, callbacks=callbacks,
                                keep_checkpoints=keep_checkpoints)
-        return fit(trainer)
+        return fit(trainer, cfg.workers.report_poll_s)
 
 
 @contextmanager
