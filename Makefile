@@ -40,7 +40,7 @@ experiments-small: $(STAMP)
 
 # Every test, tests/unit and tests/integration, on two pytest-xdist workers, each test sent to
 # whichever is free: the Ray tests spend much of their time starting processes, so two streams
-# fit two cores (13 min in a fresh clone against 14.1 serially, d2e3be7, 2026-12-04);
+# fit two cores (docs/benchmarks.md#the-test-suite has the measured times);
 # TEST_WORKERS=0 runs them in this process. The quick check while editing is
 # `.venv/bin/pytest tests/unit`: no Ray, no servers (tests/unit/conftest.py fails it otherwise).
 TEST_WORKERS ?= 2
