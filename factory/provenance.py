@@ -68,7 +68,6 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 bf16 is emulated with float32 instructions."""
 
 
-
 @dataclass
 class CpuInfo:
     """A CPU as ``/proc/cpuinfo`` describes it; ``model`` and ``flags`` are None where that file
