@@ -97,7 +97,16 @@ class GeneratorOptimizerConfig(StrictModel):
     warmup_steps: int = Field(200, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Final lr / peak lr")
     grad_clip: float = Field(1.0, gt=0.0)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_decay: float = Field(
+        0.999, ge=0.0, lt=1.0,
+        description="Decay of the EMA weights that checkpoints hold; with ema_warmup it is "
+                    "reached only at step 9 d / (1 - d): 8991 for 0.999, 89991 for 0.9999")
+    ema_warmup: bool = Field(
+        True, description="diffusers EMAModel's ramp: the decay after n steps is "
+                          "min(ema_decay, (1 + n) / (10 + n)), so a short run averages about "
+                          "its last tenth whatever ema_decay says; false: ema_decay from the "
+                          "first step (for a run that continues a trained checkpoint, whose "
+                          "weights are a sound start for the average)")
 
 
 class SamplingConfig(StrictModel):

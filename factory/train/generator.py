@@ -57,7 +57,7 @@ from factory.checkpoints.generator import (
 from factory.train.driver import training_run
 from factory.train.workers import ProgressLines, autocast_and_scaler, worker_context
 from factory.train.samples import DiffusionImages
-from factory.train.schedule import warmup_cosine_multiplier
+from factory.train.schedule import ema_weights, warmup_cosine_multiplier
 
 PREVIEW_M = (1.0, 0.5, 0.0, -0.5, -1.0)
 PREVIEW_IDENTITIES = 4
@@ -94,7 +94,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     """The per-worker training loop (runs inside a Ray Train worker)."""
     import ray.train
     import ray.train.torch
-    from diffusers.training_utils import EMAModel
 
     config = FactoryConfig.model_validate(loop_config["config"])
     cfg = config.generator
@@ -121,7 +120,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
     elif loop_config["init_from"]:
         load_init_weights(model, load_generator(loop_config["init_from"]).model)
-    ema = EMAModel(model.parameters(), decay=cfg.optimizer.ema_decay)
+    ema = ema_weights(model.parameters(), cfg.optimizer)
     model = ray.train.torch.prepare_model(model)
     core: CemiFaceGenerator = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(core.parameters(), lr=cfg.optimizer.lr,

@@ -1,11 +1,13 @@
-"""Learning-rate multipliers per optimizer step: linear warm-up, then step or polynomial decay."""
+"""Schedules per optimizer step: learning-rate multipliers (linear warm-up, then step,
+polynomial or cosine decay) and the generator's EMA weights."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from factory.config import OptimizerConfig
+from factory.config import GeneratorOptimizerConfig, OptimizerConfig
 
 
 def lr_multiplier(cfg: OptimizerConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -42,3 +44,14 @@ def warmup_cosine_multiplier(warmup_steps: int, total_steps: int,
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def ema_weights(parameters: Iterable[Any], cfg: GeneratorOptimizerConfig) -> Any:
+    """diffusers' ``EMAModel`` over ``parameters`` with the config's decay. With
+    ``ema_warmup`` (diffusers' default) the decay ramps as ``(1 + n) / (10 + n)`` up to
+    ``ema_decay``; without it ``min_decay`` pins it at ``ema_decay`` from the first update (the
+    first copies the weights, as EMAModel always does)."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(parameters, decay=cfg.ema_decay,
+                    min_decay=0.0 if cfg.ema_warmup else cfg.ema_decay)
