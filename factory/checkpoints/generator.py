@@ -52,14 +52,17 @@ PUBLISHED = (META_FILE, CONFIG_FILE, ENCODER_FILE)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
-def objective_record(generator: GeneratorConfig) -> dict[str, Any]:
+def objective_record(generator: GeneratorConfig,
+                     ema_decay_reached: float | None = None) -> dict[str, Any]:
     """What the weights were trained to minimise, from the config section that trained them.
 
     ``L = L_MSE + lambda L_SimMat`` (CemiFace), with L_SimMat's target schedule (``linear``:
     CemiFace's; ``constant``: target m at every noise level), the Min-SNR weighting, the share of
     samples trained with the null context (what classifier-free guidance at sampling needs) and
-    the EMA decay of the published weights. Written into ``generator.json`` so a user (and the
-    dataset card) can tell two checkpoints' objectives apart without reading the config.
+    the EMA of the published weights: the configured decay, whether diffusers' warm-up ramped
+    it, and ``ema_decay_reached``, the decay of the last update before the checkpoint (below
+    the configured one until the warm-up reaches it). Written into ``generator.json`` so a user
+    (and the dataset card) can tell two checkpoints' objectives apart without reading the config.
     """
     matching = generator.similarity_matching
     return {
@@ -72,6 +75,8 @@ def objective_record(generator: GeneratorConfig) -> dict[str, Any]:
         "prediction_type": generator.diffusion.prediction_type,
         "condition_dropout": generator.condition.dropout,
         "ema_decay": generator.optimizer.ema_decay,
+        "ema_warmup": generator.optimizer.ema_warmup,
+        "ema_decay_reached": ema_decay_reached,
     }
 
 

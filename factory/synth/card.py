@@ -157,7 +157,17 @@ def _objective_text(objective: dict[str, Any] | None) -> str:
             f"m in [{low:g}, {high:g}], "
             + (f"Min-SNR gamma {gamma:g}" if gamma else "no Min-SNR weighting")
             + f", condition dropout {objective['condition_dropout']:g}, EMA "
-            f"{objective['ema_decay']:g}")
+            f"{objective['ema_decay']:g}" + _ema_reached_text(objective))
+
+
+def _ema_reached_text(objective: dict[str, Any]) -> str:
+    """Where the EMA's last update stayed below the configured decay (diffusers' warm-up ramps
+    it as (1 + n) / (10 + n)), the decay it used; empty otherwise and for checkpoints that do
+    not record it."""
+    reached = objective.get("ema_decay_reached")
+    if reached is None or reached >= objective["ema_decay"] - 1e-9:
+        return ""
+    return f" (warm-up: {reached:.4f} at the last update)"
 
 
 def _filter_text(manifest: dict[str, Any], max_similarity: float | str) -> str:

@@ -243,7 +243,8 @@ def _report(rank, checkpoint_due, metrics, core, ema, optimizer, lr_schedule, sc
                 "code_version": loop_config["code_version"], "platform": platform_record(),
                 "identity_encoder": loop_config["encoder"]["source"],
                 "data": loop_config["data_uri"], "sampling": cfg.sampling.model_dump(),
-                "objective": objective_record(cfg), "history": history,
+                "objective": objective_record(cfg, _decay_of_last_update(ema)),
+                "history": history,
             }
             save_generator(directory, core, scheduler, loop_config["encoder"], meta, config,
                            training_state)
@@ -344,3 +345,10 @@ def publish_checkpoint(source: str, destination: str, source_filesystem=None) ->
         if os.path.exists(state):
             os.remove(state)
         storage.copy_tree(scratch, destination)
+
+
+def _decay_of_last_update(ema: Any) -> float | None:
+    """The decay EMAModel used at its last update; None before the first (a resumed run's
+    state does not carry it)."""
+    value = getattr(ema, "cur_decay_value", None)
+    return None if value is None else float(value)

@@ -82,6 +82,8 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert torch.allclose(again, preview["images"], atol=1e-4)
     meta = json.loads((tmp_path / "runs" / "generator" / "final" / "generator.json").read_text())
     assert meta["step"] == 4 and meta["identity_encoder"] == str(encoder_checkpoint)
+    # the EMA's 4th update used diffusers' warm-up decay (1 + 3) / (10 + 3), not the 0.999 set
+    assert meta["objective"]["ema_decay_reached"] == pytest.approx(4 / 13)
     assert not (tmp_path / "runs" / "generator" / "final" / "training_state.pt").exists()
     for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                  "condition/config.json", "scheduler/scheduler_config.json",
@@ -94,6 +96,9 @@ def test_two_workers_train_resume_and_reload(ray_two_cpus, world, encoder_checkp
     assert resumed.metrics["step"] == 6
     history = load_generator(resumed.checkpoint).meta["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    # the resumed EMA went on counting its updates: the 6th used (1 + 5) / (10 + 5)
+    assert load_generator(resumed.checkpoint).meta["objective"]["ema_decay_reached"] == \
+        pytest.approx(6 / 15)
 
     # The report measures compliance on the held-out inquiry set and draws the figures.
     # It is also a lambda = 0 control here, and a second random encoder plays the judge.

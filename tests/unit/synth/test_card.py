@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from factory.checkpoints.generator import objective_record
 from factory.config import load_config
 from factory.formats.images import encode_jpeg
 from factory.formats.shards import ShardSample, shard_name, write_shard
@@ -244,3 +245,17 @@ def test_per_sample_privacy_and_an_fpr_inquiry_filter_are_shown(dataset):
                  "false-match rate at FPR 0.0001 (threshold 0.432): 4.02% of samples (9, in 3 "
                  "of 14 identities); held-out real images: 5.00% of 64"):
         assert fact in card, fact
+
+
+@pytest.mark.parametrize("reached, text", [
+    (0.9970, "EMA 0.999 (warm-up: 0.9970 at the last update)"),
+    (0.999, "EMA 0.999\n"),
+    (None, "EMA 0.999\n"),
+], ids=["ramped", "reached", "not-recorded"])
+def test_the_objective_says_which_ema_decay_the_weights_reached(dataset, reached, text):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    config = load_config(None, ["generator.optimizer.ema_decay=0.999"])
+    manifest["generator_checkpoint"]["objective"] = objective_record(config.generator, reached)
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    card = open(write_card(str(dataset))).read()
+    assert text in card
