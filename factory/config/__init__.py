@@ -35,6 +35,7 @@ from factory.config.experiments import (
     EXPERIMENT_STUDIES,
     ExperimentsConfig,
     ExperimentsPreset,
+    MeasuredTarget,
     VolumeConfig,
 )
 from factory.config.faceworld import BenchmarkSpec, FaceWorldConfig
@@ -95,7 +96,7 @@ __all__ = [
     "DomainMixupConfig", "EvaluateConfig", "ExperimentsConfig", "ExperimentsPreset",
     "FaceWorldConfig", "FactoryConfig", "FolderName", "GeneratorConfig",
     "GeneratorOptimizerConfig", "HeadConfig", "InquiryConfig", "JudgeConfig", "MValuesConfig",
-    "MeasuredPoolConfig", "OptimizerConfig", "PipelineConfig", "PrivacyConfig", "Profile",
+    "MeasuredPoolConfig", "MeasuredTarget", "OptimizerConfig", "PipelineConfig", "PrivacyConfig", "Profile",
     "RecognizerConfig", "RuntimeConfig", "SamplingConfig", "SearchSpec", "ShardSelectionConfig",
     "SimilarityMatchingConfig", "StrictModel", "SweepConfig", "SynthesisConfig", "UNetConfig",
     "Uri", "VolumeConfig", "WorkersConfig",

@@ -77,19 +77,32 @@ def m_axis(cfg: MValuesConfig, sampling: SamplingConfig, checkpoint: str) -> MAx
     or when a configured target lies outside what it reaches."""
     if cfg.axis == "m":
         return MAxis()
+    axis = compliance_axis(cfg.axis, sampling, checkpoint)
+    low, high = axis.reachable
+    outside = [t for t in configured_targets(cfg) if not low <= t <= high]
+    if outside:
+        raise UserError(f"synthesis.m: target {outside[0]:g} is outside what the generator "
+                        f"reaches on the {cfg.axis} axis ({low:.3f} .. {high:.3f}, "
+                        f"{storage.join(checkpoint, CURVE_FILE)})")
+    return axis
+
+
+def compliance_axis(measured_by: str, sampling: SamplingConfig, checkpoint: str) -> MAxis:
+    """``measured_by``'s (judge or E_id) axis from ``checkpoint``'s compliance curve; UserError
+    (one line) when the curve is missing, made with another sampler or not monotone."""
     path = storage.join(checkpoint, CURVE_FILE)
     if not storage.exists(path):
-        raise UserError(f"{path}: not found; synthesis.m.axis {cfg.axis} needs the generator's "
-                        "compliance curve (run factory generator-report and copy its "
+        raise UserError(f"{path}: not found; a target on the {measured_by} axis needs the "
+                        "generator's compliance curve (run factory generator-report and copy its "
                         f"{CURVE_FILE} into the checkpoint)")
     document = storage.read_json_object(path)
-    curve = (document.get("curves") or {}).get(cfg.axis)
+    curve = (document.get("curves") or {}).get(measured_by)
     try:
         m, mean = np.asarray(curve["m"], float), np.asarray(curve["mean"], float)
         if m.ndim != 1 or m.shape != mean.shape or len(m) < 2:
             raise ValueError
     except (TypeError, KeyError, ValueError):
-        raise FormatError(f"{path}: no {cfg.axis} curve of at least two (m, mean) "
+        raise FormatError(f"{path}: no {measured_by} curve of at least two (m, mean) "
                           "points") from None
     recorded = document.get("sampling") or {}
     here = sampling_record(sampling.model_dump())
@@ -101,15 +114,9 @@ def m_axis(cfg: MValuesConfig, sampling: SamplingConfig, checkpoint: str) -> MAx
     order = np.argsort(mean)
     m, mean = m[order], mean[order]
     if np.any(np.diff(mean) <= 0) or np.any(np.diff(m) <= 0):
-        raise UserError(f"{path}: the {cfg.axis} curve is not monotone in m, so a measured "
+        raise UserError(f"{path}: the {measured_by} curve is not monotone in m, so a measured "
                         "target does not name one m; use synthesis.m.axis m")
-    axis = MAxis(cfg.axis, tuple(m), tuple(mean))
-    low, high = axis.reachable
-    outside = [t for t in configured_targets(cfg) if not low <= t <= high]
-    if outside:
-        raise UserError(f"synthesis.m: target {outside[0]:g} is outside what the generator "
-                        f"reaches on the {cfg.axis} axis ({low:.3f} .. {high:.3f}, {path})")
-    return axis
+    return MAxis(measured_by, tuple(m), tuple(mean))
 
 
 def configured_targets(cfg: MValuesConfig) -> list[float]:

@@ -150,14 +150,21 @@ def _kind_of(offset: int, layout: tuple[list[str], int] | None, uri: str) -> str
     return kinds[offset // per_kind]
 
 
-def measure_real_reference(encoder: torch.nn.Module, recognizer: str, images: ReferenceImages,
-                           image_size: int) -> RealReference:
-    """``recognizer``'s real genuine figures, per kind and over all."""
+def genuine_scores(encoder: torch.nn.Module, images: ReferenceImages, image_size: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every genuine image's cosine to its own identity's reference, whether that reference is
+    its most similar one (rank-1), and the genuine images' embeddings."""
     references = embed(encoder, inquiry_tensor(images.references, image_size))
     genuine = embed(encoder, inquiry_tensor(images.genuine, image_size))
     to_all = genuine @ references.T
-    similarity = to_all[np.arange(len(genuine)), images.owner]
-    own_nearest = to_all.argmax(1) == images.owner
+    return (to_all[np.arange(len(genuine)), images.owner], to_all.argmax(1) == images.owner,
+            genuine)
+
+
+def measure_real_reference(encoder: torch.nn.Module, recognizer: str, images: ReferenceImages,
+                           image_size: int) -> RealReference:
+    """``recognizer``'s real genuine figures, per kind and over all."""
+    similarity, own_nearest, genuine = genuine_scores(encoder, images, image_size)
     kinds = [ALL, *dict.fromkeys(k for k in images.kind.tolist() if k != ALL)]
     figures = {}
     for kind in kinds:
@@ -166,4 +173,4 @@ def measure_real_reference(encoder: torch.nn.Module, recognizer: str, images: Re
             images=int(chosen.sum()), mean=float(similarity[chosen].mean()),
             std=float(similarity[chosen].std()), rank1=float(own_nearest[chosen].mean()),
             spread=identity_spread(genuine[chosen], images.owner[chosen]))
-    return RealReference(recognizer, len(references), figures)
+    return RealReference(recognizer, len(images.references), figures)

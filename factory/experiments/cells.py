@@ -9,9 +9,10 @@ with the same data and settings share their runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from factory.config import ExperimentsConfig, VolumeConfig
+from factory.experiments.targets import ResolvedTarget
 
 
 def signed(value: float, decimals: int = 2) -> str:
@@ -32,13 +33,22 @@ class RealSet:
     def key(self) -> str:
         return f"real-{self.identities}x{self.images}"
 
+    @property
+    def folder(self) -> str:
+        return self.key
+
+    def replicate(self, seed: int) -> RealSet:
+        """Real data is the same in every replicate; only the training seed varies."""
+        return self
+
 
 @dataclass(frozen=True)
 class SyntheticSet:
     """``identities`` identities x ``images`` images synthesised from held-out inquiries at the
     listed m values (cycled over each identity's images), by ``generator`` (empty: the
-    experiments' generator), named ``generator_tag`` in the key; ``mixup`` of the identities
-    are SynFace identity-mixup ones."""
+    experiments' generator), named ``generator_tag`` in the key, plus ``mixup`` SynFace
+    identity-mixup identities made from those same identities, sampled with ``seed`` (each
+    replicate of a cell synthesises its own copy)."""
 
     identities: int
     images: int
@@ -46,6 +56,7 @@ class SyntheticSet:
     generator: str = ""
     mixup: int = 0
     generator_tag: str = ""
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if bool(self.generator) != bool(self.generator_tag):
@@ -59,16 +70,33 @@ class SyntheticSet:
             name += f"-mixup{self.mixup}"
         return name + (f"-{self.generator_tag}" if self.generator_tag else "")
 
+    @property
+    def folder(self) -> str:
+        """Where this seed's copy lives: the key names what it is, the seed which copy."""
+        return f"{self.key}-seed{self.seed}"
+
+    def replicate(self, seed: int) -> SyntheticSet:
+        return replace(self, seed=seed)
+
 
 @dataclass(frozen=True)
 class MeasuredSet:
-    """A real set whose every sample records E_id's similarity to its identity center."""
+    """A real set whose every sample records the judge's similarity to its identity center
+    (the judge trained on none of its images, unlike E_id, which trained on the face world's
+    training set)."""
 
     source: RealSet
 
     @property
     def key(self) -> str:
-        return f"measured-{self.source.key}"
+        return f"measured-judge-{self.source.key}"
+
+    @property
+    def folder(self) -> str:
+        return self.key
+
+    def replicate(self, seed: int) -> MeasuredSet:
+        return self
 
 
 Dataset = RealSet | SyntheticSet | MeasuredSet
@@ -90,8 +118,12 @@ class Cell:
     real: RealSet | None = None
     """SynFace domain mixup with this real set (psi over the 21-value grid)."""
     position: float | None = None
-    """Where the cell sits on its study's curve (its m)."""
+    """Where the cell sits on its study's curve (its requested m; a group's similarity)."""
     tags: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def data_for(self, seed: int) -> Dataset:
+        """The data replicate ``seed`` trains on (its own synthesis; the same real data)."""
+        return self.data.replicate(seed)
 
     @property
     def key(self) -> str:
@@ -110,20 +142,31 @@ def volume(v: VolumeConfig) -> tuple[int, int]:
     return v.identities, v.images_per_identity
 
 
-M_TOLERANCE = 0.005
-"""Half-width of the m selection picking one of a pool's m values."""
+M_TOLERANCE = 0.004
+"""Half-width of the m selection picking one of a pool's m values (at least 0.01 apart)."""
 
 
-def m_study(cfg: ExperimentsConfig) -> list[Cell]:
-    """CemiFace's m study at the first volume: one pool sampled at every m value, each cell
-    the pool's images at one m (equal volume), plus each mixture as its own set."""
+def m_study(cfg: ExperimentsConfig, targets: list[ResolvedTarget]) -> list[Cell]:
+    """CemiFace's m study at the first volume: one pool sampled at every reachable target's m
+    and every listed m, each cell the pool's images at one m (equal volume), plus each mixture
+    as its own set. Cells named by a measured target come first (tagged with it)."""
     identities, images = volume(cfg.volumes[0])
-    pool = SyntheticSet(identities, images * len(cfg.m_values), tuple(cfg.m_values))
-    cells = [Cell("m", f"m = {m:+.2f}", pool, m=(m - M_TOLERANCE, m + M_TOLERANCE), position=m)
-             for m in cfg.m_values]
+    reachable = [t for t in targets if t.m is not None]
+    values = tuple(sorted({*(t.m for t in reachable), *cfg.m_values}, reverse=True))
+    pool = SyntheticSet(identities, images * len(values), values)
+
+    def single(name: str, m: float, tags: dict[str, str]) -> Cell:
+        return Cell("m", name, pool, m=(m - M_TOLERANCE, m + M_TOLERANCE), position=m,
+                    tags=tags)
+
+    cells = [single(f"{t.label}: m = {t.m:+.2f}", t.m,
+                    {"axis": t.axis, "target": f"{t.similarity:g}", "named_by": "target"})
+             for t in reachable]
+    cells += [single(f"m = {m:+.2f}", m, {"named_by": "m"}) for m in cfg.m_values]
     for mixture in cfg.m_mixtures:
         label = "mix {" + ", ".join(f"{m:+.2f}" for m in mixture) + "}"
-        cells.append(Cell("m", label, SyntheticSet(identities, images, tuple(mixture))))
+        cells.append(Cell("m", label, SyntheticSet(identities, images, tuple(mixture)),
+                          tags={"named_by": "mixture"}))
     return cells
 
 
@@ -150,10 +193,11 @@ lambda = 0 one, and the similarity-matched one trained with the lambda = 0 one's
 
 
 def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
-    """The paper's ablation: the lambda = 0 generator's data against the similarity-matched
-    generator's, all sampled at the best m at the first volume. With
-    ``lambda0_reference_checkpoint``, also the similarity-matched generator trained exactly as
-    the lambda = 0 one (recipe, steps, data, E_id): the comparison that isolates lambda."""
+    """The paper's ablation at the first volume and ``best_m`` (the m study's best cell below
+    m = +1, where the two objectives differ: at m = +1 both only keep the identity): the
+    lambda = 0 generator's data against the experiments' generator's and, with
+    ``lambda0_reference_checkpoint``, against the similarity-matched generator trained exactly
+    as the lambda = 0 one (recipe, steps, data, E_id): the comparison that isolates lambda."""
     experiments, lambda0, equal = LAMBDA0_ROLES
     cells = [Cell("lambda0", "similarity-matched (lambda > 0)", best_m_set(cfg, best_m),
                   tags={"generator": experiments}),
@@ -170,31 +214,47 @@ def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
 
 
 def synface_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
-    """SynFace's two mixups at the first volume and the best m: identity mixup (soft labels)
-    with ``mixup_share`` of the identities mixed, and domain mixup with a small real share."""
+    """SynFace's two mixups at the first volume and the best m. Identity mixup as SynFace ran
+    it: the same N base identities, plain and with ``mixup_share`` x N mixed identities (made
+    from them, soft labels) added, once at the same images per identity (more images) and once
+    at equal images (fewer per identity, the total as the plain set's); and domain mixup with a
+    small real share."""
     plain = best_m_set(cfg, best_m)
-    mixed = round(plain.identities * cfg.mixup_share)
+    base, images = plain.identities, plain.images
+    mixed = max(1, round(base * cfg.mixup_share))
+    equal = max(2, round(images * base / (base + mixed)))
     real = RealSet(*volume(cfg.real_share))
     return [
-        Cell("synface", "plain identities", plain),
-        Cell("synface", f"identity mixup ({mixed} of {plain.identities} identities)",
-             best_m_set(cfg, best_m, identities=plain.identities - mixed, mixup=mixed)),
+        Cell("synface", f"plain: {base} identities x {images}", plain),
+        Cell("synface", f"identity mixup added: {base} + {mixed} mixed identities x {images}",
+             best_m_set(cfg, best_m, mixup=mixed), tags={"mixup": "added"}),
+        Cell("synface", f"identity mixup at equal images: {base} + {mixed} mixed identities "
+                        f"x {equal} ({(base + mixed) * equal} images)",
+             replace(plain, images=equal, mixup=mixed), tags={"mixup": "equal images"}),
         Cell("synface", f"domain mixup with {real.identities}x{real.images} real", plain,
-             real=real),
+             real=real, tags={"mixup": "domain"}),
     ]
 
 
-def gtr_study(cfg: ExperimentsConfig, best_m: float,
+def gtr_study(cfg: ExperimentsConfig, best_m: float, top_m: float,
               synthetic_identities: dict[int, int]) -> list[Cell]:
     """GtR at each volume: the real subset against the synthetic set of the best m with as many
-    identities as synthesis could give (``synthetic_identities``: asked -> got) and images."""
+    identities as synthesis could give (``synthetic_identities``: asked -> got) and images;
+    where the best m is not the most similar one (``top_m``), also the set at ``top_m``, which
+    splits the gap into what the most similar data loses against real data and what the
+    chosen difficulty gains over it."""
     cells = []
     for v in cfg.volumes:
         identities, images = volume(v)
         got = synthetic_identities.get(identities, identities)
+        tags = {"volume": f"{got}x{images}"}
         cells.append(Cell("gtr", f"real {got}x{images}", RealSet(got, images),
-                          tags={"volume": f"{got}x{images}", "side": "real"}))
-        cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {best_m:+.2f})",
+                          tags={**tags, "side": "real"}))
+        cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {best_m:+.2f}, chosen)",
                           best_m_set(cfg, best_m, identities=identities),
-                          tags={"volume": f"{got}x{images}", "side": "synthetic"}))
+                          tags={**tags, "side": "synthetic"}))
+        if abs(top_m - best_m) > M_TOLERANCE:
+            cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {top_m:+.2f}, most similar)",
+                              best_m_set(cfg, top_m, identities=identities),
+                              tags={**tags, "side": "most similar"}))
     return cells

@@ -13,11 +13,13 @@ import json
 import numpy as np
 
 from factory import layout, storage
+from factory.checkpoints.recognizer import load_judge
 from factory.config import FactoryConfig
 from factory.errors import UserError
 from factory.experiments.cells import Dataset, MeasuredSet, RealSet, SyntheticSet
 from factory.formats.dataset import open_dataset
 from factory.formats.recordio import write_insightface_rec
+from factory.synth.judged import judged_inquiries
 from factory.synth.measure import measure_pool
 from factory.synth.layout import MANIFEST_FILE
 from factory.synth.reader import read_manifest
@@ -28,7 +30,7 @@ IDENTITIES_PER_SHARD = 50
 
 
 def data_uri(config: FactoryConfig, dataset: Dataset) -> str:
-    return storage.join(config.workdir, "data", dataset.key)
+    return storage.join(config.workdir, "data", dataset.folder)
 
 
 def make_dataset(config: FactoryConfig, dataset: Dataset, cli_address: str | None) -> str:
@@ -68,15 +70,19 @@ def make_real_subset(config: FactoryConfig, subset: RealSet) -> str:
 
 
 def make_measured_set(config: FactoryConfig, measured: MeasuredSet) -> str:
-    """The real subset measured with E_id (the generator's identity encoder) into shards that
-    record each sample's similarity to its identity center."""
+    """The real subset measured with the judge (which trained on none of its images) into
+    shards that record each sample's similarity to its identity center."""
     out = data_uri(config, measured)
     if storage.exists(storage.join(out, MANIFEST_FILE)):
         return out
+    if not config.judge.checkpoint:
+        raise UserError("judge.checkpoint: empty; the similarity groups are measured by the "
+                        "judge (E_id trained on these very images)")
     source = make_real_subset(config, measured.source)
     measuring = config.model_copy(deep=True)
     measuring.sweep.measure.data = source
-    measuring.sweep.measure.encoder = layout.synthesis_checkpoint_uri(config)
+    measuring.sweep.measure.encoder = config.judge.checkpoint
+    measuring.sweep.measure.encoder_backbone = config.judge.backbone
     measure_pool(measuring, out)
     return out
 
@@ -99,10 +105,28 @@ def make_synthetic_set(config: FactoryConfig, synthetic: SyntheticSet,
     cfg.m.kind = "values"
     cfg.m.values = list(synthetic.m_values)
     cfg.identities_per_shard = IDENTITIES_PER_SHARD
+    cfg.seed = synthetic.seed
     cfg.privacy.real_data = (cfg.privacy.real_data
                              or storage.join(layout.faceworld_uri(config), "train"))
     synthesize(run, cli_address=cli_address)
     return out
+
+
+def judged_similarity(config: FactoryConfig, uri: str) -> dict[str, dict[str, float]]:
+    """Per requested m of a synthetic set: the judge's mean, std and count of its plain
+    samples' cosine to their inquiry image (what the m study's cells are placed by)."""
+    judge = load_judge(config.judge)
+    if judge is None:
+        raise UserError("judge.checkpoint: empty; the experiments measure every synthetic set "
+                        "with the judge (assets/faceworld-judge for the face world)")
+    manifest = read_manifest(uri)
+    _, metadata, plain, to_inquiry = judged_inquiries(judge, uri, manifest,
+                                                      layout.synthesis_inquiry_uri(config))
+    requested = np.array([float(meta["m"]) for meta in metadata])[plain]
+    return {f"{m:+.2f}": {"mean": round(float(to_inquiry[requested == m].mean()), 4),
+                          "std": round(float(to_inquiry[requested == m].std()), 4),
+                          "n": int((requested == m).sum())}
+            for m in np.unique(requested)}
 
 
 def synthetic_identities(uri: str) -> int:

@@ -1,10 +1,15 @@
 """``factory experiments``: the face-world studies, cell by cell and seed by seed, resumably.
 
 Order: the m study first (its best m, chosen on the validation benchmarks' AVG, is what the
-lambda = 0, SynFace and GtR studies synthesise at), then the similarity groups, lambda = 0,
-SynFace and GtR. Each finished run's figures go into ``<workdir>/results.json`` at once
-(written atomically), and a rerun skips every run found there; a run interrupted mid-training
-resumes from its own Ray Train checkpoints. The page's folder gets a copy of that file beside
+SynFace and GtR studies synthesise at, and its best m below +1 the lambda = 0 study's), then the
+similarity groups, lambda = 0, SynFace and GtR. The m study's cells named by measured
+similarity are resolved first (:mod:`factory.experiments.targets`) and kept in results.json
+with the real scale they were read on. Every replicate synthesises its own data (synthesis seed
+= the replicate's seed) and trains with its own seed; every synthetic set is measured by the
+judge, which places its cells on the measured axis. Each finished run's figures, with the code
+version that made them, go into ``<workdir>/results.json`` at once (written atomically), and a
+rerun skips every run found there; a run interrupted mid-training resumes from its own Ray
+Train checkpoints. The page's folder gets a copy of that file beside
 the page, the published record; it is never read back, so a clean checkout reproduces every
 run instead of returning the committed figures. Every run trains the config's ``recognizer``
 recipe with its own seed, selects nothing, and is evaluated on the validation benchmarks during
@@ -17,20 +22,28 @@ import json
 import time
 from typing import Any
 
-from factory import storage
+from factory import layout, storage
 from factory.config import EXPERIMENT_STUDIES, FactoryConfig
 from factory.errors import UserError
 from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
 from factory.experiments.cells import (
     Cell,
+    SyntheticSet,
     group_study,
     gtr_study,
     lambda0_study,
     m_study,
     synface_study,
 )
-from factory.experiments.data import make_dataset, make_real_subset, synthetic_identities
+from factory.experiments.data import (
+    judged_similarity,
+    make_dataset,
+    make_real_subset,
+    synthetic_identities,
+)
+from factory.experiments.targets import ResolvedTarget, from_records, resolve_targets, spec_text
 from factory.faceworld.build import build_faceworld
+from factory.formats.shard_metadata import read_dataset_metadata
 from factory.provenance import code_version
 from factory.sweep.space import similarity_groups
 from factory.train.recognizer import train_recognizer
@@ -48,6 +61,7 @@ def small_preset(config: FactoryConfig) -> FactoryConfig:
     exp, preset = small.experiments, config.experiments.small
     exp.seeds, exp.volumes, exp.m_values = list(preset.seeds), list(preset.volumes), \
         list(preset.m_values)
+    exp.m_targets = [target.model_copy() for target in preset.m_targets]
     exp.similarity_groups = preset.similarity_groups
     exp.out = storage.join(config.experiments.out, SMALL_FOLDER)
     small.recognizer.optimizer.epochs = preset.epochs
@@ -74,13 +88,24 @@ class Results:
     def runs(self) -> dict[str, dict[str, Any]]:
         return self.document["runs"]
 
-    def record_cell(self, cell: Cell, uri: str, seeds: list[int]) -> None:
-        entry = {"study": cell.study, "name": cell.name, "key": cell.key, "data": uri,
-                 "position": cell.position, "tags": cell.tags,
+    @property
+    def measured(self) -> dict[str, dict[str, Any]]:
+        """The judge's similarity to the inquiry per requested m, per synthetic data folder."""
+        return self.document.setdefault("measured", {})
+
+    def record_cell(self, cell: Cell, data: dict[int, str], seeds: list[int],
+                    judge: dict[str, float] | None = None) -> None:
+        entry = {"study": cell.study, "name": cell.name, "key": cell.key,
+                 "data": {str(seed): uri for seed, uri in data.items()},
+                 "position": cell.position, "tags": cell.tags, "judge_similarity": judge,
                  "runs": [run_name(cell, seed) for seed in seeds]}
-        self.document["cells"] = [c for c in self.document["cells"]
-                                  if (c["study"], c["name"]) != (cell.study, cell.name)]
-        self.document["cells"].append(entry)
+        cells = self.document["cells"]
+        at = next((i for i, c in enumerate(cells)
+                   if (c["study"], c["name"]) == (cell.study, cell.name)), None)
+        if at is None:
+            cells.append(entry)
+        else:
+            cells[at] = entry
         self.save()
 
     def record_run(self, name: str, figures: dict[str, Any]) -> None:
@@ -108,7 +133,8 @@ def figures_of(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
     if TEST_AVERAGE not in kept or VALIDATION_AVERAGE not in kept:
         raise UserError("experiments: a run ended without validation and test accuracies "
                         "(does the face world have both benchmark sets?)")
-    return {**kept, "epoch": int(metrics.get("epoch", -1)), "seconds": round(seconds, 1)}
+    return {**kept, "epoch": int(metrics.get("epoch", -1)), "seconds": round(seconds, 1),
+            "code_version": code_version()}
 
 
 def train_cell(config: FactoryConfig, cell: Cell, uri: str, seed: int,
@@ -130,12 +156,17 @@ def train_cell(config: FactoryConfig, cell: Cell, uri: str, seed: int,
     return figures_of(result.metrics, time.perf_counter() - started)
 
 
-def best_m(results: Results, config: FactoryConfig) -> float:
-    """The single m value whose cells have the best mean validation AVG (never test)."""
+def best_m(results: Results, config: FactoryConfig, below_top: bool = False) -> float:
+    """The single m whose m-study cells have the best mean validation AVG (never test); with
+    ``below_top``, the best below the most similar m (the lambda = 0 study's: at m = +1 the two
+    objectives coincide)."""
+    cells = [cell for cell in m_study(config.experiments, targets_of(results))
+             if cell.position is not None]
+    top = max((cell.position for cell in cells), default=None)
     best: tuple[float, float] | None = None
-    for cell in m_study(config.experiments):
+    for cell in cells:
         runs = [results.runs.get(run_name(cell, seed)) for seed in config.experiments.seeds]
-        if cell.position is None or not all(runs):
+        if not all(runs) or (below_top and cell.position == top):
             continue
         mean = sum(r[VALIDATION_AVERAGE] for r in runs) / len(runs)
         if best is None or mean > best[0]:
@@ -143,48 +174,141 @@ def best_m(results: Results, config: FactoryConfig) -> float:
     if best is None:
         raise UserError("experiments.studies: the later studies synthesise at the m study's best "
                         "m; run the m study first (add 'm' to experiments.studies)")
-    results.document["chosen"]["best_m"] = {"m": best[1], "validation_avg": best[0]}
+    key = "best_m_below_top" if below_top else "best_m"
+    results.document["chosen"][key] = {"m": best[1], "validation_avg": best[0]}
     return best[1]
+
+
+def top_m(results: Results, config: FactoryConfig) -> float:
+    """The m study's most similar m (its highest)."""
+    return max(cell.position for cell in m_study(config.experiments, targets_of(results))
+               if cell.position is not None)
+
+
+def targets_of(results: Results) -> list[ResolvedTarget]:
+    return from_records(results.document.get("targets", {}).get("resolved", []))
+
+
+def resolve_once(config: FactoryConfig, results: Results) -> None:
+    """Resolve the m study's targets (and measure the real scale) unless results.json holds
+    them for the same targets and generator: the cells' m, hence their data, stay fixed."""
+    checkpoint = layout.synthesis_checkpoint_uri(config)
+    asked = {"checkpoint": checkpoint,
+             "targets": [[t.axis, spec_text(t)] for t in config.experiments.m_targets]}
+    held = results.document.get("targets", {})
+    if {key: held.get(key) for key in asked} == asked:
+        return
+    resolved, scale = resolve_targets(config, config.experiments.m_targets, checkpoint)
+    results.document["targets"] = {**asked, "resolved": [t.record() for t in resolved]}
+    results.document["scale"] = scale
+    for target in resolved:
+        reach = (f"m = {target.m:+.2f}" if target.m is not None else
+                 f"out of reach ({target.reachable[0]:.2f} .. {target.reachable[1]:.2f})")
+        print(f"experiments: target {target.label}: {reach}", flush=True)
+    results.save()
+
+
+def cell_similarity(cell: Cell, measured: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The judge's mean similarity to the inquiry of the images a synthetic cell trains on,
+    over its replicates (the within-set std averaged), from each replicate's per-m figures."""
+    picked = []
+    for per_m in measured:
+        entries = ([per_m[f"{cell.position:+.2f}"]] if cell.m is not None
+                   else list(per_m.values()))
+        n = sum(e["n"] for e in entries)
+        if n:
+            picked.append((sum(e["mean"] * e["n"] for e in entries) / n,
+                           sum(e["std"] * e["n"] for e in entries) / n))
+    if not picked:
+        return None
+    return {"mean": round(sum(p[0] for p in picked) / len(picked), 4),
+            "std": round(sum(p[1] for p in picked) / len(picked), 4), "replicates": len(picked)}
+
+
+def group_similarity(uri: str, bounds: tuple[float, float]) -> dict[str, float]:
+    """The judge's mean similarity to center of a similarity group's samples."""
+    values = read_dataset_metadata(uri, ["similarity_center"])["similarity_center"].to_numpy()
+    chosen = values[(values >= bounds[0]) & (values <= bounds[1])]
+    return {"mean": round(float(chosen.mean()), 4), "std": round(float(chosen.std()), 4),
+            "replicates": 1}
 
 
 def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
               cli_address: str | None) -> None:
     exp = config.experiments
+
+    def measure(data: SyntheticSet, uri: str) -> dict[str, Any]:
+        if data.folder not in results.measured:
+            results.measured[data.folder] = judged_similarity(config, uri)
+        return results.measured[data.folder]
+
     for cell in cells:
-        uri = make_dataset(config, cell.data, cli_address)
+        similarity = None
         if cell.group is not None:
+            uri = make_dataset(config, cell.data, cli_address)
             bounds = similarity_groups(uri, exp.similarity_groups)[cell.group]
+            similarity = group_similarity(uri, (bounds[0], bounds[1]))
             cell = Cell(cell.study, f"{cell.name}: similarity {bounds[0]:.2f} .. {bounds[1]:.2f}",
                         cell.data, similarity=(bounds[0], bounds[1]), group=cell.group,
-                        position=(bounds[0] + bounds[1]) / 2)
-        results.record_cell(cell, uri, exp.seeds)
+                        position=similarity["mean"])
+        data: dict[int, str] = {}
+        measured: list[dict[str, Any]] = []
         for seed in exp.seeds:
+            replicate = cell.data_for(seed)
+            data[seed] = make_dataset(config, replicate, cli_address)
+            if isinstance(replicate, SyntheticSet):
+                measured.append(measure(replicate, data[seed]))
+                similarity = cell_similarity(cell, measured)
+            results.record_cell(cell, data, exp.seeds, similarity)
             name = run_name(cell, seed)
             if name in results.runs:
                 continue
             print(f"== experiments: {cell.study}: {cell.name}, seed {seed}", flush=True)
-            results.record_run(name, train_cell(config, cell, uri, seed, cli_address))
+            results.record_run(name, train_cell(config, cell, data[seed], seed, cli_address))
 
 
 def study_cells(config: FactoryConfig, study: str, results: Results,
                 cli_address: str | None) -> list[Cell]:
     exp = config.experiments
     if study == "m":
-        return m_study(exp)
+        return m_study(exp, targets_of(results))
     if study == "similarity_groups":
         return group_study(exp)
-    chosen = best_m(results, config)
     if study == "lambda0":
-        return lambda0_study(exp, chosen)
+        return lambda0_study(exp, best_m(results, config, below_top=True))
+    chosen = best_m(results, config)
     if study == "synface":
         return synface_study(exp, chosen)
+    top = top_m(results, config)
     got = {}
-    for cell in gtr_study(exp, chosen, {}):
+    for cell in gtr_study(exp, chosen, top, {}):
         if cell.tags.get("side") == "synthetic":
-            uri = make_dataset(config, cell.data, cli_address)
+            uri = make_dataset(config, cell.data_for(exp.seeds[0]), cli_address)
             got[cell.data.identities] = synthetic_identities(uri)
     results.document["chosen"]["gtr_identities"] = {str(k): v for k, v in got.items()}
-    return gtr_study(exp, chosen, got)
+    return gtr_study(exp, chosen, top, got)
+
+
+def describe_generators(config: FactoryConfig) -> dict[str, Any]:
+    """Each generator the studies synthesise with: its objective, steps and code version (from
+    its generator.json) and the sampler synthesis runs it with."""
+    from factory.checkpoints.encoder import checkpoint_meta
+
+    exp = config.experiments
+    roles = {"experiments": layout.synthesis_checkpoint_uri(config)}
+    if "lambda0" in exp.studies:
+        roles |= {"lambda0": exp.lambda0_checkpoint, "equal budget":
+                  exp.lambda0_reference_checkpoint}
+    described = {}
+    for role, uri in roles.items():
+        if not uri or not storage.exists(uri):
+            continue
+        record = checkpoint_meta(uri)
+        described[role] = {"checkpoint": uri, "step": record.get("step"),
+                           "objective": record.get("objective"),
+                           "code_version": record.get("code_version"),
+                           "sampling": config.synthesis.sampling.model_dump(mode="json")}
+    return described
 
 
 def run_experiments(config: FactoryConfig, cli_address: str | None = None,
@@ -222,6 +346,8 @@ def run_experiments(config: FactoryConfig, cli_address: str | None = None,
     build_faceworld(config)
     results = Results(config)
     results.document["left_out"] = left_out
+    results.document["generators"] = describe_generators(config)
+    resolve_once(config, results)
     started = time.perf_counter()
     for study in EXPERIMENT_STUDIES:
         if study not in exp.studies or (only and study not in only):

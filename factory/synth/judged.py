@@ -80,6 +80,27 @@ def judge_samples(dataset: str, plain: np.ndarray, to_inquiry: np.ndarray,
         "judge_similarity_center": pa.array(to_center, pa.float64())}, schema=JUDGE_SCHEMA)
 
 
+def judged_inquiries(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
+                     inquiry_uri: str) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray,
+                                                np.ndarray]:
+    """Every synthetic sample's judge embedding and metadata, which samples are of plain
+    identities with an inquiry image (``plain``), and those samples' cosine to their inquiry
+    image, in ``plain`` order."""
+    embeddings, metadata = synthetic_embeddings(judge, judge.input_size, dataset, manifest)
+    inquiry = open_dataset(inquiry_uri)
+    firsts = {identity_name(inquiry, label): index
+              for label, index in first_index_per_identity(inquiry).items()}
+    plain = np.array([not meta.get("mixup") and meta["inquiry"] in firsts for meta in metadata],
+                     dtype=bool)
+    names = sorted({meta["inquiry"] for meta, keep in zip(metadata, plain) if keep})
+    inquiry_rows = {name: row for row, name in enumerate(names)}
+    inquiry_embeddings = _embed(judge, [inquiry.image(firsts[name]) for name in names])
+    to_inquiry = np.array([
+        float(embeddings[i] @ inquiry_embeddings[inquiry_rows[metadata[i]["inquiry"]]])
+        for i in np.flatnonzero(plain)])
+    return embeddings, metadata, plain, to_inquiry
+
+
 def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any],
                    inquiry_uri: str, real_uri: str, threshold: float,
                    false_match: tuple[ThresholdEstimate | None, str]
@@ -87,19 +108,13 @@ def judged_dataset(judge: torch.nn.Module, dataset: str, manifest: dict[str, Any
     """The judge's figures for one dataset (see the module docstring), and its per-sample
     similarities (:func:`judge_samples`); ``false_match`` is the judge's own impostor threshold
     for the per-sample check (or None and why not)."""
-    embeddings, metadata = synthetic_embeddings(judge, judge.input_size, dataset, manifest)
+    embeddings, metadata, plain, to_inquiry = judged_inquiries(judge, dataset, manifest,
+                                                               inquiry_uri)
     labels = np.array([int(meta["label"]) for meta in metadata])
     requested = np.array([float(meta["m"]) for meta in metadata])
     inquiry = open_dataset(inquiry_uri)
     firsts = {identity_name(inquiry, label): index
               for label, index in first_index_per_identity(inquiry).items()}
-    plain = np.array([not meta.get("mixup") and meta["inquiry"] in firsts for meta in metadata])
-    names = sorted({meta["inquiry"] for meta, keep in zip(metadata, plain) if keep})
-    inquiry_rows = {name: row for row, name in enumerate(names)}
-    inquiry_embeddings = _embed(judge, [inquiry.image(firsts[name]) for name in names])
-    to_inquiry = np.array([
-        float(embeddings[i] @ inquiry_embeddings[inquiry_rows[metadata[i]["inquiry"]]])
-        for i in np.flatnonzero(plain)])
     centers, center_labels = _centers(embeddings, labels)
     rows = np.searchsorted(center_labels, labels)
     to_center = (embeddings * centers[rows]).sum(1)

@@ -1,5 +1,7 @@
-"""``factory experiments``: which cells the studies train, that choices read validation only,
-that the page's verdicts follow the seeds' spread, and that a rerun trains nothing twice."""
+"""``factory experiments``: which cells the studies train, that every replicate has its own
+synthetic data, that measured targets become m through the compliance curve, that choices read
+validation only, that the page's verdicts follow the replicates' spread, and that a rerun trains
+nothing twice."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from factory.config import FactoryConfig, load_config
 from factory.errors import UserError
 from factory.eval.benchmarks import TEST_AVERAGE, VALIDATION_AVERAGE
 from factory.experiments import run as run_module
+from factory.experiments import targets as targets_module
 from factory.experiments.cells import (
     LAMBDA0_ROLES,
+    MeasuredSet,
     RealSet,
     SyntheticSet,
     gtr_study,
@@ -20,39 +24,72 @@ from factory.experiments.cells import (
     m_study,
     synface_study,
 )
-from factory.experiments.page import Summary, findings, verdict, write_page
-from factory.experiments.run import Results, best_m, run_name, small_preset
+from factory.experiments.page import Summary, findings, gtr_lines, verdict, write_page
+from factory.experiments.run import Results, best_m, cell_similarity, run_name, small_preset
+from factory.experiments.targets import ResolvedTarget, resolve_targets
 
 CONFIG = "configs/experiments/faceworld.yaml"
+REACH = (-0.53, 0.92)
+TARGETS = [ResolvedTarget("judge", "genuine:p25", 0.88, 0.96, REACH),
+           ResolvedTarget("judge", "genuine:p50", 0.92, None, REACH),
+           ResolvedTarget("judge", "0.5", 0.5, 0.46, REACH)]
 
 
 def test_the_m_study_selects_equal_volumes_from_one_pool():
     exp = load_config(CONFIG).experiments
-    cells = m_study(exp)
+    cells = m_study(exp, TARGETS)
     singles = [c for c in cells if c.position is not None]
-    assert [c.position for c in singles] == exp.m_values
+    # the reachable targets first, named by what they measure; the out-of-reach one has no cell
+    assert [c.position for c in singles] == [0.96, 0.46, *exp.m_values]
+    assert singles[0].name == "judge 0.88 (real genuine 25th percentile): m = +0.96"
+    assert singles[0].tags == {"axis": "judge", "target": "0.88", "named_by": "target"}
     pool = singles[0].data
     assert all(c.data == pool for c in singles)  # one synthesis serves every single m
-    assert pool.images == 16 * len(exp.m_values) and pool.identities == 200
-    for cell in singles:
+    values = sorted({0.96, 0.46, *exp.m_values}, reverse=True)
+    assert pool.m_values == tuple(values) and pool.images == 16 * len(values)
+    assert pool.identities == 200
+    for cell in singles:  # each selection holds exactly one of the pool's values
         low, high = cell.m
-        assert low < cell.position < high and high - low < 0.05  # exactly one of the values
+        assert [m for m in values if low <= m <= high] == [cell.position]
     mixture = cells[-1]
     assert mixture.data.m_values == (0.0, 1.0) and mixture.data.images == 16
+
+
+def test_every_replicate_synthesises_its_own_data_and_shares_the_real_data():
+    exp = load_config(CONFIG).experiments
+    cell = m_study(exp, [])[0]
+    copies = [cell.data_for(seed) for seed in exp.seeds]
+    assert [c.seed for c in copies] == exp.seeds
+    assert len({c.folder for c in copies}) == len(exp.seeds)  # one folder per replicate
+    assert len({c.key for c in copies}) == 1  # ... of the same cell, whose runs share a name
+    real = RealSet(200, 16)
+    measured = MeasuredSet(real)
+    assert {real.replicate(s) for s in exp.seeds} == {real}
+    assert {measured.replicate(s).folder for s in exp.seeds} == {"measured-judge-real-200x16"}
 
 
 def test_cells_that_train_the_same_thing_share_data_and_runs():
     exp = load_config(CONFIG).experiments
     matched = lambda0_study(exp, 0.0)[0]
     plain = synface_study(exp, 0.0)[0]
-    synthetic_200 = [c for c in gtr_study(exp, 0.0, {}) if c.tags["side"] == "synthetic"][0]
+    synthetic_200 = [c for c in gtr_study(exp, 0.0, 1.0, {})
+                     if c.tags["side"] == "synthetic"][0]
     assert matched.key == plain.key == synthetic_200.key
     lambda0 = lambda0_study(exp, 0.0)[1]
     assert lambda0.key != matched.key and lambda0.data.generator == exp.lambda0_checkpoint
-    mixup = synface_study(exp, 0.0)[1]
-    assert mixup.data.identities + mixup.data.mixup == plain.data.identities  # equal volume
-    domain = synface_study(exp, 0.0)[2]
+    domain = synface_study(exp, 0.0)[3]
     assert domain.data == plain.data and domain.real == RealSet(20, 16)
+
+
+def test_identity_mixup_adds_mixed_identities_of_the_same_base_identities():
+    exp = load_config(CONFIG).experiments  # mixup_share 1.0: one mixed per base identity
+    plain, added, equal, _ = synface_study(exp, 0.0)
+    assert (plain.data.identities, plain.data.mixup, plain.data.images) == (200, 0, 16)
+    assert (added.data.identities, added.data.mixup, added.data.images) == (200, 200, 16)
+    assert (equal.data.identities, equal.data.mixup, equal.data.images) == (200, 200, 8)
+    total = (equal.data.identities + equal.data.mixup) * equal.data.images
+    assert total == plain.data.identities * plain.data.images  # equal images
+    assert "(3200 images)" in equal.name
 
 
 def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
@@ -71,7 +108,7 @@ def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
     config.experiments.out = str(tmp_path)
     results = Results(config)
     for cell, test in zip((matched, lambda0, equal), (82.0, 75.0, 76.0)):
-        results.record_cell(cell, "data", [0, 1, 2])
+        results.record_cell(cell, {}, [0, 1, 2])
         for seed in (0, 1, 2):
             results.record_run(run_name(cell, seed), {VALIDATION_AVERAGE: test,
                                                       TEST_AVERAGE: test + 0.1 * seed,
@@ -84,11 +121,69 @@ def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
 
 def test_gtr_matches_the_real_side_to_the_identities_synthesis_gave():
     exp = load_config(CONFIG).experiments
-    cells = gtr_study(exp, 0.0, {1000: 612})
+    cells = gtr_study(exp, 0.0, 0.0, {1000: 612})
     real = {c.tags["volume"]: c.data for c in cells if c.tags["side"] == "real"}
     assert real == {"200x16": RealSet(200, 16), "612x16": RealSet(612, 16)}
     synthetic = [c.data for c in cells if c.tags["side"] == "synthetic"]
     assert synthetic[1] == SyntheticSet(1000, 16, (0.0,))
+    assert not [c for c in cells if c.tags["side"] == "most similar"]
+
+
+def test_gtr_adds_the_most_similar_cell_to_split_the_gap(tmp_path):
+    exp = load_config(CONFIG).experiments
+    cells = gtr_study(exp, 0.46, 1.0, {})
+    similar = [c.data for c in cells if c.tags["side"] == "most similar"]
+    assert similar == [SyntheticSet(200, 16, (1.0,)), SyntheticSet(1000, 16, (1.0,))]
+    config = FactoryConfig()
+    config.workdir = str(tmp_path / "work")
+    results = Results(config)
+    for cell in cells[:3]:  # real 90, chosen 84, most similar 80 at 200x16
+        results.record_cell(cell, {}, [0, 1])
+        score = {"real": 90.0, "synthetic": 84.0, "most similar": 80.0}[cell.tags["side"]]
+        for seed in (0, 1):
+            results.record_run(run_name(cell, seed), {VALIDATION_AVERAGE: score,
+                                                      TEST_AVERAGE: score + seed,
+                                                      "seconds": 1.0})
+    lines = gtr_lines(results.document)
+    assert "**GtR 6.00 +- 0.71** points (s.e.); goal <= 5: not met" in lines[0]
+    assert "trails real data by 10.00 +- 0.71" in lines[1]
+    assert "gains +4.00 +- 0.71 over it" in lines[1]
+
+
+def test_measured_targets_become_m_through_the_shipped_compliance_curve(monkeypatch):
+    """Percentiles of the real genuine scores and fixed similarities resolve through the
+    shipped generator's judge curve (0.916 at m = +1, 0.540 at m = +0.5); one above the curve
+    is kept, out of reach, with no m."""
+    config = load_config(CONFIG)
+    genuine = [0.85 + 0.001 * i for i in range(101)]  # percentile p is 0.85 + 0.001 p
+    monkeypatch.setattr(targets_module, "load_encoders", lambda config, checkpoint: {})
+    monkeypatch.setattr(targets_module, "real_scale", lambda config, encoders: {
+        "judge": {"genuine": genuine, "impostor": [0.0], "thresholds": {}}})
+    targets = load_config(CONFIG, ["experiments.m_targets=[{at: 'genuine:p90'}, "
+                                   "{at: 'genuine:p10'}, {at: 0.728}]"]).experiments.m_targets
+    resolved, scale = resolve_targets(config, targets, "assets/faceworld-generator")
+    assert [t.similarity for t in resolved] == [0.94, 0.86, 0.728]
+    assert resolved[0].m is None and resolved[0].reachable[1] == pytest.approx(0.9162, abs=1e-4)
+    # 0.86 and 0.728 lie between the curve's m = +0.5 (0.540) and m = +1 (0.916) points
+    assert resolved[1].m == pytest.approx(0.5 + 0.5 * (0.86 - 0.5402) / (0.9162 - 0.5402),
+                                          abs=0.006)
+    assert resolved[2].m == pytest.approx(0.75, abs=0.006)
+    assert all(round(t.m * 100) == t.m * 100 for t in resolved[1:])  # on the 0.01 grid
+    assert resolved[1].label == "judge 0.86 (real genuine 10th percentile)"
+    assert scale["judge"]["genuine"] is genuine
+
+
+def test_a_cell_is_placed_by_the_judge_over_its_replicates():
+    exp = load_config(CONFIG).experiments
+    single = m_study(exp, [])[0]  # m = +1.00 of the pool
+    mixture = m_study(exp, [])[-1]
+    per_seed = [{"+1.00": {"mean": 0.9, "std": 0.1, "n": 10},
+                 "+0.00": {"mean": 0.1, "std": 0.2, "n": 30}},
+                {"+1.00": {"mean": 0.8, "std": 0.1, "n": 10},
+                 "+0.00": {"mean": 0.1, "std": 0.2, "n": 30}}]
+    assert cell_similarity(single, per_seed) == {"mean": 0.85, "std": 0.1, "replicates": 2}
+    assert cell_similarity(mixture, per_seed[:1]) == {"mean": 0.3, "std": 0.175,
+                                                      "replicates": 1}
 
 
 def test_the_small_preset_has_its_own_folders():
@@ -96,8 +191,14 @@ def test_the_small_preset_has_its_own_folders():
     small = small_preset(config)
     assert small.workdir != config.workdir and small.experiments.out.endswith("/small")
     assert small.experiments.seeds == [0, 1, 2]
+    assert small.experiments.m_targets == config.experiments.small.m_targets
     assert small.recognizer.optimizer.epochs == config.experiments.small.epochs
     assert [v.label() for v in small.experiments.volumes] == ["100x8"]
+
+
+def fake_judge(config, uri):
+    """The judge's per-m figures of a synthetic set, without a set."""
+    return {f"{m:+.2f}": {"mean": m, "std": 0.1, "n": 4} for m in (1.0, 0.5, 0.0, -0.25)}
 
 
 def _results(tmp_path, runs: dict[str, tuple[float, float]]) -> Results:
@@ -116,7 +217,7 @@ def test_the_best_m_is_chosen_on_validation_never_on_test(tmp_path):
     config.workdir = str(tmp_path / "work")
     config.experiments.out = str(tmp_path)
     config.experiments.m_values = [1.0, 0.0]
-    one, zero = m_study(config.experiments)[:2]
+    one, zero = m_study(config.experiments, [])[:2]
     # validation prefers m = 1, test prefers m = 0: the choice must follow validation
     runs = {run_name(one, s): (80.0, 60.0) for s in config.experiments.seeds}
     runs |= {run_name(zero, s): (70.0, 90.0) for s in config.experiments.seeds}
@@ -148,30 +249,39 @@ def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
     config.experiments.m_values = [1.0, 0.0]
     config.experiments.m_mixtures = []
     results = Results(config)
-    for cell, (validation, test) in zip(m_study(config.experiments), [(70, 71), (80, 81)]):
-        results.record_cell(cell, "data", config.experiments.seeds)
+    for cell, (validation, test) in zip(m_study(config.experiments, []), [(70, 71), (80, 81)]):
+        results.record_cell(cell, {}, config.experiments.seeds,
+                            {"mean": cell.position * 0.9, "std": 0.1, "replicates": 3})
         for seed in config.experiments.seeds:
             results.record_run(run_name(cell, seed), {VALIDATION_AVERAGE: validation + seed,
                                                       TEST_AVERAGE: test + seed,
                                                       "seconds": 10.0})
     page = write_page(config, results.document)
     text = open(page).read()
-    assert "semi-hard m = 0 trains a better recognizer than easy m = 1: **reproduced**" in text
-    assert "| m = +0.00 | 81.00 +- 1.00 (n=3) | 82.00 +- 1.00 (n=3) | 10 |" in text
+    assert "semi-hard m = 0 trains a better recognizer than easy m = 1 (requested m): " \
+           "**reproduced**" in text
+    assert "a harder cell (m = +0.00, the best below the most similar on validation)" in text
+    assert "| m = +0.00 | 0.00 +- 0.10 | 81.00 +- 1.00 (n=3) | 82.00 +- 1.00 (n=3) | 10 |" in text
+    assert "standard deviation over its replicates" in text and "(s.e.)" in text
     assert (tmp_path / "m.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "work" / "results.json").read_text())["runs"]
-    assert len(findings(results.document)) == 1
+    assert (tmp_path / "measured.png").stat().st_size > 1000  # the measured axis, drawn
+    document = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert document["runs"] and document["cells"][0]["judge_similarity"]["mean"] == 0.9
+    assert len(findings(results.document)) == 2
 
 
 def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
     """Every finished run is in results.json; the next invocation trains none of them again."""
     config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
                                   f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
-                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]"])
+                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]",
+                                  "experiments.m_targets=[]"])
     trained: list[str] = []
     interrupt = [True]
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
     monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
+    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
 
     def fake_train(config, cell, uri, seed, address):
         trained.append(run_name(cell, seed))
@@ -192,10 +302,12 @@ def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
 def test_a_missing_lambda0_generator_stops_only_the_lambda0_study(tmp_path, monkeypatch):
     config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
                                   f"workdir={tmp_path / 'work'}", "experiments.seeds=[0]",
-                                  "experiments.m_mixtures=[]",
+                                  "experiments.m_mixtures=[]", "experiments.m_targets=[]",
                                   f"experiments.lambda0_checkpoint={tmp_path / 'absent'}"])
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
     monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
+    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
     monkeypatch.setattr(run_module, "train_cell", lambda *args: {
         VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0})
     run_module.run_experiments(config, only=["m"])
@@ -212,10 +324,13 @@ def test_the_small_variant_leaves_out_a_missing_lambda0_study_and_says_so(tmp_pa
     config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
                                   f"workdir={tmp_path / 'work'}", "experiments.m_mixtures=[]",
                                   "experiments.studies=[m, lambda0]",
+                                  "experiments.small.m_targets=[]",
                                   f"experiments.lambda0_checkpoint={tmp_path / 'absent'}"])
     studies: list[str] = []
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
     monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
+    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
     monkeypatch.setattr(run_module, "train_cell", lambda config, cell, *args: studies.append(
         cell.study) or {VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0})
     page = run_module.run_experiments(config, small=True)
@@ -232,10 +347,13 @@ def test_a_clean_checkout_reruns_instead_of_reading_the_published_results(tmp_pa
     workdir every run trains again, and the page's copy is rewritten from the new runs."""
     config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
                                   f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
-                                  "experiments.seeds=[0]", "experiments.m_mixtures=[]"])
+                                  "experiments.seeds=[0]", "experiments.m_mixtures=[]",
+                                  "experiments.m_targets=[]"])
     trained: list[str] = []
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
     monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
+    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
     monkeypatch.setattr(run_module, "train_cell", lambda config, cell, uri, seed, address: (
         trained.append(run_name(cell, seed)) or {VALIDATION_AVERAGE: 50.0 + len(trained),
                                                  TEST_AVERAGE: 50.0, "seconds": 1.0}))
