@@ -72,6 +72,7 @@ class ExperimentsPreset(StrictModel):
         VolumeConfig(identities=60, images_per_identity=8)], min_length=1)
     m_values: list[float] = Field(default_factory=lambda: [1.0, 0.0, -0.25], min_length=1)
     m_targets: list[MeasuredTarget] = Field(default_factory=default_targets)
+    m_mixtures: list[list[float]] = Field(default_factory=list)
     epochs: int = Field(4, ge=1)
     similarity_groups: int = Field(3, ge=2)
 

@@ -62,6 +62,7 @@ def small_preset(config: FactoryConfig) -> FactoryConfig:
     exp.seeds, exp.volumes, exp.m_values = list(preset.seeds), list(preset.volumes), \
         list(preset.m_values)
     exp.m_targets = [target.model_copy() for target in preset.m_targets]
+    exp.m_mixtures = [list(mixture) for mixture in preset.m_mixtures]
     exp.similarity_groups = preset.similarity_groups
     exp.out = storage.join(config.experiments.out, SMALL_FOLDER)
     small.recognizer.optimizer.epochs = preset.epochs

@@ -190,10 +190,11 @@ def test_the_small_preset_has_its_own_folders():
     config = load_config(CONFIG)
     small = small_preset(config)
     assert small.workdir != config.workdir and small.experiments.out.endswith("/small")
-    assert small.experiments.seeds == [0, 1, 2]
+    assert small.experiments.seeds == [0, 1]
     assert small.experiments.m_targets == config.experiments.small.m_targets
+    assert small.experiments.m_mixtures == [] != config.experiments.m_mixtures
     assert small.recognizer.optimizer.epochs == config.experiments.small.epochs
-    assert [v.label() for v in small.experiments.volumes] == ["100x8"]
+    assert [v.label() for v in small.experiments.volumes] == ["60x8"]
 
 
 def fake_judge(config, uri):
