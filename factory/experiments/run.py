@@ -36,6 +36,7 @@ from factory.experiments.cells import (
     synface_study,
 )
 from factory.experiments.data import (
+    data_uri,
     judged_similarity,
     make_dataset,
     make_real_subset,
@@ -256,12 +257,16 @@ def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
         measured: list[dict[str, Any]] = []
         for seed in exp.seeds:
             replicate = cell.data_for(seed)
-            data[seed] = make_dataset(config, replicate, cli_address)
-            if isinstance(replicate, SyntheticSet):
+            synthetic = isinstance(replicate, SyntheticSet)
+            name = run_name(cell, seed)
+            if name in results.runs and (not synthetic or replicate.folder in results.measured):
+                data[seed] = data_uri(config, replicate)  # all it was needed for is recorded
+            else:
+                data[seed] = make_dataset(config, replicate, cli_address)
+            if synthetic:
                 measured.append(measure(replicate, data[seed]))
                 similarity = cell_similarity(cell, measured)
             results.record_cell(cell, data, exp.seeds, similarity)
-            name = run_name(cell, seed)
             if name in results.runs:
                 continue
             print(f"== experiments: {cell.study}: {cell.name}, seed {seed}", flush=True)

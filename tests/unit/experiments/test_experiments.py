@@ -278,9 +278,11 @@ def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
                                   "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]",
                                   "experiments.m_targets=[]"])
     trained: list[str] = []
+    made: list[str] = []
     interrupt = [True]
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
-    monkeypatch.setattr(run_module, "make_dataset", lambda config, data, address: "pool")
+    monkeypatch.setattr(run_module, "make_dataset",
+                        lambda config, data, address: made.append(data.folder) or "pool")
     monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
     monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
 
@@ -298,6 +300,9 @@ def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
     run_module.run_experiments(config)
     assert len(trained) == 2 * len(config.experiments.m_values) - 2  # the two recorded ones skipped
     assert len(set(trained)) == len(trained)
+    made.clear()
+    run_module.run_experiments(config)  # all recorded: no run trains and no data is made again
+    assert len(trained) == 2 * len(config.experiments.m_values) - 2 and made == []
 
 
 def test_a_missing_lambda0_generator_stops_only_the_lambda0_study(tmp_path, monkeypatch):
