@@ -26,7 +26,10 @@ from factory.synth.reader import read_manifest
 from factory.synth.synthesize import synthesize
 
 SUBSET_MARKER = "subset.json"
-IDENTITIES_PER_SHARD = 50
+IDENTITIES_PER_SHARD = 10
+"""Small shards, so that even the small variant's 60 identities give every actor of the pool
+several shards (a shard is one actor's unit of work: 50-identity shards left one of two actors
+idle for most of a 60-identity set)."""
 
 
 def data_uri(config: FactoryConfig, dataset: Dataset) -> str:
