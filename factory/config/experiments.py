@@ -56,7 +56,7 @@ def default_targets() -> list[MeasuredTarget]:
     real genuine range."""
     return ([MeasuredTarget(at=f"genuine:p{p}") for p in (50, 25, 10, 5)]
             + [MeasuredTarget(at="fpr:1e-4"), MeasuredTarget(axis="E_id", at="fpr:1e-4")]
-            + [MeasuredTarget(at=0.5), MeasuredTarget(at=0.3)])
+            + [MeasuredTarget(at=0.65), MeasuredTarget(at=0.3)])
 
 
 EXPERIMENT_STUDIES = ("m", "similarity_groups", "lambda0", "synface", "gtr")

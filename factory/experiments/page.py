@@ -74,6 +74,9 @@ def verdict(claim: str, better: Summary, worse: Summary, numbers: str) -> str:
     """One line: the claim that ``better`` beats ``worse``, and what the seeds say of it."""
     if not better.n or not worse.n:
         return f"- {claim}: not measured yet."
+    if better.n < 2 or worse.n < 2:
+        return (f"- {claim}: not judged yet ({better.mean:.2f} vs {worse.mean:.2f}, but a "
+                "side has one replicate, so no spread)")
     diff, se = difference(better, worse)
     if abs(diff) < 2 * se or diff == 0:
         word = "not separable from noise"

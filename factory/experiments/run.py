@@ -42,6 +42,7 @@ from factory.experiments.data import (
     make_real_subset,
     synthetic_identities,
 )
+from factory.eval.compliance_curve import CURVE_FILE
 from factory.experiments.targets import ResolvedTarget, from_records, resolve_targets, spec_text
 from factory.faceworld.build import build_faceworld
 from factory.formats.shard_metadata import read_dataset_metadata
@@ -193,10 +194,13 @@ def targets_of(results: Results) -> list[ResolvedTarget]:
 
 def resolve_once(config: FactoryConfig, results: Results) -> None:
     """Resolve the m study's targets (and measure the real scale) unless results.json holds
-    them for the same targets and generator: the cells' m, hence their data, stay fixed."""
+    them for the same targets, generator and compliance curve: the cells' m, hence their data,
+    stay fixed."""
     checkpoint = layout.synthesis_checkpoint_uri(config)
+    curve = storage.join(checkpoint, CURVE_FILE)
     asked = {"checkpoint": checkpoint,
-             "targets": [[t.axis, spec_text(t)] for t in config.experiments.m_targets]}
+             "targets": [[t.axis, spec_text(t)] for t in config.experiments.m_targets],
+             "curve": storage.read_json_object(curve) if storage.exists(curve) else None}
     held = results.document.get("targets", {})
     if {key: held.get(key) for key in asked} == asked:
         return

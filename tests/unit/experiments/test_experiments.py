@@ -152,23 +152,26 @@ def test_gtr_adds_the_most_similar_cell_to_split_the_gap(tmp_path):
 
 def test_measured_targets_become_m_through_the_shipped_compliance_curve(monkeypatch):
     """Percentiles of the real genuine scores and fixed similarities resolve through the
-    shipped generator's judge curve (0.916 at m = +1, 0.540 at m = +0.5); one above the curve
-    is kept, out of reach, with no m."""
+    shipped generator's judge curve, piecewise linearly, to m on the 0.01 grid; one above the
+    curve's top is kept, out of reach, with no m."""
     config = load_config(CONFIG)
+    curve = json.loads(open("assets/faceworld-generator/compliance_curve.json").read())
+    judge = dict(zip(curve["curves"]["judge"]["m"], curve["curves"]["judge"]["mean"]))
     genuine = [0.85 + 0.001 * i for i in range(101)]  # percentile p is 0.85 + 0.001 p
     monkeypatch.setattr(targets_module, "load_encoders", lambda config, checkpoint: {})
     monkeypatch.setattr(targets_module, "real_scale", lambda config, encoders: {
         "judge": {"genuine": genuine, "impostor": [0.0], "thresholds": {}}})
-    targets = load_config(CONFIG, ["experiments.m_targets=[{at: 'genuine:p90'}, "
-                                   "{at: 'genuine:p10'}, {at: 0.728}]"]).experiments.m_targets
+    halfway = round((judge[0.7] + judge[0.8]) / 2, 4)
+    targets = load_config(CONFIG, [
+        "experiments.m_targets=[{at: 'genuine:p99'}, {at: 'genuine:p10'}, "
+        f"{{at: {halfway}}}, {{at: {round(judge[0.0], 4)}}}]"]).experiments.m_targets
     resolved, scale = resolve_targets(config, targets, "assets/faceworld-generator")
-    assert [t.similarity for t in resolved] == [0.94, 0.86, 0.728]
-    assert resolved[0].m is None and resolved[0].reachable[1] == pytest.approx(0.9162, abs=1e-4)
-    # 0.86 and 0.728 lie between the curve's m = +0.5 (0.540) and m = +1 (0.916) points
-    assert resolved[1].m == pytest.approx(0.5 + 0.5 * (0.86 - 0.5402) / (0.9162 - 0.5402),
-                                          abs=0.006)
-    assert resolved[2].m == pytest.approx(0.75, abs=0.006)
-    assert all(round(t.m * 100) == t.m * 100 for t in resolved[1:])  # on the 0.01 grid
+    assert [t.similarity for t in resolved[:2]] == [0.949, 0.86]
+    assert resolved[0].m is None and resolved[0].reachable[1] == pytest.approx(judge[1.0],
+                                                                                abs=1e-4)
+    assert resolved[2].m == pytest.approx(0.75, abs=0.006)  # halfway between two points
+    assert resolved[3].m == 0.0  # on a point
+    assert all(round(t.m * 100) == pytest.approx(t.m * 100) for t in resolved[1:])
     assert resolved[1].label == "judge 0.86 (real genuine 10th percentile)"
     assert scale["judge"]["genuine"] is genuine
 
@@ -241,6 +244,8 @@ def test_verdicts_follow_the_seeds_spread():
     noisy = verdict("x", Summary(90.0, 4.0, 3), Summary(89.0, 4.0, 3), "")
     assert "**not separable from noise**" in noisy
     assert "not measured yet" in verdict("x", Summary(0, 0, 0), Summary(85.0, 0.5, 3), "")
+    # one replicate has no spread: no verdict, however large the difference
+    assert "not judged yet" in verdict("x", Summary(95.0, 0.0, 1), Summary(85.0, 0.5, 3), "")
 
 
 def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
@@ -373,3 +378,24 @@ def test_a_clean_checkout_reruns_instead_of_reading_the_published_results(tmp_pa
     assert trained == first + first  # every run again, none read from the page's copy
     republished = json.loads((tmp_path / "page" / "results.json").read_text())
     assert republished["runs"][first[0]][VALIDATION_AVERAGE] == 50.0 + len(first) + 1
+
+
+def test_targets_are_resolved_once_per_generator_curve_and_target_list(tmp_path, monkeypatch):
+    """The cells' m, hence their data and run names, stay fixed across reruns; a new curve
+    beside the checkpoint (or other targets) resolves them again."""
+    checkpoint = tmp_path / "generator"
+    checkpoint.mkdir()
+    (checkpoint / "compliance_curve.json").write_text(json.dumps({"curves": {"n": 1}}))
+    config = load_config(CONFIG, [f"workdir={tmp_path / 'work'}",
+                                  f"synthesis.checkpoint={checkpoint}"])
+    calls: list[int] = []
+    monkeypatch.setattr(run_module, "resolve_targets", lambda config, targets, uri: (
+        calls.append(1) or ([ResolvedTarget("judge", "0.5", 0.5, 0.46, REACH)], {})))
+    results = Results(config)
+    run_module.resolve_once(config, results)
+    run_module.resolve_once(config, Results(config))  # read back from results.json
+    assert len(calls) == 1
+    assert run_module.targets_of(results)[0].m == 0.46
+    (checkpoint / "compliance_curve.json").write_text(json.dumps({"curves": {"n": 2}}))
+    run_module.resolve_once(config, Results(config))
+    assert len(calls) == 2
