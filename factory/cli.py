@@ -181,7 +181,8 @@ def _pipeline(config: FactoryConfig, args: argparse.Namespace) -> None:
 def _experiments(config: FactoryConfig, args: argparse.Namespace) -> None:
     from factory.experiments.run import run_experiments
 
-    page = run_experiments(config, cli_address=args.address, small=args.small, only=args.study)
+    page = run_experiments(config, cli_address=args.address, small=args.small, only=args.study,
+                           page_only=args.page_only)
     print(f"results page: {page}")
 
 
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--study", action="append", metavar="NAME",
                              help="run only this study (repeatable; the others need the m "
                                   "study's results)")
+            sub.add_argument("--page-only", action="store_true",
+                             help="run nothing: write the page (and its results.json copy) "
+                                  "from the workdir's results.json as it stands")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 

@@ -223,7 +223,8 @@ def gtr_lines(document: dict[str, Any]) -> list[str]:
 
 
 def plot_study(document: dict[str, Any], study: str, path: str) -> bool:
-    """Test and validation AVG per cell with +-1 std error bars; False when nothing to draw."""
+    """Test and validation AVG per cell, +- std over replicates (the m study: against requested
+    m); False when nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +234,12 @@ def plot_study(document: dict[str, Any], study: str, path: str) -> bool:
              if cell_summary(document, c, TEST_AVERAGE).n]
     if not cells:
         return False
-    curve = study == "m" and all(c["position"] is not None for c in cells)
+    curve = study == "m"
+    if curve:  # one point per distinct m (a target and a grid value may name the same cell)
+        cells = sorted({c["key"]: c for c in cells if c["position"] is not None}.values(),
+                       key=lambda c: c["position"])
+        if not cells:
+            return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for offset, (key, label) in enumerate(((TEST_AVERAGE, "test AVG"),
                                            (VALIDATION_AVERAGE, "validation AVG"))):
@@ -243,7 +249,7 @@ def plot_study(document: dict[str, Any], study: str, path: str) -> bool:
         ax.errorbar(xs, [st.mean for st in stats], yerr=[st.std for st in stats], fmt="o-"
                     if curve else "o", capsize=4, label=label)
     if curve:
-        ax.set_xlabel("requested m")
+        ax.set_xlabel("requested m (mixtures: in the table)")
     else:
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels([c["name"] for c in cells], rotation=20, ha="right", fontsize=8)

@@ -322,12 +322,22 @@ def describe_generators(config: FactoryConfig) -> dict[str, Any]:
 
 
 def run_experiments(config: FactoryConfig, cli_address: str | None = None,
-                    small: bool = False, only: list[str] | None = None) -> str:
-    """Run (or resume) the configured studies; returns the results page's path."""
+                    small: bool = False, only: list[str] | None = None,
+                    page_only: bool = False) -> str:
+    """Run (or resume) the configured studies; returns the results page's path. With
+    ``page_only``, run nothing and write the page from the workdir's results.json (a run in
+    progress, or one whose pieces ran elsewhere)."""
     from factory.experiments.page import write_page
 
     if small:
         config = small_preset(config)
+    if page_only:
+        results = Results(config)
+        if not results.runs:
+            raise UserError(f"{results.uri}: no finished runs to write a page from")
+        storage.ensure_writable(config.experiments.out)
+        results.publish()
+        return write_page(config, results.document)
     exp = config.experiments
     running_lambda0 = "lambda0" in exp.studies and (not only or "lambda0" in only)
     have_lambda0 = bool(exp.lambda0_checkpoint) and storage.exists(exp.lambda0_checkpoint)

@@ -399,3 +399,24 @@ def test_targets_are_resolved_once_per_generator_curve_and_target_list(tmp_path,
     (checkpoint / "compliance_curve.json").write_text(json.dumps({"curves": {"n": 2}}))
     run_module.resolve_once(config, Results(config))
     assert len(calls) == 2
+
+
+def test_the_page_can_be_written_from_a_run_in_progress(tmp_path, monkeypatch):
+    """--page-only trains nothing and writes the page from the workdir's results.json."""
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
+                                  "experiments.seeds=[0]", "experiments.m_mixtures=[]",
+                                  "experiments.m_targets=[]"])
+    monkeypatch.setattr(run_module, "train_cell", lambda *args: pytest.fail("trained"))
+    with pytest.raises(UserError, match="no finished runs"):
+        run_module.run_experiments(config, page_only=True)
+    results = Results(config)
+    cell = m_study(config.experiments, [])[0]
+    results.record_cell(cell, {}, [0])
+    results.record_run(run_name(cell, 0), {VALIDATION_AVERAGE: 70.0, TEST_AVERAGE: 71.0,
+                                           "seconds": 5.0, "code_version": "v1"})
+    page = run_module.run_experiments(config, page_only=True)
+    text = open(page).read()
+    assert "| m = +1.00 | - | 70.00 +- 0.00 (n=1) | 71.00 +- 0.00 (n=1) | 5 |" in text
+    assert "Runs by code version: v1 (1)." in text
+    assert json.loads((tmp_path / "page" / "results.json").read_text())["runs"]
