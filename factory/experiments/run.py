@@ -248,6 +248,7 @@ def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
             results.measured[data.folder] = judged_similarity(config, uri)
         return results.measured[data.folder]
 
+    prepared = []
     for cell in cells:
         similarity = None
         if cell.group is not None:
@@ -257,9 +258,11 @@ def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
             cell = Cell(cell.study, f"{cell.name}: similarity {bounds[0]:.2f} .. {bounds[1]:.2f}",
                         cell.data, similarity=(bounds[0], bounds[1]), group=cell.group,
                         position=similarity["mean"])
-        data: dict[int, str] = {}
-        measured: list[dict[str, Any]] = []
-        for seed in exp.seeds:
+        prepared.append((cell, {}, [], similarity))
+    # replicate by replicate: the m study's cells share one pool per replicate, so a study
+    # stopped part-way has whole replicates rather than every pool and few runs
+    for seed in exp.seeds:
+        for at, (cell, data, measured, similarity) in enumerate(prepared):
             replicate = cell.data_for(seed)
             synthetic = isinstance(replicate, SyntheticSet)
             name = run_name(cell, seed)
@@ -270,6 +273,7 @@ def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
             if synthetic:
                 measured.append(measure(replicate, data[seed]))
                 similarity = cell_similarity(cell, measured)
+                prepared[at] = (cell, data, measured, similarity)
             results.record_cell(cell, data, exp.seeds, similarity)
             if name in results.runs:
                 continue

@@ -420,3 +420,25 @@ def test_the_page_can_be_written_from_a_run_in_progress(tmp_path, monkeypatch):
     assert "| m = +1.00 | - | 70.00 +- 0.00 (n=1) | 71.00 +- 0.00 (n=1) | 5 |" in text
     assert "Runs by code version: v1 (1)." in text
     assert json.loads((tmp_path / "page" / "results.json").read_text())["runs"]
+
+
+def test_a_study_runs_replicate_by_replicate(tmp_path, monkeypatch):
+    """Every cell's first replicate before any second one: the m study's cells share one pool
+    per replicate, so a study stopped part-way holds whole replicates."""
+    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
+                                  f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
+                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]",
+                                  "experiments.m_targets=[]"])
+    made: list[str] = []
+    trained: list[int] = []
+    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
+    monkeypatch.setattr(run_module, "make_dataset",
+                        lambda config, data, address: made.append(data.folder) or "pool")
+    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
+    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
+    monkeypatch.setattr(run_module, "train_cell", lambda config, cell, uri, seed, address: (
+        trained.append(seed) or {VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0}))
+    run_module.run_experiments(config)
+    cells = len(config.experiments.m_values)
+    assert trained == [0] * cells + [1] * cells
+    assert [folder[-5:] for folder in dict.fromkeys(made)] == ["seed0", "seed1"]  # two pools
