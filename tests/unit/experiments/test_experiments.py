@@ -276,20 +276,27 @@ def test_the_page_states_each_finding_and_draws_each_study(tmp_path):
     assert len(findings(results.document)) == 2
 
 
-def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
-    """Every finished run is in results.json; the next invocation trains none of them again."""
+def m_study_run(tmp_path, monkeypatch, seeds: str) -> tuple[FactoryConfig, list[str]]:
+    """An m-study-only config over ``seeds`` whose data making is faked (the returned list
+    gathers the folders made), as is the judge and the targets' real scale."""
     config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
                                   f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
-                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]",
+                                  f"experiments.seeds={seeds}", "experiments.m_mixtures=[]",
                                   "experiments.m_targets=[]"])
-    trained: list[str] = []
     made: list[str] = []
-    interrupt = [True]
     monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
     monkeypatch.setattr(run_module, "make_dataset",
                         lambda config, data, address: made.append(data.folder) or "pool")
     monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
     monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
+    return config, made
+
+
+def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
+    """Every finished run is in results.json; the next invocation trains none of them again."""
+    config, made = m_study_run(tmp_path, monkeypatch, "[0, 1]")
+    trained: list[str] = []
+    interrupt = [True]
 
     def fake_train(config, cell, uri, seed, address):
         trained.append(run_name(cell, seed))
@@ -425,17 +432,8 @@ def test_the_page_can_be_written_from_a_run_in_progress(tmp_path, monkeypatch):
 def test_a_study_runs_replicate_by_replicate(tmp_path, monkeypatch):
     """Every cell's first replicate before any second one: the m study's cells share one pool
     per replicate, so a study stopped part-way holds whole replicates."""
-    config = load_config(CONFIG, [f"experiments.out={tmp_path / 'page'}",
-                                  f"workdir={tmp_path / 'work'}", "experiments.studies=[m]",
-                                  "experiments.seeds=[0, 1]", "experiments.m_mixtures=[]",
-                                  "experiments.m_targets=[]"])
-    made: list[str] = []
+    config, made = m_study_run(tmp_path, monkeypatch, "[0, 1]")
     trained: list[int] = []
-    monkeypatch.setattr(run_module, "build_faceworld", lambda config: None)
-    monkeypatch.setattr(run_module, "make_dataset",
-                        lambda config, data, address: made.append(data.folder) or "pool")
-    monkeypatch.setattr(run_module, "judged_similarity", fake_judge)
-    monkeypatch.setattr(run_module, "resolve_once", lambda config, results: None)
     monkeypatch.setattr(run_module, "train_cell", lambda config, cell, uri, seed, address: (
         trained.append(seed) or {VALIDATION_AVERAGE: 50.0, TEST_AVERAGE: 50.0, "seconds": 1.0}))
     run_module.run_experiments(config)
