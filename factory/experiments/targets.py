@@ -139,10 +139,12 @@ def resolve_targets(config: FactoryConfig, targets: list[MeasuredTarget], checkp
     ``synthesis.sampling``), and the real scale they were read on."""
     encoders = load_encoders(config, checkpoint)
     scale = real_scale(config, encoders)
+    axes = {name: compliance_axis(name, config.synthesis.sampling, checkpoint)
+            for name in {target.axis for target in targets}}
     resolved = []
     for target in targets:
         similarity = target_similarity(config, target, scale, encoders)
-        axis = compliance_axis(target.axis, config.synthesis.sampling, checkpoint)
+        axis = axes[target.axis]
         low, high = axis.reachable
         m = None
         if low <= similarity <= high:
