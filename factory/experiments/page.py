@@ -48,7 +48,11 @@ class Summary:
     n: int
 
     def text(self) -> str:
-        return f"{self.mean:.2f} +- {self.std:.2f} (n={self.n})" if self.n else "-"
+        """Mean +- std over replicates; one replicate has no spread, so none is printed."""
+        if not self.n:
+            return "-"
+        spread = f" +- {self.std:.2f}" if self.n > 1 else ""
+        return f"{self.mean:.2f}{spread} (n={self.n})"
 
 
 def summarise(values: list[float]) -> Summary:

@@ -424,7 +424,7 @@ def test_the_page_can_be_written_from_a_run_in_progress(tmp_path, monkeypatch):
                                            "seconds": 5.0, "code_version": "v1"})
     page = run_module.run_experiments(config, page_only=True)
     text = open(page).read()
-    assert "| m = +1.00 | - | 70.00 +- 0.00 (n=1) | 71.00 +- 0.00 (n=1) | 5 |" in text
+    assert "| m = +1.00 | - | 70.00 (n=1) | 71.00 (n=1) | 5 |" in text
     assert "Runs by code version: v1 (1)." in text
     assert json.loads((tmp_path / "page" / "results.json").read_text())["runs"]
 
