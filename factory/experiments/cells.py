@@ -146,28 +146,38 @@ M_TOLERANCE = 0.004
 """Half-width of the m selection picking one of a pool's m values (at least 0.01 apart)."""
 
 
+def m_pool(cfg: ExperimentsConfig, targets: list[ResolvedTarget]) -> SyntheticSet:
+    """The m study's pool: the first volume's identities, its images at every reachable
+    target's m and at every listed m."""
+    identities, images = volume(cfg.volumes[0])
+    reachable = {t.m for t in targets if t.m is not None}
+    values = tuple(sorted({*reachable, *cfg.m_values}, reverse=True))
+    return SyntheticSet(identities, images * len(values), values)
+
+
 def m_study(cfg: ExperimentsConfig, targets: list[ResolvedTarget]) -> list[Cell]:
     """CemiFace's m study at the first volume: one pool sampled at every reachable target's m
     and every listed m, each cell the pool's images at one m (equal volume), plus each mixture
     as its own set. Cells named by a measured target come first (tagged with it)."""
     identities, images = volume(cfg.volumes[0])
-    reachable = [t for t in targets if t.m is not None]
-    values = tuple(sorted({*(t.m for t in reachable), *cfg.m_values}, reverse=True))
-    pool = SyntheticSet(identities, images * len(values), values)
-
-    def single(name: str, m: float, tags: dict[str, str]) -> Cell:
-        return Cell("m", name, pool, m=(m - M_TOLERANCE, m + M_TOLERANCE), position=m,
-                    tags=tags)
-
-    cells = [single(f"{t.label}: m = {t.m:+.2f}", t.m,
-                    {"axis": t.axis, "target": f"{t.similarity:g}", "named_by": "target"})
-             for t in reachable]
-    cells += [single(f"m = {m:+.2f}", m, {"named_by": "m"}) for m in cfg.m_values]
+    pool = m_pool(cfg, targets)
+    cells = [pool_cell("m", f"{t.label}: m = {t.m:+.2f}", pool, t.m,
+                       tags={"axis": t.axis, "target": f"{t.similarity:g}", "named_by": "target"})
+             for t in targets if t.m is not None]
+    cells += [pool_cell("m", f"m = {m:+.2f}", pool, m, tags={"named_by": "m"})
+              for m in cfg.m_values]
     for mixture in cfg.m_mixtures:
         label = "mix {" + ", ".join(f"{m:+.2f}" for m in mixture) + "}"
         cells.append(Cell("m", label, SyntheticSet(identities, images, tuple(mixture)),
                           tags={"named_by": "mixture"}))
     return cells
+
+
+def pool_cell(study: str, name: str, pool: SyntheticSet, m: float,
+              tags: dict[str, str] | None = None, real: RealSet | None = None) -> Cell:
+    """The pool's images at one of its m values."""
+    return Cell(study, name, pool, m=(m - M_TOLERANCE, m + M_TOLERANCE), real=real, position=m,
+                tags=tags or {})
 
 
 def group_study(cfg: ExperimentsConfig) -> list[Cell]:
@@ -181,10 +191,25 @@ def group_study(cfg: ExperimentsConfig) -> list[Cell]:
 
 def best_m_set(cfg: ExperimentsConfig, best_m: float, identities: int | None = None,
                generator: str = "", generator_tag: str = "", mixup: int = 0) -> SyntheticSet:
-    """A set at the m study's best m (chosen on validation), by default at the first volume."""
+    """A set of its own at one m, by default at the first volume."""
     default_identities, images = volume(cfg.volumes[0])
     return SyntheticSet(identities or default_identities, images, (best_m,), generator, mixup,
                         generator_tag)
+
+
+def at_m(study: str, name: str, cfg: ExperimentsConfig, targets: list[ResolvedTarget],
+         m: float, identities: int | None = None, tags: dict[str, str] | None = None,
+         real: RealSet | None = None) -> Cell:
+    """A cell of the experiments' generator's images at one m: at the first volume, where the
+    m study's pool holds that m, the m study's own cell (the same identities, images per
+    identity and m, hence the same data and runs: a set of its own would differ only in its
+    noise and would cost a synthesis and a training per replicate again); otherwise a set of
+    its own."""
+    pool = m_pool(cfg, targets)
+    if identities in (None, pool.identities) and any(abs(v - m) <= M_TOLERANCE
+                                                     for v in pool.m_values):
+        return pool_cell(study, name, pool, m, tags=tags, real=real)
+    return Cell(study, name, best_m_set(cfg, m, identities), real=real, tags=tags or {})
 
 
 LAMBDA0_ROLES = ("experiments", "lambda0", "equal budget")
@@ -192,14 +217,16 @@ LAMBDA0_ROLES = ("experiments", "lambda0", "equal budget")
 lambda = 0 one, and the similarity-matched one trained with the lambda = 0 one's budget."""
 
 
-def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
+def lambda0_study(cfg: ExperimentsConfig, targets: list[ResolvedTarget],
+                  best_m: float) -> list[Cell]:
     """The paper's ablation at the first volume and ``best_m`` (the m study's best cell below
     m = +1, where the two objectives differ: at m = +1 both only keep the identity): the
-    lambda = 0 generator's data against the experiments' generator's and, with
-    ``lambda0_reference_checkpoint``, against the similarity-matched generator trained exactly
-    as the lambda = 0 one (recipe, steps, data, E_id): the comparison that isolates lambda."""
+    lambda = 0 generator's data against the experiments' generator's (the m study's cell) and,
+    with ``lambda0_reference_checkpoint``, against the similarity-matched generator trained
+    exactly as the lambda = 0 one (recipe, steps, data, E_id): the comparison that isolates
+    lambda."""
     experiments, lambda0, equal = LAMBDA0_ROLES
-    cells = [Cell("lambda0", "similarity-matched (lambda > 0)", best_m_set(cfg, best_m),
+    cells = [at_m("lambda0", "similarity-matched (lambda > 0)", cfg, targets, best_m,
                   tags={"generator": experiments}),
              Cell("lambda0", "lambda = 0", best_m_set(cfg, best_m,
                                                       generator=cfg.lambda0_checkpoint,
@@ -213,36 +240,37 @@ def lambda0_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
     return cells
 
 
-def synface_study(cfg: ExperimentsConfig, best_m: float) -> list[Cell]:
+def synface_study(cfg: ExperimentsConfig, targets: list[ResolvedTarget],
+                  best_m: float) -> list[Cell]:
     """SynFace's two mixups at the first volume and the best m. Identity mixup as SynFace ran
-    it: the same N base identities, plain and with ``mixup_share`` x N mixed identities (made
-    from them, soft labels) added, once at the same images per identity (more images) and once
-    at equal images (fewer per identity, the total as the plain set's); and domain mixup with a
-    small real share."""
-    plain = best_m_set(cfg, best_m)
-    base, images = plain.identities, plain.images
+    it: the same N base identities, plain (the m study's cell) and with ``mixup_share`` x N
+    mixed identities (made from them, soft labels) added, once at the same images per identity
+    (more images) and once at equal images (fewer per identity, the total as the plain set's);
+    and domain mixup of the plain cell with a small real share."""
+    base, images = volume(cfg.volumes[0])
     mixed = max(1, round(base * cfg.mixup_share))
     equal = max(2, round(images * base / (base + mixed)))
     real = RealSet(*volume(cfg.real_share))
     return [
-        Cell("synface", f"plain: {base} identities x {images}", plain),
+        at_m("synface", f"plain: {base} identities x {images}", cfg, targets, best_m),
         Cell("synface", f"identity mixup added: {base} + {mixed} mixed identities x {images}",
              best_m_set(cfg, best_m, mixup=mixed), tags={"mixup": "added"}),
         Cell("synface", f"identity mixup at equal images: {base} + {mixed} mixed identities "
                         f"x {equal} ({(base + mixed) * equal} images)",
-             replace(plain, images=equal, mixup=mixed), tags={"mixup": "equal images"}),
-        Cell("synface", f"domain mixup with {real.identities}x{real.images} real", plain,
-             real=real, tags={"mixup": "domain"}),
+             replace(best_m_set(cfg, best_m), images=equal, mixup=mixed),
+             tags={"mixup": "equal images"}),
+        at_m("synface", f"domain mixup with {real.identities}x{real.images} real", cfg, targets,
+             best_m, tags={"mixup": "domain"}, real=real),
     ]
 
 
-def gtr_study(cfg: ExperimentsConfig, best_m: float, top_m: float,
-              synthetic_identities: dict[int, int]) -> list[Cell]:
+def gtr_study(cfg: ExperimentsConfig, targets: list[ResolvedTarget], best_m: float,
+              top_m: float, synthetic_identities: dict[int, int]) -> list[Cell]:
     """GtR at each volume: the real subset against the synthetic set of the best m with as many
-    identities as synthesis could give (``synthetic_identities``: asked -> got) and images;
-    where the best m is not the most similar one (``top_m``), also the set at ``top_m``, which
-    splits the gap into what the most similar data loses against real data and what the
-    chosen difficulty gains over it."""
+    identities as synthesis could give (``synthetic_identities``: asked -> got) and images (at
+    the first volume, the m study's cell); where the best m is not the most similar one
+    (``top_m``), also the set at ``top_m``, which splits the gap into what the most similar
+    data loses against real data and what the chosen difficulty gains over it."""
     cells = []
     for v in cfg.volumes:
         identities, images = volume(v)
@@ -250,11 +278,10 @@ def gtr_study(cfg: ExperimentsConfig, best_m: float, top_m: float,
         tags = {"volume": f"{got}x{images}"}
         cells.append(Cell("gtr", f"real {got}x{images}", RealSet(got, images),
                           tags={**tags, "side": "real"}))
-        cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {best_m:+.2f}, chosen)",
-                          best_m_set(cfg, best_m, identities=identities),
-                          tags={**tags, "side": "synthetic"}))
+        cells.append(at_m("gtr", f"synthetic {got}x{images} (m = {best_m:+.2f}, chosen)", cfg,
+                          targets, best_m, identities, tags={**tags, "side": "synthetic"}))
         if abs(top_m - best_m) > M_TOLERANCE:
-            cells.append(Cell("gtr", f"synthetic {got}x{images} (m = {top_m:+.2f}, most similar)",
-                              best_m_set(cfg, top_m, identities=identities),
+            cells.append(at_m("gtr", f"synthetic {got}x{images} (m = {top_m:+.2f}, most "
+                                     "similar)", cfg, targets, top_m, identities,
                               tags={**tags, "side": "most similar"}))
     return cells

@@ -283,24 +283,24 @@ def run_cells(config: FactoryConfig, cells: list[Cell], results: Results,
 
 def study_cells(config: FactoryConfig, study: str, results: Results,
                 cli_address: str | None) -> list[Cell]:
-    exp = config.experiments
+    exp, targets = config.experiments, targets_of(results)
     if study == "m":
-        return m_study(exp, targets_of(results))
+        return m_study(exp, targets)
     if study == "similarity_groups":
         return group_study(exp)
     if study == "lambda0":
-        return lambda0_study(exp, best_m(results, config, below_top=True))
+        return lambda0_study(exp, targets, best_m(results, config, below_top=True))
     chosen = best_m(results, config)
     if study == "synface":
-        return synface_study(exp, chosen)
+        return synface_study(exp, targets, chosen)
     top = top_m(results, config)
     got = {}
-    for cell in gtr_study(exp, chosen, top, {}):
+    for cell in gtr_study(exp, targets, chosen, top, {}):
         if cell.tags.get("side") == "synthetic":
             uri = make_dataset(config, cell.data_for(exp.seeds[0]), cli_address)
             got[cell.data.identities] = synthetic_identities(uri)
     results.document["chosen"]["gtr_identities"] = {str(k): v for k, v in got.items()}
-    return gtr_study(exp, chosen, top, got)
+    return gtr_study(exp, targets, chosen, top, got)
 
 
 def describe_generators(config: FactoryConfig) -> dict[str, Any]:

@@ -70,38 +70,52 @@ def test_every_replicate_synthesises_its_own_data_and_shares_the_real_data():
 
 def test_cells_that_train_the_same_thing_share_data_and_runs():
     exp = load_config(CONFIG).experiments
-    matched = lambda0_study(exp, 0.0)[0]
-    plain = synface_study(exp, 0.0)[0]
-    synthetic_200 = [c for c in gtr_study(exp, 0.0, 1.0, {})
+    matched = lambda0_study(exp, TARGETS, 0.46)[0]
+    plain = synface_study(exp, TARGETS, 0.46)[0]
+    synthetic_200 = [c for c in gtr_study(exp, TARGETS, 0.46, 1.0, {})
                      if c.tags["side"] == "synthetic"][0]
-    assert matched.key == plain.key == synthetic_200.key
-    lambda0 = lambda0_study(exp, 0.0)[1]
+    # the chosen m's reference in every later study is the m study's own cell: its runs again
+    m_cell = next(c for c in m_study(exp, TARGETS) if c.position == 0.46)
+    assert matched.key == plain.key == synthetic_200.key == m_cell.key
+    assert matched.data == m_cell.data and matched.m == m_cell.m
+    lambda0 = lambda0_study(exp, TARGETS, 0.46)[1]
     assert lambda0.key != matched.key and lambda0.data.generator == exp.lambda0_checkpoint
-    domain = synface_study(exp, 0.0)[3]
-    assert domain.data == plain.data and domain.real == RealSet(20, 16)
+    domain = synface_study(exp, TARGETS, 0.46)[3]
+    assert domain.data == plain.data and domain.m == plain.m and domain.real == RealSet(20, 16)
+    assert domain.key != plain.key
+
+
+def test_an_m_the_pool_does_not_hold_gets_a_set_of_its_own():
+    exp = load_config(CONFIG).experiments
+    plain = synface_study(exp, [], 0.46)[0]  # without the targets the pool has no 0.46
+    assert plain.data == SyntheticSet(200, 16, (0.46,)) and plain.m is None
+    larger = [c for c in gtr_study(exp, TARGETS, 0.46, 1.0, {}) if c.tags["side"] != "real"]
+    assert [c.data for c in larger[2:]] == [SyntheticSet(1000, 16, (0.46,)),
+                                            SyntheticSet(1000, 16, (1.0,))]
 
 
 def test_identity_mixup_adds_mixed_identities_of_the_same_base_identities():
     exp = load_config(CONFIG).experiments  # mixup_share 1.0: one mixed per base identity
-    plain, added, equal, _ = synface_study(exp, 0.0)
-    assert (plain.data.identities, plain.data.mixup, plain.data.images) == (200, 0, 16)
+    plain, added, equal, _ = synface_study(exp, [], 0.0)
+    pool = plain.data  # the m study's pool, plain's images those at m = 0
+    assert (pool.identities, pool.mixup, pool.images // len(pool.m_values)) == (200, 0, 16)
     assert (added.data.identities, added.data.mixup, added.data.images) == (200, 200, 16)
     assert (equal.data.identities, equal.data.mixup, equal.data.images) == (200, 200, 8)
     total = (equal.data.identities + equal.data.mixup) * equal.data.images
-    assert total == plain.data.identities * plain.data.images  # equal images
+    assert total == 200 * 16  # equal images
     assert "(3200 images)" in equal.name
 
 
 def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
     exp = load_config(CONFIG, ["experiments.lambda0_reference_checkpoint=runs/matched"]
                       ).experiments
-    matched, lambda0, equal = lambda0_study(exp, 1.0)
+    matched, lambda0, equal = lambda0_study(exp, [], 1.0)
     assert lambda0.data.key == "synthetic-200x16-mp1.00-lambda0"  # the data made before stays
     assert equal.data.generator == exp.lambda0_reference_checkpoint != lambda0.data.generator
     assert len({c.key for c in (matched, lambda0, equal)}) == 3
     assert [c.tags["generator"] for c in (matched, lambda0, equal)] == list(LAMBDA0_ROLES)
     without = load_config(CONFIG, ["experiments.lambda0_reference_checkpoint="]).experiments
-    assert [c.tags["generator"] for c in lambda0_study(without, 1.0)] == list(LAMBDA0_ROLES[:2])
+    assert [c.tags["generator"] for c in lambda0_study(without, [], 1.0)] == list(LAMBDA0_ROLES[:2])
 
     config = FactoryConfig()
     config.workdir = str(tmp_path / "work")
@@ -121,7 +135,7 @@ def test_the_lambda0_ablation_can_compare_generators_trained_alike(tmp_path):
 
 def test_gtr_matches_the_real_side_to_the_identities_synthesis_gave():
     exp = load_config(CONFIG).experiments
-    cells = gtr_study(exp, 0.0, 0.0, {1000: 612})
+    cells = gtr_study(exp, [], 0.0, 0.0, {1000: 612})
     real = {c.tags["volume"]: c.data for c in cells if c.tags["side"] == "real"}
     assert real == {"200x16": RealSet(200, 16), "612x16": RealSet(612, 16)}
     synthetic = [c.data for c in cells if c.tags["side"] == "synthetic"]
@@ -131,9 +145,10 @@ def test_gtr_matches_the_real_side_to_the_identities_synthesis_gave():
 
 def test_gtr_adds_the_most_similar_cell_to_split_the_gap(tmp_path):
     exp = load_config(CONFIG).experiments
-    cells = gtr_study(exp, 0.46, 1.0, {})
-    similar = [c.data for c in cells if c.tags["side"] == "most similar"]
-    assert similar == [SyntheticSet(200, 16, (1.0,)), SyntheticSet(1000, 16, (1.0,))]
+    cells = gtr_study(exp, [], 0.46, 1.0, {})
+    similar = [c for c in cells if c.tags["side"] == "most similar"]
+    assert similar[0].key == m_study(exp, [])[0].key  # m = +1 at 200 x 16: the m study's
+    assert similar[1].data == SyntheticSet(1000, 16, (1.0,))
     config = FactoryConfig()
     config.workdir = str(tmp_path / "work")
     results = Results(config)
