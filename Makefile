@@ -38,16 +38,17 @@ experiments: $(STAMP)
 experiments-small: $(STAMP)
 	$(VENV)/bin/factory experiments --config configs/experiments/faceworld.yaml --small
 
-# Every test, tests/unit and tests/integration, on two pytest-xdist workers: each integration
-# module goes whole to whichever worker is free (its Ray cluster, face world and servers are
-# module fixtures, set up once), the largest modules first, the unit tests one by one after
-# them; the Ray tests spend much of their time starting processes, so two streams fit two cores
-# (docs/benchmarks.md#the-test-suite has the measured times);
+# Every test, tests/unit and tests/integration, on two pytest-xdist workers, a module at a time
+# to whichever is free (--dist loadfile), in collection order (the integration modules first,
+# the quick unit modules filling in after them): a module's Ray cluster, face world, synthesis
+# and servers are module fixtures, set up once rather than on each worker that gets one of its
+# tests. The Ray tests spend much of their time starting processes, so two streams fit two
+# cores (docs/benchmarks.md#the-test-suite has the measured times);
 # TEST_WORKERS=0 runs them in this process. The quick check while editing is
 # `.venv/bin/pytest tests/unit`: no Ray, no servers (tests/unit/conftest.py fails it otherwise).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The production configs at their real shapes (112 px, r50, the DCFace-scale UNet) for one step
 # each, on the local S3 endpoint: about 12 minutes of both cores, so not part of make test.

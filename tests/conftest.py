@@ -8,8 +8,6 @@ server (one exception, for the unit suite's time alone: the bench scripts run en
 ``tests/integration/test_bench_scripts.py``). :func:`pytest_collection_modifyitems` gives each
 test the marker of its folder, ``unit`` or ``integration``, so ``-m unit`` and the folder select
 the same tests; a hand-written kind marker is refused, so none can disagree with the folder.
-Each integration module is also one ``xdist_group``: ``make test`` sends a module's tests to one
-worker, which sets up the module's fixtures once.
 ``tests/unit/conftest.py`` checks that the unit tests start no Ray.
 """
 
@@ -49,11 +47,6 @@ def pytest_collection_modifyitems(config, items):
         kind = folder_kind(item.path)
         if kind is not None:
             item.add_marker(kind)
-        if kind == "integration":
-            # one xdist worker runs a module's tests (`make test`: --dist loadgroup), so its
-            # module-scoped Ray cluster, face world, synthesis or database server is set up
-            # once, not once per worker that happens to get one of its tests
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture(autouse=True)
