@@ -67,6 +67,10 @@ LOOPBACK = "127.0.0.1"
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
 """Where Ray keeps the token of clusters with token authentication (unless ``RAY_AUTH_TOKEN``
 or ``RAY_AUTH_TOKEN_PATH`` says otherwise); ``~`` is expanded when used."""
+PREEMPTION_WATCHER_VARIABLE = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+"""Ray Train's switch for its preemption watcher: an actor per training run, a process of its
+own, that polls the cluster for nodes being drained (spot instances about to go). A local
+cluster's one node is never drained, so its workers are told to go without it."""
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"
 """Where a starting Ray head takes its GCS port from (Ray's own variable)."""
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
@@ -155,12 +159,16 @@ def start_local_ray(num_cpus: int, **init_kwargs: Any) -> None:
     multiple active Ray instances``) or judge this run's controller dead and remove its
     workers' placement group. The node's address is loopback (:func:`_loopback_node`), so no
     other machine can reach its servers, and the token file is made owner-only
-    (:func:`_private_token_file`) before and after Ray reads or creates it."""
+    (:func:`_private_token_file`) before and after Ray reads or creates it. Ray Train's
+    preemption watcher is off (:data:`PREEMPTION_WATCHER_VARIABLE`) unless this process's
+    environment sets it."""
     import ray
 
     port = _free_port()
-    runtime_env = init_kwargs.setdefault("runtime_env", {})
-    runtime_env.setdefault("env_vars", {})["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
+    env_vars = init_kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env_vars["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
+    env_vars.setdefault(PREEMPTION_WATCHER_VARIABLE,
+                        os.environ.get(PREEMPTION_WATCHER_VARIABLE, "0"))
     _private_token_file()
     try:
         with environment_variable(GCS_PORT_VARIABLE, str(port)), _loopback_node():

@@ -32,7 +32,8 @@ import pytest
 from factory.cli import main
 from factory.config import load_config
 from factory.sweep.run import run_sweep
-from .test_sweep import pool, sweep_overrides  # noqa: F401 (pool is a fixture)
+from .test_sweep import (  # noqa: F401 (pool is a fixture)
+    pool, sweep_overrides, without_job_execution)
 
 DATABASE = "mlflow"
 ROLE = "mlflow"
@@ -66,7 +67,7 @@ def _free_port() -> int:
 
 def end_group(process: subprocess.Popen, first: signal.Signals) -> None:
     """Send ``first`` to the process's session, then SIGKILL what is left of it after 20 s
-    (``mlflow server``'s job consumers outlast a SIGTERM)."""
+    (a server under load can outlast a SIGTERM)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, first)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -182,7 +183,8 @@ def mlflow_on_postgres(postgres, tmp_path_factory) -> Iterator[str]:
              "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", postgres.uri(),
              "--artifacts-destination", str(folder / "artifacts")],
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=without_job_execution(),
+            start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + MLFLOW_READY_SECONDS
     while True:

@@ -122,6 +122,13 @@ def test_an_interrupted_sweep_restores_without_rerunning_finished_trials(
     assert "GtR" in outcome.table
 
 
+def without_job_execution() -> dict[str, str]:
+    """This environment, for an ``mlflow server`` that starts no job consumers: they run
+    MLflow's GenAI jobs, which the factory never submits, and their processes cost more CPU
+    than the server does."""
+    return dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on loopback with its own SQLite store and artefact folder."""
@@ -137,7 +144,7 @@ def mlflow_server(tmp_path):
          "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "artifacts")],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        env=without_job_execution(), start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

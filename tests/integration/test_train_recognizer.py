@@ -54,11 +54,19 @@ def check_one_epoch_run(run, tmp_path, epoch_lines_before: int) -> None:
 
 
 def test_two_workers_report_the_metrics_one_does(ray_two_cpus, world, tmp_path):
-    """One worker's run is checked the same way by the rerun test below."""
+    """One worker's run is checked the same way by the rerun test below. On a local cluster
+    Ray Train starts no preemption watcher (a process per run, for nodes that one machine
+    never drains)."""
+    import ray
+    from ray.util.state import list_actors
+
     config = _config(world, tmp_path, **{"recognizer.workers.num_workers": 2,
                                          "recognizer.optimizer.epochs": 1})
     epoch_lines_before = len(worker_log_lines("epoch 0: loss"))
     check_one_epoch_run(train_recognizer(config), tmp_path, epoch_lines_before)
+    cluster = ray.get_runtime_context().gcs_address  # not another cluster on this machine
+    assert list_actors(cluster, filters=[("class_name", "=", "TrainController")])
+    assert not list_actors(cluster, filters=[("class_name", "=", "PreemptionWatcher")])
 
 
 def worker_log_lines(text: str) -> list[str]:
