@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,21 +245,28 @@ def plot_study(document: dict[str, Any], study: str, path: str) -> bool:
                        key=lambda c: c["position"])
         if not cells:
             return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    # the m study is a curve over m; the other studies' cells are rows named in full
+    fig, ax = plt.subplots(figsize=(7, 4) if curve else (7, 1.2 + 0.55 * len(cells)))
+    accuracy = "10-fold accuracy (%), mean +- std over seeds"
     for offset, (key, label) in enumerate(((TEST_AVERAGE, "test AVG"),
                                            (VALIDATION_AVERAGE, "validation AVG"))):
         stats = [cell_summary(document, c, key) for c in cells]
-        xs = ([c["position"] for c in cells] if curve
-              else [i + 0.2 * (offset - 0.5) for i in range(len(cells))])
-        ax.errorbar(xs, [st.mean for st in stats], yerr=[st.std for st in stats], fmt="o-"
-                    if curve else "o", capsize=4, label=label)
+        means, stds = [st.mean for st in stats], [st.std for st in stats]
+        if curve:
+            ax.errorbar([c["position"] for c in cells], means, yerr=stds, fmt="o-", capsize=4,
+                        label=label)
+        else:
+            rows = [i + 0.15 * (offset - 0.5) for i in range(len(cells))]
+            ax.errorbar(means, rows, xerr=stds, fmt="o", capsize=4, label=label)
     if curve:
         ax.set_xlabel("requested m (mixtures: in the table)")
+        ax.set_ylabel(accuracy)
     else:
-        ax.set_xticks(range(len(cells)))
-        ax.set_xticklabels([c["name"] for c in cells], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("10-fold accuracy (%), mean +- std over seeds")
-    ax.set_title(STUDY_TITLES[study], fontsize=9)
+        ax.set_yticks(range(len(cells)))
+        ax.set_yticklabels([textwrap.fill(c["name"], 34) for c in cells], fontsize=8)
+        ax.invert_yaxis()  # the table's order, top to bottom
+        ax.set_xlabel(accuracy)
+    ax.set_title(textwrap.fill(STUDY_TITLES[study], 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
