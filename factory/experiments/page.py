@@ -207,8 +207,9 @@ def gtr_lines(document: dict[str, Any]) -> list[str]:
     for volume in dict.fromkeys(c["tags"]["volume"] for c in cells):
         sides = {c["tags"]["side"]: cell_summary(document, c, TEST_AVERAGE)
                  for c in cells if c["tags"]["volume"] == volume}
-        real, synthetic = sides["real"], sides["synthetic"]
-        if not real.n or not synthetic.n:
+        # a study in progress may list a volume's real cell before its synthetic one
+        real, synthetic = sides.get("real"), sides.get("synthetic")
+        if real is None or synthetic is None or not real.n or not synthetic.n:
             lines.append(f"- {volume}: not measured yet.")
             continue
         gtr, se = difference(real, synthetic)
