@@ -32,8 +32,7 @@ import pytest
 from factory.cli import main
 from factory.config import load_config
 from factory.sweep.run import run_sweep
-from .test_sweep import (  # noqa: F401 (pool is a fixture)
-    pool, sweep_overrides, without_job_execution)
+from .test_sweep import pool, sweep_overrides  # noqa: F401 (pool is a fixture)
 
 DATABASE = "mlflow"
 ROLE = "mlflow"
@@ -183,8 +182,7 @@ def mlflow_on_postgres(postgres, tmp_path_factory) -> Iterator[str]:
              "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", postgres.uri(),
              "--artifacts-destination", str(folder / "artifacts")],
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=without_job_execution(),
-            start_new_session=True)
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + MLFLOW_READY_SECONDS
     while True:
